@@ -1,0 +1,34 @@
+# Two commands from a fresh machine (Python 3.11, no GPU):
+#   make quickstart   create .venv if missing, run the quick-start study, print its Pareto front
+#   make test         create .venv if missing, run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv quickstart test test-all lint bench clean
+
+venv: $(STAMP)
+
+# torch is installed first and exactly (2.13.0, the CPU build): a looser requirement pulls a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade "pip>=23.2"
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+quickstart: venv
+	$(BIN)/autocompress search studies/quickstart.yaml
+
+test: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: venv
+	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check autocompress tests benchmarks
+
+clean:
+	rm -rf $(VENV) studies/*/ .pytest_cache

@@ -1,0 +1,151 @@
+"""Command line: ``autocompress search | front | validate``. Run ``autocompress COMMAND --help``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AutocompressError, StudyNotFoundError
+
+
+def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
+    from .search.front import COLUMNS
+
+    df = front.trials if all_trials else front.front
+    if fmt == "csv":
+        df[COLUMNS].to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        out = {"study": front.study_name, "objectives": front.objectives, "teacher": front.teacher,
+               "hypervolume": front.hypervolume,
+               "members": [{**row, "plan": front.plans[int(row["trial"])].to_dict()}
+                           for row in json.loads(df[COLUMNS].to_json(orient="records"))]}
+        print(json.dumps(out, indent=2))
+    else:
+        t = front.teacher
+        if t:
+            test = f", test {t['test_accuracy']:.4f}" if t.get("test_accuracy") is not None else ""
+            print(f"teacher: accuracy {t['accuracy']:.4f} (validation){test}, latency {t['latency_ms']:.4f} ms, "
+                  f"size {t['size_bytes']} B")
+        n_fail = len(front.failed)
+        print(f"study {front.study_name!r}: {len(front.trials)} completed trials, {n_fail} failed, "
+              f"{len(front.front)} on the Pareto front; hypervolume {front.hypervolume:.4f}")
+        print("accuracy is on the validation split (used for selection); test_accuracy is reported only.\n")
+        print(front.table() if not all_trials else df.to_string(index=False))
+
+
+def _resolve_front(target: str, study: str | None):
+    """A config file, a study folder (holding study.db) or a storage URL -> Front."""
+    from .config import load_study_config
+    from .search.front import load_front
+
+    path = Path(target)
+    if "://" in target:
+        return load_front(target, study)
+    if path.suffix in (".yaml", ".yml"):
+        loaded = load_study_config(path)
+        return load_front(loaded.storage_url, study or loaded.study_name)
+    if path.is_dir():
+        db = path / "study.db"
+        if not db.is_file():
+            raise StudyNotFoundError(f"{path} holds no study.db (is it a study's results folder?)")
+        return load_front(f"sqlite:///{db.resolve()}", study)
+    raise StudyNotFoundError(f"{target}: not a study config (.yaml), a results folder or a storage URL")
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from .config import load_study_config
+    from .search.driver import run_study
+
+    loaded = load_study_config(args.config)
+    if args.storage:
+        loaded = loaded.model_copy(update={"storage_url": args.storage})
+    print(f"study {loaded.study_name!r}: task {loaded.config.task}, results in {loaded.study_dir}")
+    outcome = run_study(loaded, n_trials=args.n_trials, progress=not args.no_progress)
+    print()
+    _print_front(outcome.front, "table")
+    print(f"\nresults: {outcome.study_dir} (storage {outcome.storage_url})")
+    print(f"{outcome.new_trials} new trials in {outcome.seconds:.0f} s. "
+          f"See again with: autocompress front {args.config}")
+    if outcome.interrupted:
+        print("interrupted: every completed trial is kept; run the same command to continue.", file=sys.stderr)
+        return 130
+    return 0
+
+
+def cmd_front(args: argparse.Namespace) -> int:
+    front = _resolve_front(args.study, args.study_name)
+    _print_front(front, args.format, all_trials=args.all)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from .config import load_study_config
+
+    for cfg in args.configs:
+        loaded = load_study_config(cfg)
+        groups = ", ".join(g.name for g in loaded.space.groups)
+        print(f"{cfg}: OK (study {loaded.study_name!r}, task {loaded.config.task}, groups: {groups}, "
+              f"objectives: {', '.join(loaded.config.objectives)})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="autocompress",
+        description="Find the best compressed versions of a PyTorch model: a multi-objective search over "
+                    "per-layer sparsity, bit-widths, channel pruning, low rank and student size, scored by "
+                    "accuracy, measured latency and exact size.",
+        epilog="Quick start: autocompress search studies/quickstart.yaml && autocompress front studies/quickstart.yaml")
+    p.add_argument("--version", action="version", version=f"autocompress {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("search", help="run or continue a study", description=(
+        "Run the study a config describes, or continue it: re-running the same command resumes the study "
+        "until it holds n_trials finished trials. Ctrl-C stops cleanly, keeping every completed trial. "
+        "Prints the Pareto front at the end."))
+    s.add_argument("config", help="study config (YAML), e.g. studies/quickstart.yaml")
+    s.add_argument("--n-trials", type=int, default=None, metavar="N",
+                   help="total finished trials to reach (default: the config's n_trials)")
+    s.add_argument("--storage", default=None, metavar="URL",
+                   help="Optuna storage URL overriding the config's (default: SQLite in the study folder)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.set_defaults(func=cmd_search)
+
+    f = sub.add_parser("front", help="print a study's Pareto front", description=(
+        "Print the Pareto front of a study: trial, validation accuracy, test accuracy, latency_ms, size_bytes, "
+        "compression ratio and plan summary, plus the hypervolume."))
+    f.add_argument("study", help="study config (YAML), results folder (holding study.db) or storage URL")
+    f.add_argument("--study-name", default=None, help="study name inside the storage (default: the only one)")
+    f.add_argument("--format", choices=("table", "csv", "json"), default="table", help="output format")
+    f.add_argument("--all", action="store_true", help="every completed trial, not only the front")
+    f.set_defaults(func=cmd_front)
+
+    v = sub.add_parser("validate", help="check study configs without running anything", description=(
+        "Validate study configs and their search spaces. Errors name the file, field, bad value and what is "
+        "allowed; exit code 2. Nothing is written."))
+    v.add_argument("configs", nargs="+", metavar="CONFIG", help="study config files (YAML)")
+    v.set_defaults(func=cmd_validate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="autocompress: %(message)s")
+    try:
+        return args.func(args)
+    except AutocompressError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Apply a :class:`~autocompress.plan.CompressionPlan` to a teacher: one function, one module per method.
+
+Order (each step sees the result of the previous one):
+
+1. student depth   drop trailing shape-preserving blocks            (``depth.py``)
+2. channels        student width x per-layer keep ratio, physically  (``structured.py``, Torch-Pruning)
+3. low rank        truncated SVD into two thinner layers             (``lowrank.py``)
+4. sparsity/bits   magnitude mask + per-channel fake quantization    (``quantize.py``, parametrizations)
+5. activations     calibrated input fake quantization                (``quantize.py``, pre-hooks)
+
+Fine-tuning with distillation (``distill.py``) then trains the compressed model; :func:`bake` writes the
+compressed weights into plain parameters. A layer a method cannot handle is left as it is and reported in
+``CompressedModel.skipped``; the rest of the plan still applies.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..plan import CompressionPlan
+from .depth import drop_blocks
+from .layers import LayerInfo, discover_layers, get_module, set_module
+from .lowrank import factor_rank, factorize, pays
+from .quantize import CompressedWeight, InputQuantizer, magnitude_mask
+from .structured import prune_channels
+
+
+@dataclass
+class CompressedModel:
+    """A candidate: the materialized model and how the plan landed on it.
+
+    modules:     teacher layer name -> names of the modules now holding its weights (two after low rank)
+    weight_bits: module name -> weight bits (32 = float)
+    sparsity:    module name -> target share of zero weights
+    act_bits:    teacher layer name -> input activation bits
+    skipped:     teacher layer or block -> why (part of) the plan was not applied to it
+    """
+
+    model: nn.Module
+    plan: CompressionPlan
+    layers: list[LayerInfo]
+    modules: dict[str, list[str]] = field(default_factory=dict)
+    weight_bits: dict[str, int] = field(default_factory=dict)
+    sparsity: dict[str, float] = field(default_factory=dict)
+    act_bits: dict[str, int] = field(default_factory=dict)
+    input_quantizers: dict[str, InputQuantizer] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+    baked: bool = False
+
+    def compressed_modules(self) -> Iterable[tuple[str, nn.Module]]:
+        for names in self.modules.values():
+            for n in names:
+                yield n, get_module(self.model, n)
+
+
+def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor) -> CompressedModel:
+    """Materialize ``plan`` on a copy of ``teacher`` (the teacher is not modified). Deterministic."""
+    model = copy.deepcopy(teacher).eval()
+    infos = discover_layers(model, example_input)
+    known = {i.name for i in infos}
+    unknown = sorted(set(plan.layers) - known)
+    if unknown:
+        raise ValueError(f"plan names layers the model does not have: {unknown}; the model's compressible "
+                         f"layers are {sorted(known)}")
+    cm = CompressedModel(model=model, plan=plan, layers=infos)
+
+    # 1. depth
+    removed = drop_blocks(model, example_input, plan.student.depth)
+    if plan.student.depth < 1 and not removed:
+        cm.skipped["(student depth)"] = "no removable shape-preserving block in this architecture"
+    present = []
+    for info in infos:
+        block = next((b for b in removed if info.name.startswith(b + ".")), None)
+        if block:
+            cm.skipped[info.name] = f"removed with block {block} (student depth {plan.student.depth:g})"
+        else:
+            present.append(info)
+
+    # 2. channels: student width and per-layer keep ratio multiply
+    width = plan.student.width
+    targets, protected = {}, []
+    for info in present:
+        lp = plan.layer(info.name)
+        if info.is_output:
+            protected.append(info.name)
+            if lp.channel_keep < 1:
+                cm.skipped[info.name] = "output layer: its channels are the model's outputs, not pruned"
+            continue
+        keep = width * lp.channel_keep
+        if keep < 1:
+            targets[info.name] = max(1, round(info.out_channels * keep))
+    cm.skipped.update(prune_channels(model, example_input, targets, protected))
+
+    # 3. low rank
+    for info in present:
+        lp = plan.layer(info.name)
+        cm.modules[info.name] = [info.name]
+        if lp.rank_ratio >= 1:
+            continue
+        mod = get_module(model, info.name)
+        rank = factor_rank(mod, lp.rank_ratio)
+        if not pays(mod, rank):
+            cm.skipped[info.name] = f"rank {rank} would not reduce the weights; not factorized"
+            continue
+        try:
+            set_module(model, info.name, factorize(mod, rank))
+            cm.modules[info.name] = [f"{info.name}.0", f"{info.name}.1"]
+        except (ValueError, TypeError) as e:
+            cm.skipped[info.name] = f"low rank not applied: {e}"
+
+    # 4. sparsity and weight bits
+    for info in present:
+        lp = plan.layer(info.name)
+        for name in cm.modules[info.name]:
+            cm.weight_bits[name] = lp.weight_bits
+            cm.sparsity[name] = lp.sparsity
+            if lp.sparsity == 0 and lp.weight_bits >= 32:
+                continue
+            mod = get_module(model, name)
+            mask = magnitude_mask(mod.weight, lp.sparsity) if lp.sparsity > 0 else None
+            parametrize.register_parametrization(mod, "weight", CompressedWeight(mask, lp.weight_bits))
+
+    # 5. activation bits (quantize the layer's input)
+    for info in present:
+        lp = plan.layer(info.name)
+        cm.act_bits[info.name] = lp.activation_bits
+        if lp.activation_bits < 32:
+            q = InputQuantizer(lp.activation_bits)
+            get_module(model, cm.modules[info.name][0]).register_forward_pre_hook(q)
+            cm.input_quantizers[info.name] = q
+    return cm
+
+
+@torch.no_grad()
+def calibrate(cm: CompressedModel, batches: Iterable[torch.Tensor]) -> None:
+    """Record activation ranges on ``batches`` of inputs, then freeze them."""
+    if not cm.input_quantizers:
+        return
+    for q in cm.input_quantizers.values():
+        q.calibrating, q.lo, q.hi = True, float("inf"), float("-inf")
+    cm.model.eval()
+    for x in batches:
+        cm.model(x)
+    for q in cm.input_quantizers.values():
+        q.calibrating = False
+
+
+def bake(cm: CompressedModel) -> CompressedModel:
+    """Write the masked, quantized weights into plain parameters (ends training). Idempotent."""
+    if not cm.baked:
+        for _, mod in cm.compressed_modules():
+            if parametrize.is_parametrized(mod, "weight"):
+                parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+        cm.baked = True
+    return cm
+
+
+def set_input_quantizers(cm: CompressedModel, enabled: bool) -> None:
+    """Switch activation fake quantization on or off (off when exporting to a runtime that quantizes itself)."""
+    for q in cm.input_quantizers.values():
+        q.enabled = enabled
+
+
+__all__ = ["CompressedModel", "apply", "bake", "calibrate", "set_input_quantizers", "discover_layers", "LayerInfo"]

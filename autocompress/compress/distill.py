@@ -1,0 +1,84 @@
+"""Knowledge-distillation fine-tuning of a compressed candidate against its teacher.
+
+loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
+     + (1 - alpha) * cross_entropy(student, labels)
+     + feature_mse * mean MSE over layers whose output has the same shape in teacher and student
+     + l1 * mean |w| over the compressed layers' weights (sparsity regularisation)
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from . import CompressedModel
+
+
+def _feature_pairs(cm: CompressedModel, teacher: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    pairs = []
+    teacher_mods = dict(teacher.named_modules())
+    for name, names in cm.modules.items():
+        if names == [name] and name in teacher_mods:
+            pairs.append((teacher_mods[name], cm.model.get_submodule(name)))
+    return pairs
+
+
+def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: int, batch_size: int = 64,
+             lr: float = 1e-3, seed: int = 0) -> float:
+    """Train ``cm.model`` for ``steps`` mini-batches with the plan's distillation loss; returns the last loss."""
+    if steps <= 0:
+        return float("nan")
+    d = cm.plan.distill
+    torch.manual_seed(seed)
+    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=len(data) > batch_size,
+                        generator=torch.Generator().manual_seed(seed))
+    model = cm.model
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
+    teacher.eval()
+    feats_t: list[torch.Tensor] = []
+    feats_s: list[torch.Tensor] = []
+    hooks = []
+    if d.feature_mse > 0:
+        for tm, sm in _feature_pairs(cm, teacher):
+            hooks.append(tm.register_forward_hook(lambda m, i, o: feats_t.append(o)))
+            hooks.append(sm.register_forward_hook(lambda m, i, o: feats_s.append(o)))
+    l1_params = []
+    if d.l1 > 0:
+        for _, mod in cm.compressed_modules():
+            pz = getattr(mod, "parametrizations", None)
+            l1_params.append(pz.weight.original if pz is not None and "weight" in pz else mod.weight)
+    model.train()
+    loss = torch.tensor(float("nan"))
+    step = 0
+    try:
+        while step < steps:
+            for x, y in loader:
+                feats_t.clear()
+                feats_s.clear()
+                with torch.no_grad():
+                    t_logits = teacher(x)
+                s_logits = model(x)
+                T = d.temperature
+                kd = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean")
+                loss = d.alpha * T * T * kd + (1 - d.alpha) * F.cross_entropy(s_logits, y)
+                if feats_t:
+                    mse = [F.mse_loss(s, t) for s, t in zip(feats_s, feats_t, strict=False) if s.shape == t.shape]
+                    if mse:
+                        loss = loss + d.feature_mse * torch.stack(mse).mean()
+                if l1_params:
+                    loss = loss + d.l1 * torch.cat([p.abs().flatten() for p in l1_params]).mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                if step >= steps:
+                    break
+    finally:
+        for h in hooks:
+            h.remove()
+        model.eval()
+    return float(loss.detach())

@@ -1,0 +1,65 @@
+"""Structured channel pruning on Torch-Pruning's dependency graph: channels are physically removed.
+
+Three parts, as Torch-Pruning splits them: the dependency graph says which layers must change together
+(residual additions, depthwise convolutions, BatchNorm, the next layer's inputs); group L2 magnitude says which
+channels matter least; the plan says only how many to keep.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch_pruning as tp
+from torch import nn
+
+from .layers import get_module, out_channels
+
+
+def _prune_fn(m: nn.Module):
+    if isinstance(m, nn.Linear):
+        return tp.prune_linear_out_channels
+    if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels:
+        return tp.prune_depthwise_conv_out_channels
+    return tp.prune_conv_out_channels
+
+
+def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
+                   protected: list[str]) -> dict[str, str]:
+    """Cut each named layer down to ``targets[name]`` output channels, lowest-importance channels first.
+
+    Layers pruned together with an earlier one (same dependency group) may already be at or below their
+    target. Returns ``{layer: reason}`` for layers that could not be pruned (they are left as they are).
+    """
+    skipped: dict[str, str] = {}
+    todo = {n: t for n, t in targets.items() if t < out_channels(get_module(model, n))}
+    if not todo:
+        return skipped
+    # Protected layers are not handed to Torch-Pruning as `ignored_layers`: it then treats them as graph outputs
+    # and refuses every group that feeds them. Instead, a group that would cut their outputs is refused below.
+    guarded = {id(get_module(model, n)) for n in protected}
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    for name, target in todo.items():
+        mod = get_module(model, name)
+        n = out_channels(mod)
+        if target >= n:
+            continue  # already cut as part of an earlier layer's group
+        fn = _prune_fn(mod)
+        try:
+            group = dg.get_pruning_group(mod, fn, idxs=list(range(n)))
+            scores = importance(group)
+            if scores is None:
+                skipped[name] = "no importance for its dependency group"
+                continue
+            idxs = torch.argsort(scores)[: n - target].tolist()
+            group = dg.get_pruning_group(mod, fn, idxs=idxs)
+            if any(id(dep.target.module) in guarded and dg.is_out_channel_pruning_fn(dep.handler)
+                   for dep, _ in group):
+                skipped[name] = "its channels are coupled to the output layer's outputs"
+                continue
+            if not dg.check_pruning_group(group):
+                skipped[name] = "pruning would remove every channel of a coupled layer"
+                continue
+            group.prune()
+        except Exception as e:  # an op Torch-Pruning cannot follow: leave the layer, report it, go on
+            skipped[name] = f"structured pruning unsupported here ({type(e).__name__}: {e})"
+    return skipped

@@ -1,0 +1,336 @@
+"""Study configs and search spaces: YAML files validated by pydantic.
+
+Every error names the file, the field path, the bad value and what is allowed, and raises
+:class:`~autocompress.errors.ConfigError` (exit code 2 on the command line). Loading writes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+# --- allowed values, in one place so errors and docs agree -------------------------------------------------
+WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+ACTIVATION_BITS = (8, 16, 32)
+OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"}
+SAMPLERS = ("nsga2", "tpe", "random")
+LAYER_TYPES = ("Conv1d", "Conv2d", "Linear")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _nonempty(values: list[Any]) -> list[Any]:
+    if not values:
+        raise ValueError("must list at least one choice")
+    return values
+
+
+def _check_range(values: list[float], lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False,
+                 ) -> list[float]:
+    _nonempty(values)
+    for v in values:
+        bad_lo = v <= lo if lo_open else v < lo
+        bad_hi = v >= hi if hi_open else v > hi
+        if bad_lo or bad_hi:
+            interval = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+            raise ValueError(f"every choice must be in {interval}, but got {v}")
+    return values
+
+
+class LayerGroup(_Strict):
+    """Choices for a group of layers, selected by module type and/or a regular expression on the name.
+
+    A layer belongs to the first group that selects it; layers no group selects stay as they are.
+    """
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
+    types: list[Literal["Conv1d", "Conv2d", "Linear"]] = Field(default_factory=lambda: ["Conv2d", "Linear"])
+    names: str | None = None
+    per_layer: bool = True
+    sparsity: list[float] = Field(default_factory=lambda: [0.0])
+    weight_bits: list[int] = Field(default_factory=lambda: [32])
+    activation_bits: list[int] = Field(default_factory=lambda: [32])
+    channel_keep: list[float] = Field(default_factory=lambda: [1.0])
+    rank_ratio: list[float] = Field(default_factory=lambda: [1.0])
+
+    @field_validator("names")
+    @classmethod
+    def _regex(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                re.compile(v)
+            except re.error as e:
+                raise ValueError(f"is not a valid regular expression ({e})") from None
+        return v
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsity(cls, v: list[float]) -> list[float]:
+        return _check_range(v, 0.0, 1.0, hi_open=True)
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _wbits(cls, v: list[int]) -> list[int]:
+        _nonempty(v)
+        for b in v:
+            if b not in WEIGHT_BITS:
+                raise ValueError(f"every choice must be one of {list(WEIGHT_BITS)} (32 = not quantized), but got {b}")
+        return v
+
+    @field_validator("activation_bits")
+    @classmethod
+    def _abits(cls, v: list[int]) -> list[int]:
+        _nonempty(v)
+        for b in v:
+            if b not in ACTIVATION_BITS:
+                raise ValueError(f"every choice must be one of {list(ACTIVATION_BITS)} (32 = not quantized), but got {b}")
+        return v
+
+    @field_validator("channel_keep", "rank_ratio")
+    @classmethod
+    def _ratio(cls, v: list[float]) -> list[float]:
+        return _check_range(v, 0.0, 1.0, lo_open=True)
+
+    def selects(self, name: str, type_name: str) -> bool:
+        """Whether this group selects the layer called ``name`` of class ``type_name``."""
+        if type_name not in self.types:
+            return False
+        return self.names is None or re.search(self.names, name) is not None
+
+
+class StudentSpace(_Strict):
+    """Whole-model student size: width multiplies every hidden layer's channels, depth the number of blocks."""
+
+    width: list[float] = Field(default_factory=lambda: [1.0])
+    depth: list[float] = Field(default_factory=lambda: [1.0])
+
+    @field_validator("width", "depth")
+    @classmethod
+    def _ratio(cls, v: list[float]) -> list[float]:
+        return _check_range(v, 0.0, 1.0, lo_open=True)
+
+
+class DistillSpace(_Strict):
+    """Knowledge-distillation settings used when fine-tuning a candidate against the teacher.
+
+    loss = alpha * T^2 * KL(teacher/T || student/T) + (1 - alpha) * CE(labels)
+           + feature_mse * MSE(matching-shape layer outputs) + l1 * sum|w| (compressed layers)
+    """
+
+    temperature: list[float] = Field(default_factory=lambda: [4.0])
+    alpha: list[float] = Field(default_factory=lambda: [0.7])
+    feature_mse: list[float] = Field(default_factory=lambda: [0.0])
+    l1: list[float] = Field(default_factory=lambda: [0.0])
+
+    @field_validator("temperature")
+    @classmethod
+    def _temp(cls, v: list[float]) -> list[float]:
+        return _check_range(v, 0.0, 100.0, lo_open=True)
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: list[float]) -> list[float]:
+        return _check_range(v, 0.0, 1.0)
+
+    @field_validator("feature_mse", "l1")
+    @classmethod
+    def _weight(cls, v: list[float]) -> list[float]:
+        return _check_range(v, 0.0, 1e6)
+
+
+class SearchSpaceConfig(_Strict):
+    """A declarative search space (``search_spaces/*.yaml``)."""
+
+    version: Literal[1] = 1
+    groups: list[LayerGroup]
+    student: StudentSpace = Field(default_factory=StudentSpace)
+    distill: DistillSpace = Field(default_factory=DistillSpace)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, v: list[LayerGroup]) -> list[LayerGroup]:
+        _nonempty(v)
+        names = [g.name for g in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"group names must be unique, but {sorted(dup)} repeat")
+        return v
+
+
+class Constraints(_Strict):
+    """Feasibility limits. Infeasible trials stay in the study but are marked and never on the front."""
+
+    min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_latency_ms: float | None = Field(default=None, gt=0.0)
+    max_size_bytes: int | None = Field(default=None, gt=0)
+
+
+class FinetuneConfig(_Strict):
+    """Short knowledge-distillation fine-tune of every candidate before scoring (the accuracy objective)."""
+
+    steps: int = Field(default=200, ge=0)
+    batch_size: int = Field(default=64, ge=1)
+    lr: float = Field(default=1e-3, gt=0.0)
+    calibration_batches: int = Field(default=4, ge=1)
+
+
+class LatencyConfig(_Strict):
+    """How latency is obtained. Only real measurement exists so far: the materialized candidate in ONNX Runtime."""
+
+    measure: Literal[True] = True
+    backend: Literal["onnxruntime"] = "onnxruntime"
+    threads: int = Field(default=1, ge=1, le=256)
+    batch_size: int = Field(default=1, ge=1)
+    warmup: int = Field(default=20, ge=0)
+    repeats: int = Field(default=100, ge=3)
+
+
+class StudyConfig(_Strict):
+    """A study: which task, which search space, which objectives, how long, where results go."""
+
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
+    task: str
+    task_options: dict[str, Any] = Field(default_factory=dict)
+    search_space: str | SearchSpaceConfig
+    objectives: dict[str, Literal["maximize", "minimize"]] = Field(
+        default_factory=lambda: dict(OBJECTIVES))
+    constraints: Constraints = Field(default_factory=Constraints)
+    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    population_size: int | None = Field(default=None, ge=2)
+    n_trials: int | None = Field(default=30, ge=1)
+    timeout_s: float | None = Field(default=None, gt=0)
+    seed: int = 0
+    storage: str | None = None
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    latency: LatencyConfig = Field(default_factory=LatencyConfig)
+
+    @field_validator("objectives")
+    @classmethod
+    def _objectives(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError(f"must name at least one objective out of {list(OBJECTIVES)}")
+        for name, direction in v.items():
+            if name not in OBJECTIVES:
+                raise ValueError(f"unknown objective {name!r}; allowed: {list(OBJECTIVES)}")
+            if direction != OBJECTIVES[name]:
+                raise ValueError(f"objective {name!r} must be {OBJECTIVES[name]!r}, but got {direction!r}")
+        return v
+
+    @model_validator(mode="after")
+    def _budget(self) -> StudyConfig:
+        if self.n_trials is None and self.timeout_s is None:
+            raise ValueError("set `n_trials` or `timeout_s` (or both), otherwise the study never ends")
+        return self
+
+
+class LoadedStudy(BaseModel):
+    """A validated study config together with the paths it resolves to."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, frozen=True)
+
+    config: StudyConfig
+    space: SearchSpaceConfig
+    config_path: Path
+    study_name: str
+    study_dir: Path
+    storage_url: str
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("str", "SearchSpaceConfig")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _from_validation_error(err: ValidationError, file: Path, prefix: str = "") -> ConfigError:
+    lines = []
+    for e in err.errors(include_url=False):
+        field = _field_path(tuple(e["loc"]))
+        if prefix:
+            field = f"{prefix}.{field}" if field else prefix
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            parent = field.rsplit(".", 1)[0] if "." in field else "(top level)"
+            msg = f"unknown key under {parent}"
+        value = e.get("input")
+        shown = "" if e["type"] in ("missing",) or isinstance(value, dict) else f" (got {value!r})"
+        lines.append(f"field `{field or '(top level)'}`: {msg}{shown}")
+    head = f"{file}: invalid config, {len(lines)} problem{'s' if len(lines) > 1 else ''}: "
+    error = ConfigError(head + "; ".join(lines))
+    error.file = str(file)
+    return error
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping, turning every failure into a :class:`ConfigError` naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError("file not found", file=str(path))
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"malformed YAML{where}: {getattr(e, 'problem', e)}", file=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("is not a text (UTF-8) file", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise ConfigError("the top level must be a mapping of `key: value` lines", file=str(path),
+                          value=type(data).__name__, has_value=True)
+    return data
+
+
+def load_search_space(path: str | Path) -> SearchSpaceConfig:
+    """Load and validate a search space YAML file."""
+    path = Path(path)
+    try:
+        return SearchSpaceConfig.model_validate(read_yaml(path))
+    except ValidationError as e:
+        raise _from_validation_error(e, path) from None
+
+
+def load_study_config(path: str | Path) -> LoadedStudy:
+    """Load a study config, resolve its search space and results folder. Writes nothing.
+
+    Relative paths in the config (``search_space``) are resolved against the config file's folder first,
+    then the current directory. Results go in a folder beside the config named after it
+    (``studies/quickstart.yaml`` -> ``studies/quickstart/``), with an SQLite database there by default.
+    """
+    path = Path(path)
+    try:
+        cfg = StudyConfig.model_validate(read_yaml(path))
+    except ValidationError as e:
+        raise _from_validation_error(e, path) from None
+    if isinstance(cfg.search_space, SearchSpaceConfig):
+        space = cfg.search_space
+    else:
+        candidates = [path.parent / cfg.search_space, Path(cfg.search_space)]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise ConfigError("search space file not found (looked beside the config and in the current "
+                              "directory)", file=str(path), field="search_space", value=cfg.search_space)
+        space = load_search_space(found)
+    name = cfg.name or path.stem
+    study_dir = (path.parent / path.stem).resolve()
+    storage = cfg.storage or f"sqlite:///{study_dir / 'study.db'}"
+    if not re.match(r"^[a-z][a-z0-9+]*://", storage):
+        raise ConfigError("must be a database URL such as sqlite:///path/study.db or postgresql://user@host/db",
+                          file=str(path), field="storage", value=storage)
+    return LoadedStudy(config=cfg, space=space, config_path=path.resolve(), study_name=name,
+                       study_dir=study_dir, storage_url=storage)

@@ -1,0 +1,1 @@
+"""Scoring candidates: accuracy on a data split, exact compressed size, measured latency."""

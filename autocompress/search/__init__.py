@@ -1,0 +1,1 @@
+"""Running studies (Optuna) and reading their Pareto fronts."""

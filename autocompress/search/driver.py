@@ -1,0 +1,191 @@
+"""The Optuna driver: a resumable multi-objective study over compression plans.
+
+Each trial samples a plan (:mod:`autocompress.space`), materializes and measures it
+(:mod:`autocompress.search.objective`) and returns the objectives as a tuple. Everything a trial measured is
+stored with it as user attributes, so the study's database alone is enough to rebuild the front. Re-running the
+same command continues the study until it holds ``n_trials`` finished trials; Ctrl-C stops after marking the
+running trial failed, keeping everything completed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from tqdm import tqdm
+
+from ..compress.layers import discover_layers
+from ..config import LoadedStudy
+from ..errors import ConfigError
+from ..space import SearchSpace
+from ..tasks import Task, load_task
+from .front import Front
+from .objective import TeacherReference, evaluate_candidate, measure_teacher
+
+log = logging.getLogger(__name__)
+
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+
+
+@dataclass
+class StudyOutcome:
+    front: Front
+    study_dir: Path
+    storage_url: str
+    interrupted: bool
+    new_trials: int
+    seconds: float
+
+
+def _sampler(loaded: LoadedStudy, n_existing: int) -> optuna.samplers.BaseSampler:
+    cfg = loaded.config
+    # A resumed study gets a different seed so it does not replay the first run's random draws.
+    seed = cfg.seed + n_existing
+    if cfg.sampler == "nsga2":
+        pop = cfg.population_size or max(8, min(50, (cfg.n_trials or 60) // 3))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _storage(url: str) -> optuna.storages.BaseStorage:
+    try:
+        # Heartbeats let a later run (or another worker) notice trials whose process died, mark them failed
+        # and run them again; see RetryFailedTrialCallback.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=10, grace_period=30,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except Exception as e:
+        raise ConfigError(f"cannot open the study storage: {type(e).__name__}: {e}", field="storage",
+                          value=url) from None
+
+
+def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
+    directions = list(loaded.config.objectives.values())
+    storage = _storage(loaded.storage_url)
+    if create:
+        study = optuna.create_study(study_name=loaded.study_name, storage=storage, directions=directions,
+                                    load_if_exists=True)
+    else:
+        study = optuna.load_study(study_name=loaded.study_name, storage=storage)
+    stored = study.user_attrs.get("objectives")
+    if stored is not None and list(stored) != list(loaded.config.objectives):
+        raise ConfigError(f"study {loaded.study_name!r} already exists with objectives {list(stored)}; the "
+                          f"config now asks for {list(loaded.config.objectives)}. Use another `name` or storage",
+                          file=str(loaded.config_path), field="objectives")
+    return study
+
+
+def _constraint_values(loaded: LoadedStudy, metrics: dict[str, float]) -> dict[str, float]:
+    c = loaded.config.constraints
+    out = {}
+    if c.min_accuracy is not None:
+        out["min_accuracy"] = c.min_accuracy - metrics["accuracy"]
+    if c.max_latency_ms is not None:
+        out["max_latency_ms"] = metrics["latency_ms"] - c.max_latency_ms
+    if c.max_size_bytes is not None:
+        out["max_size_bytes"] = float(metrics["size_bytes"] - c.max_size_bytes)
+    return out
+
+
+def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: bool = True,
+              task: Task | None = None) -> StudyOutcome:
+    """Run (or continue) the study until it holds ``n_trials`` finished trials or ``timeout_s`` passes."""
+    cfg = loaded.config
+    start = time.perf_counter()
+    task = task or load_task(cfg.task, cfg.task_options)
+    layers = discover_layers(task.model, task.example_input)
+    space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
+
+    loaded.study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(loaded, create=True)
+    if "teacher" not in study.user_attrs:
+        teacher = measure_teacher(task, cfg.latency)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(list(cfg.objectives))  # optuna-dashboard shows these names
+        study.set_user_attr("objectives", dict(cfg.objectives))
+        study.set_user_attr("teacher", teacher.to_dict())
+        study.set_user_attr("task", cfg.task)
+        study.set_user_attr("layers", [{"name": i.name, "type": i.type_name, "out_channels": i.out_channels,
+                                        "is_output": i.is_output} for i in layers])
+        study.set_user_attr("unassigned_layers", space.unassigned)
+    teacher = TeacherReference(**study.user_attrs["teacher"])
+
+    target = n_trials if n_trials is not None else cfg.n_trials
+    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    remaining = None if target is None else max(0, target - done)
+    study.sampler = _sampler(loaded, done)
+    objectives = list(cfg.objectives)
+
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        t0 = time.perf_counter()
+        try:
+            plan = space.suggest(trial)
+            trial.set_user_attr("plan", plan.to_dict())
+            result = evaluate_candidate(task, plan, finetune_cfg=cfg.finetune, latency=cfg.latency,
+                                        teacher_size_bytes=teacher.size_bytes, seed=cfg.seed + trial.number)
+            metrics = {"accuracy": result.accuracy, "latency_ms": result.latency_ms,
+                       "size_bytes": result.size_bytes}
+            for key, value in result.to_dict().items():
+                trial.set_user_attr(key, value)
+            constraints = _constraint_values(loaded, metrics)
+            trial.set_user_attr("constraints", constraints)
+            for key, value in constraints.items():
+                trial.set_constraint(key, value)
+            trial.set_user_attr("cost_s", round(time.perf_counter() - t0, 3))
+            values = tuple(float(metrics[o]) for o in objectives)
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"non-finite objective values {dict(zip(objectives, values, strict=True))}")
+            return values
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("cost_s", round(time.perf_counter() - t0, 3))
+            raise
+
+    bar = tqdm(total=remaining, disable=not progress or remaining == 0, unit="trial", dynamic_ncols=True,
+               desc=f"study {loaded.study_name}")
+
+    def on_trial_end(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        bar.update(1)
+        n_front = len(study.best_trials)
+        if trial.state == optuna.trial.TrialState.COMPLETE:
+            ua = trial.user_attrs
+            bar.set_postfix_str(f"front={n_front} last: acc={ua['accuracy']:.3f} "
+                                f"lat={ua['latency_ms']:.3f}ms size={ua['size_bytes']}B")
+        else:
+            bar.set_postfix_str(f"front={n_front} last: {trial.state.name} {trial.user_attrs.get('error', '')[:40]}")
+
+    interrupted = False
+    new_before = len(study.get_trials(deepcopy=False))
+    try:
+        if remaining != 0:
+            study.optimize(objective, n_trials=remaining, timeout=cfg.timeout_s, catch=(Exception,),
+                           callbacks=[on_trial_end], gc_after_trial=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    new_trials = len(study.get_trials(deepcopy=False)) - new_before
+    front = Front.from_study(study)
+    return StudyOutcome(front=front, study_dir=loaded.study_dir, storage_url=loaded.storage_url,
+                        interrupted=interrupted, new_trials=new_trials, seconds=time.perf_counter() - start)
+
+
+def load_study_front(loaded: LoadedStudy) -> Front:
+    """The front of an existing study named by a config (nothing is created)."""
+    from .front import load_front
+
+    return load_front(loaded.storage_url, loaded.study_name)
+
+
+__all__ = ["run_study", "open_study", "StudyOutcome", "load_study_front"]

@@ -1,0 +1,166 @@
+"""The Pareto front of a study as a pandas DataFrame, with hypervolume and picking by constraints."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+
+from ..errors import AutocompressError, StudyNotFoundError
+from ..plan import CompressionPlan
+
+# Hypervolume reference point, in the normalised minimisation space the front is scored in:
+# error = 1 - accuracy (worst 1), latency and size as ratios to the teacher (worst 2x and 1x).
+HV_REFERENCE = {"accuracy": 1.0, "latency_ms": 2.0, "size_bytes": 1.0}
+
+COLUMNS = ["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio", "feasible",
+           "on_front", "cost_s", "plan_summary"]
+
+
+def _normalised(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]) -> np.ndarray:
+    cols = []
+    for name in objectives:
+        if name == "accuracy":
+            cols.append(1.0 - df["accuracy"].to_numpy(float))
+        else:
+            cols.append(df[name].to_numpy(float) / float(teacher[name]))
+    return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
+
+
+def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]) -> float:
+    """Hypervolume of ``df``'s feasible rows, objectives normalised (see ``HV_REFERENCE``); 0 if none count."""
+    rows = df[df["feasible"]] if "feasible" in df else df
+    if rows.empty:
+        return 0.0
+    points = _normalised(rows, objectives, teacher)
+    ref = np.array([HV_REFERENCE[o] for o in objectives])
+    points = points[np.all(points < ref, axis=1)]
+    if len(points) == 0:
+        return 0.0
+    # Optuna's own WFG implementation (module is private in Optuna 5; it is what its hypervolume plots use).
+    from optuna._hypervolume import compute_hypervolume
+
+    return float(compute_hypervolume(points, ref))
+
+
+@dataclass
+class Front:
+    """Completed trials of a study, which of them form the (feasible) Pareto front, and the teacher reference.
+
+    ``trials`` has one row per completed trial with the columns in ``COLUMNS`` (accuracy is on validation, used
+    for selection; test_accuracy is reported only). ``front`` is the subset on the Pareto front.
+    """
+
+    study_name: str
+    objectives: dict[str, str]
+    teacher: dict[str, Any]
+    trials: pd.DataFrame
+    failed: pd.DataFrame
+    plans: dict[int, CompressionPlan] = field(default_factory=dict)
+
+    @property
+    def front(self) -> pd.DataFrame:
+        return self.trials[self.trials["on_front"]].sort_values("size_bytes").reset_index(drop=True)
+
+    @property
+    def hypervolume(self) -> float:
+        return hypervolume(self.trials, list(self.objectives), self.teacher)
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> Front:
+        objectives = study.user_attrs.get("objectives") or {
+            n: "maximize" if d == optuna.study.StudyDirection.MAXIMIZE else "minimize"
+            for n, d in zip(study.metric_names or [], study.directions, strict=False)}
+        teacher = study.user_attrs.get("teacher", {})
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        front_numbers = {t.number for t in study.best_trials} if complete else set()
+        rows, plans = [], {}
+        for t in complete:
+            ua = t.user_attrs
+            constraints = ua.get("constraints", {})
+            plan = CompressionPlan.from_dict(ua["plan"]) if "plan" in ua else CompressionPlan()
+            plans[t.number] = plan
+            rows.append({
+                "trial": t.number, "accuracy": ua.get("accuracy"), "test_accuracy": ua.get("test_accuracy"),
+                "latency_ms": ua.get("latency_ms"), "size_bytes": ua.get("size_bytes"),
+                "compression_ratio": ua.get("compression_ratio"),
+                "feasible": all(v <= 0 for v in constraints.values()),
+                "on_front": t.number in front_numbers, "cost_s": ua.get("cost_s"),
+                "plan_summary": plan.summary(),
+            })
+        trials = pd.DataFrame(rows, columns=COLUMNS)
+        failed_rows = [{"trial": t.number, "state": t.state.name, "reason": t.user_attrs.get("error", "")}
+                       for t in study.get_trials(deepcopy=False)
+                       if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
+        return cls(study_name=study.study_name, objectives=objectives, teacher=teacher, trials=trials,
+                   failed=pd.DataFrame(failed_rows, columns=["trial", "state", "reason"]), plans=plans)
+
+    def pick(self, expr: str, *, by: str = "accuracy") -> pd.Series:
+        """The front member satisfying ``expr`` that is best by ``by``.
+
+        ``expr`` is a pandas query over the front's columns, e.g. ``'latency_ms <= 2 and accuracy >= 0.97'``.
+        Raises :class:`AutocompressError` naming the closest members when nothing matches.
+        """
+        front = self.front
+        if front.empty:
+            raise AutocompressError(f"study {self.study_name!r} has no feasible front member to pick from")
+        try:
+            hits = front.query(expr, engine="python")
+        except Exception as e:
+            raise AutocompressError(f"cannot evaluate pick expression {expr!r}: {e}; columns are "
+                                    f"{', '.join(COLUMNS)}") from None
+        if by not in front.columns:
+            raise AutocompressError(f"--by {by!r} is not a column; allowed: {', '.join(COLUMNS)}")
+        if hits.empty:
+            closest = front.sort_values(by, ascending=self.objectives.get(by, "maximize") != "maximize").head(3)
+            raise AutocompressError(f"no front member satisfies {expr!r}; closest by {by}:\n"
+                                    + closest[["trial", "accuracy", "latency_ms", "size_bytes"]].to_string(index=False))
+        ascending = self.objectives.get(by, "maximize") != "maximize"
+        return hits.sort_values(by, ascending=ascending).iloc[0]
+
+    def table(self) -> str:
+        """Human-readable front, smallest first."""
+        f = self.front
+        if f.empty:
+            return "(the front is empty: no feasible completed trial)"
+        shown = f[["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio",
+                   "plan_summary"]].copy()
+        shown["accuracy"] = shown["accuracy"].map(lambda v: f"{v:.4f}")
+        shown["test_accuracy"] = shown["test_accuracy"].map(lambda v: "" if v is None or math.isnan(v) else f"{v:.4f}")
+        shown["latency_ms"] = shown["latency_ms"].map(lambda v: f"{v:.4f}")
+        shown["compression_ratio"] = shown["compression_ratio"].map(lambda v: f"{v:.1f}x")
+        shown["plan_summary"] = shown["plan_summary"].map(lambda s: s if len(s) <= 70 else s[:67] + "...")
+        return shown.to_string(index=False)
+
+
+def study_names(storage: str) -> list[str]:
+    if storage.startswith("sqlite:///"):
+        path = storage.removeprefix("sqlite:///")
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise StudyNotFoundError(f"no study database at {path} (run `autocompress search` first)")
+    try:
+        return [s.study_name for s in optuna.get_all_study_summaries(storage=storage)]
+    except Exception as e:
+        raise StudyNotFoundError(f"cannot open storage {storage!r}: {e}") from None
+
+
+def load_front(storage: str, study_name: str | None = None) -> Front:
+    """Read the front of ``study_name`` in ``storage`` (the only study there when no name is given)."""
+    names = study_names(storage)
+    if study_name is None:
+        if len(names) != 1:
+            raise StudyNotFoundError(f"storage {storage!r} holds {len(names)} studies ({names}); name one")
+        study_name = names[0]
+    if study_name not in names:
+        raise StudyNotFoundError(f"no study {study_name!r} in {storage!r}; studies there: {names or 'none'}")
+    return Front.from_study(optuna.load_study(study_name=study_name, storage=storage))
+
+
+def sqlite_url(path: str) -> str:
+    return path if re.match(r"^[a-z][a-z0-9+]*://", path) else f"sqlite:///{path}"

@@ -1,0 +1,85 @@
+"""Search space: a validated YAML space + the model's layers -> Optuna distributions -> CompressionPlan.
+
+Every choice list becomes an Optuna categorical parameter, named ``<layer>:<knob>`` for per-layer groups and
+``<group>:<knob>`` when a group shares one value; single-valued choices are fixed and not sampled. The output
+layer's ``channel_keep`` is fixed at 1 (its channels are the model's outputs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import optuna
+
+from .compress.layers import LayerInfo
+from .config import LayerGroup, SearchSpaceConfig
+from .errors import ConfigError
+from .plan import CompressionPlan, DistillPlan, LayerPlan, StudentPlan
+
+LAYER_KNOBS = ("sparsity", "weight_bits", "activation_bits", "channel_keep", "rank_ratio")
+
+
+@dataclass(frozen=True)
+class Assignment:
+    layer: LayerInfo
+    group: LayerGroup
+
+
+class SearchSpace:
+    """Binds a :class:`SearchSpaceConfig` to the layers of one teacher."""
+
+    def __init__(self, config: SearchSpaceConfig, layers: list[LayerInfo], *, source: str = "search space") -> None:
+        self.config = config
+        self.layers = layers
+        self.assignments: list[Assignment] = []
+        self.unassigned: list[str] = []
+        for info in layers:
+            group = next((g for g in config.groups if g.selects(info.name, info.type_name)), None)
+            if group is None:
+                self.unassigned.append(info.name)
+            else:
+                self.assignments.append(Assignment(info, group))
+        if not self.assignments:
+            names = [f"{i.name} ({i.type_name})" for i in layers] or ["(none: the model has no Conv/Linear layer)"]
+            raise ConfigError("no group selects any layer of the model, so there is nothing to compress; "
+                              f"the model's compressible layers are: {', '.join(names)}", file=source,
+                              field="groups")
+
+    def distributions(self) -> dict[str, optuna.distributions.CategoricalChoiceType]:
+        """Every sampled parameter and its choices (for docs, dashboards and tests)."""
+        out: dict[str, list] = {}
+        for a in self.assignments:
+            for knob in LAYER_KNOBS:
+                choices = self._choices(a, knob)
+                if len(choices) > 1:
+                    out[self._param(a, knob)] = choices
+        for section, spec in (("student", self.config.student), ("distill", self.config.distill)):
+            for knob, choices in spec.model_dump().items():
+                if len(choices) > 1:
+                    out[f"{section}:{knob}"] = list(choices)
+        return out
+
+    @staticmethod
+    def _param(a: Assignment, knob: str) -> str:
+        return f"{a.layer.name}:{knob}" if a.group.per_layer else f"{a.group.name}:{knob}"
+
+    @staticmethod
+    def _choices(a: Assignment, knob: str) -> list:
+        if knob == "channel_keep" and a.layer.is_output:
+            return [1.0]
+        return list(getattr(a.group, knob))
+
+    def suggest(self, trial: optuna.Trial) -> CompressionPlan:
+        """Sample a plan through ``trial`` (works with any Optuna sampler)."""
+        def pick(name: str, choices: list):
+            return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, choices)
+
+        layers = {}
+        for a in self.assignments:
+            values = {knob: pick(self._param(a, knob), self._choices(a, knob)) for knob in LAYER_KNOBS}
+            lp = LayerPlan(**values)
+            if not lp.is_identity:
+                layers[a.layer.name] = lp
+        student = StudentPlan(**{k: pick(f"student:{k}", v) for k, v in self.config.student.model_dump().items()})
+        distill = DistillPlan(**{k: pick(f"distill:{k}", v) for k, v in self.config.distill.model_dump().items()})
+        return CompressionPlan(layers=layers, student=student, distill=distill)

