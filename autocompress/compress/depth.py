@@ -14,6 +14,11 @@ from torch import nn
 from .layers import COMPRESSIBLE
 
 
+def _record(shapes: dict, name: str, inp: torch.Tensor, out: torch.Tensor) -> None:
+    """Forward hook body; returns None so the module's output is left unchanged."""
+    shapes.setdefault(name, (tuple(inp.shape), tuple(out.shape)))
+
+
 @torch.no_grad()
 def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str, list[str]]:
     """``{sequential_name: [block names]}`` of blocks that contain a Conv/Linear and preserve shape."""
@@ -29,7 +34,7 @@ def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str,
             full = f"{seq_name}.{child_name}" if seq_name else child_name
             candidates.setdefault(seq_name, []).append(full)
             hooks.append(child.register_forward_hook(
-                lambda m, i, o, full=full: shapes.setdefault(full, (tuple(i[0].shape), tuple(o.shape)))))
+                lambda m, i, o, full=full: _record(shapes, full, i[0], o)))
     was_training = model.training
     model.eval()
     try:
