@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import sys
@@ -10,6 +11,10 @@ from pathlib import Path
 
 from . import __version__
 from .errors import AutocompressError, StudyNotFoundError
+
+
+# Modules adding their own sub-commands (kept light at import: heavy imports go inside the command).
+COMMAND_MODULES: list[str] = []
 
 
 def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
@@ -130,6 +135,10 @@ def build_parser() -> argparse.ArgumentParser:
         "allowed; exit code 2. Nothing is written."))
     v.add_argument("configs", nargs="+", metavar="CONFIG", help="study config files (YAML)")
     v.set_defaults(func=cmd_validate)
+
+    # Sub-commands living beside their feature: each module has `register(subparsers)`.
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
     return p
 
 

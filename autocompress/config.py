@@ -194,7 +194,11 @@ class LatencyConfig(_Strict):
 
 
 class StudyConfig(_Strict):
-    """A study: which task, which search space, which objectives, how long, where results go."""
+    """A study: which task, which search space, which objectives, how long, where results go.
+
+    ``warm_start`` queues a few uniform plans (8 and 4 bits everywhere, with and without sparsity) as the first
+    trials of a new study, so the front starts from what an expert would try first; the sampler does the rest.
+    """
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
     task: str
@@ -208,6 +212,7 @@ class StudyConfig(_Strict):
     n_trials: int | None = Field(default=30, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
     seed: int = 0
+    warm_start: bool = True
     storage: str | None = None
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)

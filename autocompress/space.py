@@ -69,6 +69,26 @@ class SearchSpace:
             return [1.0]
         return list(getattr(a.group, knob))
 
+    def uniform_params(self, *, weight_bits: int, sparsity: float) -> dict[str, object]:
+        """Optuna parameters of a uniform plan: every layer at (the choice closest to) ``weight_bits`` and
+        ``sparsity``, everything else left as in the teacher (largest keep/rank/width/depth, float inputs).
+
+        Used to warm-start a study with the plans an expert would try first.
+        """
+        def closest(choices: list, target: float):
+            return min(choices, key=lambda c: (abs(c - target), c))
+
+        targets = {"weight_bits": weight_bits, "sparsity": sparsity, "activation_bits": 32, "channel_keep": 1.0,
+                   "rank_ratio": 1.0}
+        params: dict[str, object] = {}
+        for name, choices in self.distributions().items():
+            section, _, knob = name.rpartition(":")
+            if section in ("student", "distill"):
+                params[name] = max(choices) if section == "student" else choices[0]
+            else:
+                params[name] = closest(choices, targets[knob])
+        return params
+
     def suggest(self, trial: optuna.Trial) -> CompressionPlan:
         """Sample a plan through ``trial`` (works with any Optuna sampler)."""
         def pick(name: str, choices: list):

@@ -30,6 +30,8 @@ from .objective import TeacherReference, evaluate_candidate, measure_teacher
 log = logging.getLogger(__name__)
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+# Uniform (weight bits, sparsity) plans queued first in a new study when `warm_start` is on.
+WARM_START = ((8, 0.0), (4, 0.0), (4, 0.5), (4, 0.75))
 
 
 @dataclass
@@ -120,6 +122,13 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
                                         "is_output": i.is_output} for i in layers])
         study.set_user_attr("unassigned_layers", space.unassigned)
     teacher = TeacherReference(**study.user_attrs["teacher"])
+    if cfg.warm_start and not study.get_trials(deepcopy=False):
+        queued = []
+        for bits, sparsity in WARM_START:
+            params = space.uniform_params(weight_bits=bits, sparsity=sparsity)
+            if params not in queued:
+                queued.append(params)
+                study.enqueue_trial(params, user_attrs={"warm_start": f"uniform w{bits} s{sparsity:g}"})
 
     target = n_trials if n_trials is not None else cfg.n_trials
     done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
@@ -166,7 +175,10 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
             bar.set_postfix_str(f"front={n_front} last: {trial.state.name} {trial.user_attrs.get('error', '')[:40]}")
 
     interrupted = False
-    new_before = len(study.get_trials(deepcopy=False))
+    def n_finished() -> int:
+        return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+
+    new_before = n_finished()
     try:
         if remaining != 0:
             study.optimize(objective, n_trials=remaining, timeout=cfg.timeout_s, catch=(Exception,),
@@ -175,7 +187,7 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
         interrupted = True
     finally:
         bar.close()
-    new_trials = len(study.get_trials(deepcopy=False)) - new_before
+    new_trials = n_finished() - new_before
     front = Front.from_study(study)
     return StudyOutcome(front=front, study_dir=loaded.study_dir, storage_url=loaded.storage_url,
                         interrupted=interrupted, new_trials=new_trials, seconds=time.perf_counter() - start)
