@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
 # Uniform (weight bits, sparsity) plans queued first in a new study when `warm_start` is on.
-WARM_START = ((8, 0.0), (4, 0.0), (4, 0.5), (4, 0.75))
+WARM_START = ((8, 0.0), (4, 0.0), (4, 0.5), (3, 0.5), (4, 0.75))
 
 
 @dataclass
