@@ -174,12 +174,48 @@ class Constraints(_Strict):
 
 
 class FinetuneConfig(_Strict):
-    """Short knowledge-distillation fine-tune of every candidate before scoring (the accuracy objective)."""
+    """Knowledge-distillation fine-tuning of candidates.
+
+    steps:      mini-batches at the ``short`` fidelity level
+    full_steps: mini-batches at the ``full`` level (fine-tuning to convergence; what export uses)
+    calibration_batches: training batches (of 32) used for activation ranges and BatchNorm recalibration
+    """
 
     steps: int = Field(default=200, ge=0)
+    full_steps: int = Field(default=1500, ge=1)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
     calibration_batches: int = Field(default=4, ge=1)
+
+    @model_validator(mode="after")
+    def _order(self) -> FinetuneConfig:
+        if self.full_steps < self.steps:
+            raise ValueError(f"`full_steps` ({self.full_steps}) must be at least `steps` ({self.steps})")
+        return self
+
+
+FIDELITY_LEVELS = ("zero-shot", "short", "full")
+
+
+class FidelityConfig(_Strict):
+    """How candidates' accuracy is estimated, cheaply first (see docs: the fidelity ladder).
+
+    proxy:     the level whose validation accuracy is the study's accuracy objective
+               zero-shot = plan applied, BatchNorm recalibrated, no training; short = ``finetune.steps`` of KD;
+               full = ``finetune.full_steps`` of KD
+    promotion: multi-objective successive halving: every candidate is scored at zero-shot first, and only the best
+               1/eta at each rung (non-dominated sorting, crowding distance for ties) goes on to the next level
+    eta:       promotion rate denominator
+    self_check: number of candidates (chosen at random) also fine-tuned at full fidelity, to measure how well the
+               proxy ranks candidates (Kendall tau stored in the study); 0 = off
+    min_tau:   warn when the measured Kendall tau is below this
+    """
+
+    proxy: Literal["zero-shot", "short", "full"] = "short"
+    promotion: bool = True
+    eta: int = Field(default=3, ge=2)
+    self_check: int = Field(default=8, ge=0)
+    min_tau: float = Field(default=0.6, ge=-1.0, le=1.0)
 
 
 class LatencyConfig(_Strict):
@@ -215,6 +251,7 @@ class StudyConfig(_Strict):
     warm_start: bool = True
     storage: str | None = None
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    fidelity: FidelityConfig = Field(default_factory=FidelityConfig)
     latency: LatencyConfig = Field(default_factory=LatencyConfig)
 
     @field_validator("objectives")

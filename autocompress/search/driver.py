@@ -10,9 +10,9 @@ running trial failed, keeping everything completed.
 from __future__ import annotations
 
 import logging
-import math
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +24,14 @@ from ..config import LoadedStudy
 from ..errors import ConfigError
 from ..space import SearchSpace
 from ..tasks import Task, load_task
+from .fidelity import summarize_fidelity
 from .front import Front
-from .objective import TeacherReference, evaluate_candidate, measure_teacher
+from .objective import TeacherReference, measure_teacher
+from .trial import TrialRunner
 
 log = logging.getLogger(__name__)
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 # Uniform (weight bits, sparsity) plans queued first in a new study when `warm_start` is on.
 WARM_START = ((8, 0.0), (4, 0.0), (4, 0.5), (3, 0.5), (4, 0.75))
 
@@ -42,6 +44,15 @@ class StudyOutcome:
     interrupted: bool
     new_trials: int
     seconds: float
+
+
+def post_study_steps() -> list[Callable[[optuna.Study, Task, LoadedStudy], None]]:
+    """Steps run on a finished (not interrupted) study before its front is reported, in order.
+
+    Each takes ``(study, task, loaded)`` and may record results as study user attributes (finished trials cannot
+    be changed), e.g. re-measure or gate front members. Imported here, not at module level, to keep start-up light.
+    """
+    return []
 
 
 def _sampler(loaded: LoadedStudy, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -86,18 +97,6 @@ def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
     return study
 
 
-def _constraint_values(loaded: LoadedStudy, metrics: dict[str, float]) -> dict[str, float]:
-    c = loaded.config.constraints
-    out = {}
-    if c.min_accuracy is not None:
-        out["min_accuracy"] = c.min_accuracy - metrics["accuracy"]
-    if c.max_latency_ms is not None:
-        out["max_latency_ms"] = metrics["latency_ms"] - c.max_latency_ms
-    if c.max_size_bytes is not None:
-        out["max_size_bytes"] = float(metrics["size_bytes"] - c.max_size_bytes)
-    return out
-
-
 def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: bool = True,
               task: Task | None = None) -> StudyOutcome:
     """Run (or continue) the study until it holds ``n_trials`` finished trials or ``timeout_s`` passes."""
@@ -136,30 +135,7 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
     study.sampler = _sampler(loaded, done)
     objectives = list(cfg.objectives)
 
-    def objective(trial: optuna.Trial) -> tuple[float, ...]:
-        t0 = time.perf_counter()
-        try:
-            plan = space.suggest(trial)
-            trial.set_user_attr("plan", plan.to_dict())
-            result = evaluate_candidate(task, plan, finetune_cfg=cfg.finetune, latency=cfg.latency,
-                                        teacher_size_bytes=teacher.size_bytes, seed=cfg.seed + trial.number)
-            metrics = {"accuracy": result.accuracy, "latency_ms": result.latency_ms,
-                       "size_bytes": result.size_bytes}
-            for key, value in result.to_dict().items():
-                trial.set_user_attr(key, value)
-            constraints = _constraint_values(loaded, metrics)
-            trial.set_user_attr("constraints", constraints)
-            for key, value in constraints.items():
-                trial.set_constraint(key, value)
-            trial.set_user_attr("cost_s", round(time.perf_counter() - t0, 3))
-            values = tuple(float(metrics[o]) for o in objectives)
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"non-finite objective values {dict(zip(objectives, values, strict=True))}")
-            return values
-        except Exception as e:
-            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
-            trial.set_user_attr("cost_s", round(time.perf_counter() - t0, 3))
-            raise
+    objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target)
 
     bar = tqdm(total=remaining, disable=not progress or remaining == 0, unit="trial", dynamic_ncols=True,
                desc=f"study {loaded.study_name}")
@@ -188,6 +164,16 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
     finally:
         bar.close()
     new_trials = n_finished() - new_before
+    summary = summarize_fidelity(study)
+    study.set_user_attr("fidelity_summary", summary)
+    tau = summary["self_check"]["kendall_tau"]
+    if tau is not None and tau < cfg.fidelity.min_tau:
+        log.warning("the %s proxy ranks candidates poorly: Kendall tau %.2f against full fine-tuning on %d "
+                    "candidates (below %.2f). Consider a higher `fidelity.proxy` or more `finetune.steps`.",
+                    cfg.fidelity.proxy, tau, summary["self_check"]["n"], cfg.fidelity.min_tau)
+    if not interrupted:
+        for step in post_study_steps():
+            step(study, task, loaded)
     front = Front.from_study(study)
     return StudyOutcome(front=front, study_dir=loaded.study_dir, storage_url=loaded.storage_url,
                         interrupted=interrupted, new_trials=new_trials, seconds=time.perf_counter() - start)

@@ -20,7 +20,7 @@ from ..plan import CompressionPlan
 HV_REFERENCE = {"accuracy": 1.0, "latency_ms": 2.0, "size_bytes": 1.0}
 
 COLUMNS = ["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio", "feasible",
-           "on_front", "cost_s", "plan_summary"]
+           "on_front", "fidelity", "cost_s", "plan_summary"]
 
 
 def _normalised(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]) -> np.ndarray:
@@ -91,11 +91,12 @@ class Front:
                 "latency_ms": ua.get("latency_ms"), "size_bytes": ua.get("size_bytes"),
                 "compression_ratio": ua.get("compression_ratio"),
                 "feasible": all(v <= 0 for v in constraints.values()),
-                "on_front": t.number in front_numbers, "cost_s": ua.get("cost_s"),
+                "on_front": t.number in front_numbers, "fidelity": ua.get("fidelity"), "cost_s": ua.get("cost_s"),
                 "plan_summary": plan.summary(),
             })
         trials = pd.DataFrame(rows, columns=COLUMNS)
-        failed_rows = [{"trial": t.number, "state": t.state.name, "reason": t.user_attrs.get("error", "")}
+        failed_rows = [{"trial": t.number, "state": t.state.name,
+                        "reason": t.user_attrs.get("error") or t.user_attrs.get("stopped", "")}
                        for t in study.get_trials(deepcopy=False)
                        if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
         return cls(study_name=study.study_name, objectives=objectives, teacher=teacher, trials=trials,

@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from ..compress import apply, bake, calibrate, set_input_quantizers
+from ..compress import CompressedModel, apply, bake, calibrate, set_input_quantizers
 from ..compress.distill import finetune
 from ..config import FinetuneConfig, LatencyConfig
 from ..evaluate.accuracy import evaluate
-from ..evaluate.latency import measure_latency
+from ..evaluate.latency import LatencyResult, measure_latency
 from ..evaluate.size import compressed_size, dense_size_bytes
 from ..plan import CompressionPlan
 from ..tasks import Task
@@ -70,41 +70,106 @@ def measure_teacher(task: Task, latency: LatencyConfig) -> TeacherReference:
                             latency_ms=lat.latency_ms, size_bytes=dense_size_bytes(task.model))
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (cumulative average), weights untouched."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    saved = [(bn.momentum, bn.training) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the batches below
+        bn.train()
+    for x in batches:
+        model(x)
+    for bn, (momentum, training) in zip(bns, saved, strict=True):
+        bn.momentum = momentum
+        bn.train(training)
+
+
+class Candidate:
+    """One materialized plan that can be trained up the fidelity ladder step by step.
+
+    Fine-tuning is cumulative: ``train_to(400)`` after ``train_to(200)`` trains 200 more steps, so promoting a
+    candidate to a higher level pays only the difference.
+    """
+
+    def __init__(self, task: Task, plan: CompressionPlan, finetune_cfg: FinetuneConfig, *, seed: int = 0) -> None:
+        t0 = time.perf_counter()
+        self.task, self.plan, self.cfg, self.seed = task, plan, finetune_cfg, seed
+        self.cm = apply(task.model, plan, task.example_input)
+        self.calib = calibration_batches(task, finetune_cfg.calibration_batches)
+        recalibrate_batchnorm(self.cm.model, self.calib)
+        calibrate(self.cm, self.calib)
+        self.cm.model.eval()
+        self.steps_done = 0
+        self.seconds: dict[str, float] = {"apply": time.perf_counter() - t0}
+
+    def _add_time(self, key: str, t0: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+    def train_to(self, steps: int) -> None:
+        """Fine-tune (KD) until ``steps`` mini-batches in total have been trained."""
+        t0 = time.perf_counter()
+        if steps > self.steps_done:
+            finetune(self.cm, self.task.model, self.task.train, steps=steps - self.steps_done,
+                     batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done)
+            self.steps_done = steps
+        self._add_time("finetune", t0)
+
+    def accuracy(self, split: str = "val") -> float | None:
+        """Metric on ``val`` or ``test`` (None when the task has no test split)."""
+        t0 = time.perf_counter()
+        data = self.task.val if split == "val" else self.task.test
+        value = None if data is None else evaluate(self.cm.model, data, self.task.metric)
+        self._add_time("evaluate", t0)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"the metric returned {value} on the {split} split")
+        return value
+
+    def baked(self) -> CompressedModel:
+        """A copy with the compressed weights written into plain parameters (this candidate can train on)."""
+        # Parametrized modules cannot be deep-copied; replaying the (deterministic) plan gives the same structure
+        # and masks, into which the trained state and the calibrated activation ranges are loaded.
+        cm = apply(self.task.model, self.plan, self.task.example_input)
+        cm.model.load_state_dict(self.cm.model.state_dict())
+        for name, q in cm.input_quantizers.items():
+            src = self.cm.input_quantizers[name]
+            q.lo, q.hi, q.calibrating = src.lo, src.hi, False
+        cm.model.eval()
+        return bake(cm)
+
+    def size_bytes(self) -> int:
+        return compressed_size(self.baked())[0]
+
+    def latency(self, latency: LatencyConfig) -> LatencyResult:
+        """Measured in ONNX Runtime: int8 kernels for layers with <= 8-bit weights and 8-bit inputs."""
+        t0 = time.perf_counter()
+        cm = self.baked()
+        int8 = [f"{m}.weight" for layer, mods in cm.modules.items() for m in mods
+                if cm.weight_bits[m] <= 8 and cm.act_bits.get(layer, 32) == 8]
+        set_input_quantizers(cm, False)  # the runtime quantizes activations itself
+        result = measure_latency(cm.model, self.task.example_input, int8_weights=int8, calibration=self.calib,
+                                 threads=latency.threads, batch_size=latency.batch_size, warmup=latency.warmup,
+                                 repeats=latency.repeats)
+        self._add_time("latency", t0)
+        return result
+
+
 def evaluate_candidate(task: Task, plan: CompressionPlan, *, finetune_cfg: FinetuneConfig,
-                       latency: LatencyConfig, teacher_size_bytes: int, seed: int = 0) -> CandidateResult:
-    """Materialize ``plan`` on the task's teacher and measure it. Raises on failure (the trial is then failed)."""
-    seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    cm = apply(task.model, plan, task.example_input)
-    calib = calibration_batches(task, finetune_cfg.calibration_batches)
-    calibrate(cm, calib)
-    seconds["apply"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    finetune(cm, task.model, task.train, steps=finetune_cfg.steps, batch_size=finetune_cfg.batch_size,
-             lr=finetune_cfg.lr, seed=seed)
-    bake(cm)
-    seconds["finetune"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    accuracy = evaluate(cm.model, task.val, task.metric)
-    if not math.isfinite(accuracy):
-        raise ValueError(f"the metric returned {accuracy} on the validation split")
-    test_accuracy = evaluate(cm.model, task.test, task.metric) if task.test is not None else None
-    size_bytes, _ = compressed_size(cm)
-    seconds["evaluate"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    # int8 kernels for layers whose weights are <= 8 bits and whose inputs are 8-bit; float kernels otherwise
-    int8 = [f"{m}.weight" for layer, mods in cm.modules.items() for m in mods
-            if cm.weight_bits[m] <= 8 and cm.act_bits.get(layer, 32) == 8]
-    set_input_quantizers(cm, False)  # the runtime quantizes activations itself
-    lat = measure_latency(cm.model, task.example_input, int8_weights=int8, calibration=calib,
-                          threads=latency.threads, batch_size=latency.batch_size, warmup=latency.warmup,
-                          repeats=latency.repeats)
-    set_input_quantizers(cm, True)
-    seconds["latency"] = time.perf_counter() - t0
+                       latency: LatencyConfig, teacher_size_bytes: int, seed: int = 0,
+                       steps: int | None = None) -> CandidateResult:
+    """Materialize ``plan``, fine-tune ``steps`` (default ``finetune_cfg.steps``), measure everything. Raises on
+    failure (the trial is then failed)."""
+    cand = Candidate(task, plan, finetune_cfg, seed=seed)
+    lat = cand.latency(latency)
+    cand.train_to(finetune_cfg.steps if steps is None else steps)
+    accuracy = cand.accuracy("val")
+    assert accuracy is not None
+    test_accuracy = cand.accuracy("test")
+    size_bytes = cand.size_bytes()
     return CandidateResult(accuracy=accuracy, test_accuracy=test_accuracy, latency_ms=lat.latency_ms,
                            latency_p10_ms=lat.p10_ms, latency_p90_ms=lat.p90_ms, int8_nodes=lat.int8_nodes,
                            size_bytes=size_bytes, compression_ratio=teacher_size_bytes / size_bytes,
-                           skipped=cm.skipped, seconds={k: round(v, 3) for k, v in seconds.items()})
+                           skipped=cand.cm.skipped, seconds={k: round(v, 3) for k, v in cand.seconds.items()})

@@ -1,0 +1,133 @@
+"""One trial of a study: sample a plan, climb the fidelity ladder, measure, record everything on the trial.
+
+Backends (the local Optuna loop, Ray workers) all call :class:`TrialRunner`, so every trial carries the same
+user attributes whichever backend ran it:
+
+plan, rung:<level> ([accuracy, latency_ms, size_bytes] at each rung reached), fidelity (level of the reported
+accuracy), accuracy / test_accuracy, latency_ms (+ p10/p90, int8_nodes), size_bytes, compression_ratio, skipped,
+seconds (per phase), cost_s, constraints; self-check trials add full_accuracy and proxy_accuracy; stopped trials
+(successive halving) add stopped; failed trials add error.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import optuna
+
+from ..config import LoadedStudy
+from ..space import SearchSpace
+from ..tasks import Task
+from .fidelity import promote, rungs, self_check_numbers, steps_for
+from .objective import Candidate, TeacherReference
+
+MINIMISE_SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_bytes": 1.0}
+
+
+def constraint_values(loaded: LoadedStudy, metrics: dict[str, float]) -> dict[str, float]:
+    """Optuna constraint values (<= 0 is feasible) for the config's constraints."""
+    c = loaded.config.constraints
+    out = {}
+    if c.min_accuracy is not None:
+        out["min_accuracy"] = c.min_accuracy - metrics["accuracy"]
+    if c.max_latency_ms is not None:
+        out["max_latency_ms"] = metrics["latency_ms"] - c.max_latency_ms
+    if c.max_size_bytes is not None:
+        out["max_size_bytes"] = float(metrics["size_bytes"] - c.max_size_bytes)
+    return out
+
+
+class TrialRunner:
+    """The study's objective: ``runner(trial) -> tuple of objective values`` (raises TrialPruned when stopped)."""
+
+    def __init__(self, *, task: Task, space: SearchSpace, loaded: LoadedStudy, teacher: TeacherReference,
+                 horizon: int | None = None) -> None:
+        self.task, self.space, self.loaded, self.teacher = task, space, loaded, teacher
+        cfg = loaded.config
+        self.objectives = list(cfg.objectives)
+        self.ladder = rungs(cfg.fidelity)
+        self.check = self_check_numbers(cfg.seed, horizon or cfg.n_trials or 100, cfg.fidelity.self_check)
+        if cfg.fidelity.proxy == "full":
+            self.check = set()  # the proxy already is full fine-tuning
+
+    def _rung_points(self, trial: optuna.Trial, level: str) -> tuple[np.ndarray, int]:
+        """Minimisation-space points of every trial scored at ``level``, and this trial's row."""
+        rows, index = [], -1
+        key = f"rung:{level}"
+        for t in trial.study.get_trials(deepcopy=False):
+            values = t.user_attrs.get(key)
+            if values is None:
+                continue
+            if t.number == trial.number:
+                index = len(rows)
+            metrics = dict(zip(("accuracy", "latency_ms", "size_bytes"), values, strict=True))
+            rows.append([MINIMISE_SIGN[o] * metrics[o] for o in self.objectives])
+        return np.asarray(rows, dtype=float), index
+
+    def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
+        t0 = time.perf_counter()
+        cfg = self.loaded.config
+        try:
+            plan = self.space.suggest(trial)
+            trial.set_user_attr("plan", plan.to_dict())
+            cand = Candidate(self.task, plan, cfg.finetune, seed=cfg.seed + trial.number)
+            lat = cand.latency(cfg.latency)
+            size = cand.size_bytes()
+            trial.set_user_attr("latency_ms", lat.latency_ms)
+            trial.set_user_attr("latency_p10_ms", lat.p10_ms)
+            trial.set_user_attr("latency_p90_ms", lat.p90_ms)
+            trial.set_user_attr("int8_nodes", lat.int8_nodes)
+            trial.set_user_attr("skipped", cand.cm.skipped)
+            checking = trial.number in self.check
+            accuracy = math.nan
+            for i, level in enumerate(self.ladder):
+                cand.train_to(steps_for(level, cfg.finetune))
+                accuracy = cand.accuracy("val")
+                trial.set_user_attr(f"rung:{level}", [accuracy, lat.latency_ms, size])
+                if i == len(self.ladder) - 1 or checking:
+                    continue
+                points, index = self._rung_points(trial, level)
+                if not promote(points, index, cfg.fidelity.eta):
+                    self._finish(trial, t0, cand, level=level, accuracy=accuracy, size=size)
+                    reason = f"stopped at {level}: not in the best 1/{cfg.fidelity.eta} of {len(points)} scored there"
+                    trial.set_user_attr("stopped", reason)
+                    raise optuna.TrialPruned(reason)
+            proxy_level = self.ladder[-1]
+            accuracy = trial.user_attrs[f"rung:{proxy_level}"][0] if checking else accuracy
+            size = cand.size_bytes()  # trained weights may round to zero differently than at rung 0
+            if checking:
+                cand.train_to(steps_for("full", cfg.finetune))
+                trial.set_user_attr("proxy_accuracy", accuracy)
+                trial.set_user_attr("full_accuracy", cand.accuracy("val"))
+                trial.set_user_attr("self_check", True)
+            metrics = {"accuracy": accuracy, "latency_ms": lat.latency_ms, "size_bytes": size}
+            self._finish(trial, t0, cand, level=proxy_level, accuracy=accuracy, size=size)
+            constraints = constraint_values(self.loaded, metrics)
+            trial.set_user_attr("constraints", constraints)
+            for key, value in constraints.items():
+                trial.set_constraint(key, value)
+            values = tuple(float(metrics[o]) for o in self.objectives)
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"non-finite objective values {dict(zip(self.objectives, values, strict=True))}")
+            return values
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            trial.set_user_attr("error", f"{type(e).__name__}: {e}")
+            trial.set_user_attr("cost_s", round(time.perf_counter() - t0, 3))
+            raise
+
+    def _finish(self, trial: optuna.Trial, t0: float, cand: Candidate, *, level: str, accuracy: float,
+                size: int) -> None:
+        attrs: dict[str, Any] = {
+            "fidelity": level, "accuracy": accuracy, "size_bytes": size,
+            "compression_ratio": self.teacher.size_bytes / size,
+            "test_accuracy": cand.accuracy("test") if level == self.ladder[-1] else None,
+            "seconds": {k: round(v, 3) for k, v in cand.seconds.items()},
+            "cost_s": round(time.perf_counter() - t0, 3),
+        }
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)

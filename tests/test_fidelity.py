@@ -1,0 +1,99 @@
+"""Fidelity ladder: promotion by non-dominated sorting, cumulative fine-tuning, self-check, studies with halving."""
+
+import numpy as np
+import optuna
+import pytest
+from conftest import write_study
+
+from autocompress.config import FidelityConfig, load_study_config
+from autocompress.search.fidelity import (
+    crowding_distance,
+    promote,
+    promotion_order,
+    rank_agreement,
+    rungs,
+    self_check_numbers,
+)
+from autocompress.search.driver import run_study
+
+
+def test_rungs():
+    assert rungs(FidelityConfig(proxy="short")) == ["zero-shot", "short"]
+    assert rungs(FidelityConfig(proxy="full")) == ["zero-shot", "short", "full"]
+    assert rungs(FidelityConfig(proxy="short", promotion=False)) == ["short"]
+    assert rungs(FidelityConfig(proxy="zero-shot")) == ["zero-shot"]
+
+
+def test_promotion_order_rank_then_crowding():
+    # minimisation; rows 0-2 are non-dominated, row 3 dominated by row 1
+    pts = np.array([[0.0, 3.0], [1.0, 1.0], [3.0, 0.0], [2.0, 2.0]])
+    order = promotion_order(pts)
+    assert set(order[:3]) == {0, 1, 2} and order[3] == 3
+    assert crowding_distance(pts)[0] == np.inf and crowding_distance(pts)[2] == np.inf
+    assert order[2] == 1  # the interior member of the first front has the smallest crowding distance
+
+
+def test_promote_keeps_best_fraction():
+    pts = np.array([[float(i), float(i)] for i in range(9)])  # a chain: 0 dominates everything
+    promoted = [i for i in range(9) if promote(pts, i, eta=3)]
+    assert promoted == [0, 1, 2]
+    assert promote(pts[:2], 1, eta=3)  # fewer than eta scored: everyone goes on
+
+
+def test_self_check_sample_is_seeded():
+    a = self_check_numbers(0, 50, 8)
+    assert a == self_check_numbers(0, 50, 8) and len(a) == 8 and max(a) < 50
+    assert self_check_numbers(0, 50, 0) == set()
+
+
+def test_rank_agreement():
+    r = rank_agreement([0.1, 0.2, 0.3, 0.4], [0.5, 0.6, 0.7, 0.8])
+    assert r["kendall_tau"] == pytest.approx(1.0) and r["spearman_rho"] == pytest.approx(1.0)
+    r = rank_agreement([0.4, 0.3, 0.2, 0.1], [0.5, 0.6, 0.7, 0.8])
+    assert r["kendall_tau"] == pytest.approx(-1.0)
+    assert rank_agreement([0.1, 0.2], [0.1, 0.2])["kendall_tau"] is None
+
+
+def test_candidate_training_is_cumulative(digits_task):
+    from autocompress.config import FinetuneConfig
+    from autocompress.plan import CompressionPlan, LayerPlan
+    from autocompress.search.objective import Candidate
+
+    plan = CompressionPlan(layers={"1": LayerPlan(weight_bits=2, sparsity=0.8)})
+    cand = Candidate(digits_task, plan, FinetuneConfig(steps=20))
+    zero = cand.accuracy()
+    cand.train_to(20)
+    assert cand.steps_done == 20
+    cand.train_to(10)  # never trains backwards
+    assert cand.steps_done == 20
+    assert cand.accuracy() != zero
+    # the baked copy carries the trained weights: same predictions as the training copy
+    import torch
+
+    x = digits_task.val.tensors[0]
+    assert torch.equal(cand.baked().model(x).argmax(1), cand.cm.model(x).argmax(1))
+
+
+def test_study_with_halving_and_self_check(tmp_path, digits_task):
+    path = write_study(tmp_path, n_trials=10, warm_start=False, finetune={"steps": 10, "full_steps": 20},
+                       fidelity={"proxy": "short", "eta": 2, "self_check": 3})
+    loaded = load_study_config(path)
+    run_study(loaded, progress=False, task=digits_task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    states = [t.state for t in study.trials]
+    assert len(states) == 10
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert pruned, "successive halving stopped nothing"
+    for t in pruned:
+        assert t.user_attrs["fidelity"] == "zero-shot" and "stopped at zero-shot" in t.user_attrs["stopped"]
+        assert "rung:short" not in t.user_attrs
+    for t in complete:
+        assert t.user_attrs["fidelity"] == "short"
+        assert t.user_attrs["accuracy"] == t.user_attrs["rung:short"][0] == t.values[0]
+    checked = [t for t in complete if t.user_attrs.get("self_check")]
+    assert len(checked) == 3  # self-check candidates are never stopped early
+    summary = study.user_attrs["fidelity_summary"]
+    assert summary["stopped"] == len(pruned) and summary["completed"] == len(complete)
+    assert summary["self_check"]["n"] == 3 and summary["self_check"]["trials"] == sorted(t.number for t in checked)
+    assert summary["cost_s_saved_estimate"] is not None and summary["cost_s_saved_estimate"] >= 0
