@@ -1,0 +1,79 @@
+"""Zero-cost accuracy proxies, for comparison with the fidelity ladder only (they never drive a study).
+
+Each takes a materialized model (weights baked) and returns a score where larger should mean more accurate:
+
+- ``params``:    stored non-zero parameters
+- ``flops``:     multiply-accumulates of the Conv/Linear layers for one example (dense kernels)
+- ``synflow``:   sum |theta * dR/dtheta| with R the output of the all-ones input through |theta| (Tanaka et al. 2020)
+- ``grad_norm``: L2 norm of the loss gradient on one batch (Abdelfattah et al. 2021)
+- ``snip``:      sum |theta * dL/dtheta| on one batch (Lee et al. 2019)
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def params(model: nn.Module) -> float:
+    return float(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
+
+
+@torch.no_grad()
+def flops(model: nn.Module, example_input: torch.Tensor) -> float:
+    total = 0
+
+    def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(m, nn.Linear):
+            total += o.numel() // o.shape[-1] * m.in_features * m.out_features
+        else:
+            total += o.numel() * (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+    try:
+        model.eval()(example_input[:1])
+    finally:
+        for h in hooks:
+            h.remove()
+    return float(total)
+
+
+def synflow(model: nn.Module, example_input: torch.Tensor) -> float:
+    m = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.abs_()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    m.zero_grad()
+    m(torch.ones_like(example_input[:1], dtype=torch.float64)).sum().backward()
+    return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None))
+
+
+def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
+    m = copy.deepcopy(model).train()
+    for p in m.parameters():
+        p.requires_grad_(True)
+    m.zero_grad()
+    F.cross_entropy(m(x), y).backward()
+    return m
+
+
+def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    m = _loss_grads(model, x, y)
+    return float(torch.sqrt(sum(p.grad.pow(2).sum() for p in m.parameters() if p.grad is not None)))
+
+
+def snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    m = _loss_grads(model, x, y)
+    return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None))
+
+
+def all_scores(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Every zero-cost score of ``model`` (``x``, ``y``: one labelled batch)."""
+    return {"params": params(model), "flops": flops(model, example_input), "synflow": synflow(model, example_input),
+            "grad_norm": grad_norm(model, x, y), "snip": snip(model, x, y)}
