@@ -51,7 +51,7 @@ def synflow(model: nn.Module, example_input: torch.Tensor) -> float:
         p.requires_grad_(True)
     m.zero_grad()
     m(torch.ones_like(example_input[:1], dtype=torch.float64)).sum().backward()
-    return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None))
+    return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None).detach())
 
 
 def _loss_grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> nn.Module:
@@ -70,7 +70,7 @@ def grad_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     m = _loss_grads(model, x, y)
-    return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None))
+    return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None).detach())
 
 
 def all_scores(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:

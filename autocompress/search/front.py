@@ -49,6 +49,35 @@ def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]
     return float(compute_hypervolume(points, ref))
 
 
+# Study user attribute the deployability gate (autocompress.export.gate) writes per trial: finished trials are frozen.
+DEPLOY_ATTR = "deploy:{}"
+
+
+def is_deployable(study_attrs: dict[str, Any], trial: optuna.trial.FrozenTrial) -> bool:
+    """False when the deployability gate (or the trial itself) marked the trial not deployable."""
+    record = study_attrs.get(DEPLOY_ATTR.format(trial.number)) or {}
+    return trial.user_attrs.get("deployable", True) is not False and record.get("deployable", True) is not False
+
+
+def deployable_front(study: optuna.Study, complete: list[optuna.trial.FrozenTrial]) -> set[int]:
+    """Numbers of the Pareto-front trials (``study.best_trials``: feasible, non-dominated), computed without the
+    trials marked not deployable, so members they were hiding come back on the front."""
+    attrs = study.user_attrs
+    keep = [t for t in complete if is_deployable(attrs, t)]
+    if len(keep) == len(complete):
+        return {t.number for t in study.best_trials}
+    if not keep:
+        return set()
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        sub = optuna.create_study(directions=study.directions)  # in memory; numbered 0.. in `keep` order
+        sub.add_trials(keep)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    return {keep[t.number].number for t in sub.best_trials}
+
+
 @dataclass
 class Front:
     """Completed trials of a study, which of them form the (feasible) Pareto front, and the teacher reference.
@@ -63,6 +92,7 @@ class Front:
     trials: pd.DataFrame
     failed: pd.DataFrame
     plans: dict[int, CompressionPlan] = field(default_factory=dict)
+    fidelity_summary: dict[str, Any] = field(default_factory=dict)
 
     @property
     def front(self) -> pd.DataFrame:
@@ -79,7 +109,7 @@ class Front:
             for n, d in zip(study.metric_names or [], study.directions, strict=False)}
         teacher = study.user_attrs.get("teacher", {})
         complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-        front_numbers = {t.number for t in study.best_trials} if complete else set()
+        front_numbers = deployable_front(study, complete) if complete else set()
         rows, plans = [], {}
         for t in complete:
             ua = t.user_attrs
@@ -100,7 +130,8 @@ class Front:
                        for t in study.get_trials(deepcopy=False)
                        if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
         return cls(study_name=study.study_name, objectives=objectives, teacher=teacher, trials=trials,
-                   failed=pd.DataFrame(failed_rows, columns=["trial", "state", "reason"]), plans=plans)
+                   failed=pd.DataFrame(failed_rows, columns=["trial", "state", "reason"]), plans=plans,
+                   fidelity_summary=study.user_attrs.get("fidelity_summary", {}))
 
     def pick(self, expr: str, *, by: str = "accuracy") -> pd.Series:
         """The front member satisfying ``expr`` that is best by ``by``.
