@@ -1,0 +1,132 @@
+"""Search quality: hypervolume of the default search against simple baselines at equal trial budgets.
+
+    .venv/bin/python benchmarks/search_quality.py [--config studies/quickstart.yaml] [--budgets 50,100]
+        [--seeds 0,1,2] [--quick]
+
+Strategies (same task, same search space, same fine-tuning, same hypervolume reference point):
+
+- default:      the config as it is (NSGA-II, warm start, fidelity ladder with successive halving)
+- random:       random sampling, no warm start
+- uniform grid: one sparsity and one bit-width for every layer (every combination the space allows, up to the
+                budget); the grid is deterministic, so it runs once
+- sparsity-only / bits-only: the default search restricted to one axis (other knobs fixed at the teacher's)
+
+Prints the hypervolume per strategy, budget and seed, and the mean ratios default/grid and default/random.
+``--quick`` uses the digits-mlp task, budgets 20 and 40 and one seed (a few minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import optuna
+import yaml
+
+from autocompress.config import load_search_space, load_study_config
+from autocompress.search.driver import run_study
+from autocompress.tasks import load_task
+
+
+def _write(tmp: Path, name: str, cfg: dict) -> Path:
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _restrict(space: dict, keep: str) -> dict:
+    """The space with every knob but ``keep`` fixed at the teacher's value (1 choice)."""
+    space = copy.deepcopy(space)
+    fixed = {"sparsity": [0.0], "weight_bits": [32], "activation_bits": [32], "channel_keep": [1.0],
+             "rank_ratio": [1.0]}
+    for g in space["groups"]:
+        for knob, value in fixed.items():
+            if knob != keep:
+                g[knob] = value
+    space["student"] = {"width": [1.0], "depth": [1.0]}
+    return space
+
+
+def run(base: dict, tmp: Path, name: str, budget: int, seed: int, task, grid: list[tuple[int, float]] | None = None,
+        ) -> float:
+    cfg = copy.deepcopy(base)
+    cfg.update(seed=seed, n_trials=budget)
+    loaded = load_study_config(_write(tmp, f"{name}-{budget}-{seed}", cfg))
+    if grid is not None:
+        # queue the grid points, nothing else
+        from autocompress.compress.layers import discover_layers
+        from autocompress.search.driver import open_study
+        from autocompress.space import SearchSpace
+
+        space = SearchSpace(loaded.space, discover_layers(task.model, task.example_input))
+        loaded.study_dir.mkdir(parents=True, exist_ok=True)
+        study = open_study(loaded, create=True)
+        for bits, sparsity in grid[:budget]:
+            study.enqueue_trial(space.uniform_params(weight_bits=bits, sparsity=sparsity))
+    outcome = run_study(loaded, progress=False, task=task)
+    return outcome.front.hypervolume
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="studies/quickstart.yaml")
+    ap.add_argument("--budgets", default="50,100")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    src = Path(args.config).resolve()
+    base = yaml.safe_load(src.read_text())
+    if args.quick:
+        base["task"] = "digits-mlp"
+        base["finetune"] = {"steps": 60, "full_steps": 200}
+        base["fidelity"] = {"self_check": 0}
+        budgets, seeds = [20, 40], [0]
+    else:
+        budgets = [int(b) for b in args.budgets.split(",")]
+        seeds = [int(s) for s in args.seeds.split(",")]
+    space_path = (src.parent / base["search_space"]).resolve()
+    space = yaml.safe_load(space_path.read_text())
+    base["search_space"] = space
+    base["fidelity"] = {**base.get("fidelity", {}), "self_check": 0}  # same cost for every strategy
+    task = load_task(base["task"])
+    cfg_space = load_search_space(space_path)
+    bits = sorted({b for g in cfg_space.groups for b in g.weight_bits})
+    sparsities = sorted({s for g in cfg_space.groups for s in g.sparsity})
+    grid = list(itertools.product(bits, sparsities))
+
+    strategies = {
+        "default": (dict(base), None),
+        "random": ({**base, "sampler": "random", "warm_start": False}, None),
+        "uniform-grid": ({**base, "sampler": "random", "warm_start": False}, grid),
+        "sparsity-only": ({**base, "search_space": _restrict(space, "sparsity")}, None),
+        "bits-only": ({**base, "search_space": _restrict(space, "weight_bits")}, None),
+    }
+    tmp = Path(tempfile.mkdtemp(prefix="autocompress-quality-"))
+    results: dict[tuple[str, int], list[float]] = {}
+    try:
+        for budget in budgets:
+            for name, (cfg, g) in strategies.items():
+                for seed in ([seeds[0]] if g is not None else seeds):
+                    hv = run(cfg, tmp, name, budget, seed, task, grid=g)
+                    results.setdefault((name, budget), []).append(hv)
+                    print(f"budget {budget:>4} {name:<14} seed {seed}: hypervolume {hv:.4f}", flush=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"\ntask {base['task']}; grid of {len(grid)} uniform plans ({len(bits)} bit-widths x {len(sparsities)} "
+          "sparsities), truncated to the budget")
+    print(f"{'budget':>6} " + " ".join(f"{n:>14}" for n in strategies) + "  default/grid  default/random")
+    for budget in budgets:
+        means = {n: float(np.mean(results[(n, budget)])) for n in strategies}
+        print(f"{budget:>6} " + " ".join(f"{means[n]:>14.4f}" for n in strategies)
+              + f"  {means['default'] / max(means['uniform-grid'], 1e-12):>12.2f}"
+              + f"  {means['default'] / max(means['random'], 1e-12):>14.2f}")
+
+
+if __name__ == "__main__":
+    main()
