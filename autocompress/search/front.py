@@ -96,7 +96,10 @@ class Front:
 
     @property
     def front(self) -> pd.DataFrame:
-        return self.trials[self.trials["on_front"]].sort_values("size_bytes").reset_index(drop=True)
+        if self.trials.empty:
+            return self.trials.copy()
+        on = self.trials["on_front"].astype(bool)
+        return self.trials[on].sort_values("size_bytes").reset_index(drop=True)
 
     @property
     def hypervolume(self) -> float:
