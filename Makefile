@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv quickstart test test-all lint bench clean
+.PHONY: venv system-deps quickstart test test-all lint bench clean
 
 venv: $(STAMP)
 
@@ -21,10 +21,15 @@ $(STAMP): pyproject.toml constraints.txt
 quickstart: venv
 	$(BIN)/autocompress search studies/quickstart.yaml
 
-test: venv
+# Debian's chromium, for the dashboard's browser tests (skipped, saying why, where it is missing).
+system-deps:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	scripts/postgres-test-server.sh install  # Debian's postgresql, for the multi-worker tests
+
+test: venv system-deps
 	$(BIN)/python -m pytest -q -m "not slow"
 
-test-all: venv
+test-all: venv system-deps
 	$(BIN)/python -m pytest -q
 
 lint: venv

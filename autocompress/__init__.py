@@ -32,6 +32,7 @@ _EXPORTS = {
     "run_study": "autocompress.search.driver",
     "Front": "autocompress.search.front",
     "load_front": "autocompress.search.front",
+    "load": "autocompress.export",
     "AutocompressError": "autocompress.errors",
     "ConfigError": "autocompress.errors",
     "TaskError": "autocompress.errors",

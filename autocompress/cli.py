@@ -14,7 +14,7 @@ from .errors import AutocompressError, StudyNotFoundError
 
 
 # Modules adding their own sub-commands (kept light at import: heavy imports go inside the command).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["autocompress.dashboard.cli", "autocompress.export.cli", "autocompress.latency.cli"]
 
 
 def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
@@ -38,6 +38,17 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
         n_fail = len(front.failed)
         print(f"study {front.study_name!r}: {len(front.trials)} completed trials, {n_fail} failed, "
               f"{len(front.front)} on the Pareto front; hypervolume {front.hypervolume:.4f}")
+        fs = front.fidelity_summary
+        if fs:
+            saved = fs.get("cost_s_saved_estimate")
+            line = (f"evaluation: {fs['completed']} trials at the proxy level, {fs['stopped']} stopped early by "
+                    f"successive halving; {fs['cost_s_total']:.0f} s spent"
+                    + (f", ~{saved:.0f} s saved" if saved else ""))
+            check = fs.get("self_check", {})
+            if check.get("kendall_tau") is not None:
+                line += (f"; proxy vs full fine-tuning on {check['n']} random candidates: Kendall tau "
+                         f"{check['kendall_tau']:.2f}")
+            print(line)
         print("accuracy is on the validation split (used for selection); test_accuracy is reported only.\n")
         print(front.table() if not all_trials else df.to_string(index=False))
 
@@ -63,13 +74,25 @@ def _resolve_front(target: str, study: str | None):
 
 def cmd_search(args: argparse.Namespace) -> int:
     from .config import load_study_config
+    from .errors import ConfigError
     from .search.driver import run_study
 
     loaded = load_study_config(args.config)
+    if args.n_trials is not None and args.n_trials < 1:
+        raise ConfigError("must be at least 1", field="--n-trials", value=args.n_trials)
+    if args.storage is not None and "://" not in args.storage:
+        raise ConfigError("must be a database URL such as sqlite:///path/study.db or postgresql://user@host/db",
+                          field="--storage", value=args.storage)
+    if args.trial_cpus is not None and args.trial_cpus < 1:
+        raise ConfigError("must be a whole number of CPUs, at least 1", field="--trial-cpus", value=args.trial_cpus)
+    if args.backend != "ray" and (args.address is not None or args.trial_cpus is not None):
+        raise ConfigError("is only used with --backend ray", field="--address" if args.address else "--trial-cpus",
+                          value=args.address or args.trial_cpus)
     if args.storage:
         loaded = loaded.model_copy(update={"storage_url": args.storage})
     print(f"study {loaded.study_name!r}: task {loaded.config.task}, results in {loaded.study_dir}")
-    outcome = run_study(loaded, n_trials=args.n_trials, progress=not args.no_progress)
+    outcome = run_study(loaded, n_trials=args.n_trials, progress=not args.no_progress, backend=args.backend,
+                        address=args.address, trial_cpus=args.trial_cpus)
     print()
     _print_front(outcome.front, "table")
     print(f"\nresults: {outcome.study_dir} (storage {outcome.storage_url})")
@@ -119,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", default=None, metavar="URL",
                    help="Optuna storage URL overriding the config's (default: SQLite in the study folder)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    s.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: trials run in this process (start the same command on several machines with a "
+                        "shared --storage to add workers); ray: trials run on a Ray cluster via Ray Tune")
+    s.add_argument("--address", default=None, metavar="auto|HOST:PORT",
+                   help="Ray cluster to join (with --backend ray; default: start Ray on this machine)")
+    s.add_argument("--trial-cpus", type=int, default=None, metavar="N",
+                   help="CPUs Ray reserves per trial (default: the config's latency.threads, usually 1); "
+                        "2 gives latency measurement a spare core")
     s.set_defaults(func=cmd_search)
 
     f = sub.add_parser("front", help="print a study's Pareto front", description=(

@@ -219,14 +219,30 @@ class FidelityConfig(_Strict):
 
 
 class LatencyConfig(_Strict):
-    """How latency is obtained. Only real measurement exists so far: the materialized candidate in ONNX Runtime."""
+    """How latency is obtained: predicted from a latency profile, or measured (the materialized candidate, timed
+    in ONNX Runtime). See :mod:`autocompress.latency.study`.
 
-    measure: Literal[True] = True
+    predictor: path of a profile (``autocompress profile -o PATH``); relative to the config's folder
+    measure:   true = always measure; false = always predict (this machine's profile); unset (default) = predict
+               when this machine has a profile (``autocompress profile``), otherwise measure
+    fallback:  what to do with a candidate needing a kernel the profile has not measured: ``error`` or ``measure``
+    """
+
+    measure: bool | None = None
+    predictor: str | None = None
+    fallback: Literal["error", "measure"] = "error"
     backend: Literal["onnxruntime"] = "onnxruntime"
     threads: int = Field(default=1, ge=1, le=256)
     batch_size: int = Field(default=1, ge=1)
     warmup: int = Field(default=20, ge=0)
     repeats: int = Field(default=100, ge=3)
+
+    @model_validator(mode="after")
+    def _mode(self) -> LatencyConfig:
+        if self.measure is True and self.predictor:
+            raise ValueError("set either `measure: true` (measure every candidate) or `predictor: PATH` (predict "
+                             "from a latency profile), not both")
+        return self
 
 
 class StudyConfig(_Strict):
@@ -247,8 +263,11 @@ class StudyConfig(_Strict):
     population_size: int | None = Field(default=None, ge=2)
     n_trials: int | None = Field(default=30, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
+    trial_timeout_s: float | None = Field(default=None, gt=0)  # a longer trial is stopped and recorded failed
+    heartbeat_s: int = Field(default=10, ge=1, le=3600)  # a running trial silent for 3x this is failed and retried
     seed: int = 0
     warm_start: bool = True
+    deployability_gate: bool = True  # export and run every front member before reporting the front
     storage: str | None = None
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     fidelity: FidelityConfig = Field(default_factory=FidelityConfig)

@@ -41,7 +41,7 @@ BAD_STUDIES = [
     ({"constraints": {"max_latency": 2}}, ["constraints.max_latency", "unknown key"]),
     ({"finetune": {"steps": -1}}, ["finetune.steps", "-1"]),
     ({"latency": {"threads": 0}}, ["latency.threads", "0"]),
-    ({"latency": {"measure": False}}, ["latency.measure"]),
+    ({"latency": {"repeats": 1}}, ["latency.repeats", "1"]),
     ({"tasks": "digits-mlp"}, ["tasks", "unknown key"]),
     ({"name": "has space"}, ["name", "has space"]),
     ({"search_space": "missing.yaml"}, ["search_space", "missing.yaml", "not found"]),

@@ -10,6 +10,7 @@ running trial failed, keeping everything completed.
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -24,6 +25,7 @@ from ..config import LoadedStudy
 from ..errors import ConfigError
 from ..space import SearchSpace
 from ..tasks import Task, load_task
+from . import workers
 from .fidelity import summarize_fidelity
 from .front import Front
 from .objective import TeacherReference, measure_teacher
@@ -52,7 +54,10 @@ def post_study_steps() -> list[Callable[[optuna.Study, Task, LoadedStudy], None]
     Each takes ``(study, task, loaded)`` and may record results as study user attributes (finished trials cannot
     be changed), e.g. re-measure or gate front members. Imported here, not at module level, to keep start-up light.
     """
-    return []
+    from ..export.gate import deployability_gate
+    from ..latency.study import latency_check  # measures front members whose latency was predicted
+
+    return [deployability_gate, latency_check]
 
 
 def _sampler(loaded: LoadedStudy, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -67,23 +72,19 @@ def _sampler(loaded: LoadedStudy, n_existing: int) -> optuna.samplers.BaseSample
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def _storage(url: str) -> optuna.storages.BaseStorage:
+def _storage(url: str, heartbeat_s: int = 10, file: str | None = None) -> optuna.storages.BaseStorage:
     try:
         # Heartbeats let a later run (or another worker) notice trials whose process died, mark them failed
-        # and run them again; see RetryFailedTrialCallback.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=10, grace_period=30,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+        # and run them again; see workers.py.
+        return workers.make_storage(url, heartbeat_s=heartbeat_s)
     except Exception as e:
-        raise ConfigError(f"cannot open the study storage: {type(e).__name__}: {e}", field="storage",
-                          value=url) from None
+        raise ConfigError(f"cannot open the study storage: {workers.describe_error(e)}", field="storage",
+                          value=url, file=file) from None
 
 
 def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
     directions = list(loaded.config.objectives.values())
-    storage = _storage(loaded.storage_url)
+    storage = _storage(loaded.storage_url, loaded.config.heartbeat_s, str(loaded.config_path))
     if create:
         study = optuna.create_study(study_name=loaded.study_name, storage=storage, directions=directions,
                                     load_if_exists=True)
@@ -98,43 +99,70 @@ def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
 
 
 def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: bool = True,
-              task: Task | None = None) -> StudyOutcome:
-    """Run (or continue) the study until it holds ``n_trials`` finished trials or ``timeout_s`` passes."""
+              task: Task | None = None, backend: str = "local", address: str | None = None,
+              trial_cpus: int | None = None, worker: workers.WorkerOptions | None = None) -> StudyOutcome:
+    """Run (or continue) the study until it holds ``n_trials`` finished trials or ``timeout_s`` passes.
+
+    ``backend="ray"`` runs the trials on a Ray cluster (``address``: ``None`` starts a local one, ``"auto"`` or
+    ``HOST:PORT`` joins one; ``trial_cpus`` per trial); see :mod:`autocompress.search.ray_backend`. Any number of
+    processes may run the same study on a shared storage: they share ``n_trials`` (see :mod:`.workers`).
+    ``worker`` is for backends' worker processes (a Ray task); its outcome has ``front=None``.
+    """
     cfg = loaded.config
     start = time.perf_counter()
+    ray_session = None
+    if backend == "ray":  # connect first: a wrong address or too few CPUs fails before anything is written
+        from .ray_backend import RaySession
+
+        ray_session = RaySession.connect(address, trial_cpus=cfg.latency.threads if trial_cpus is None else trial_cpus)
+    elif backend != "local":
+        raise ConfigError("unknown backend", field="backend", value=backend, allowed="local, ray")
     task = task or load_task(cfg.task, cfg.task_options)
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
 
+    made_dir = not loaded.study_dir.exists()
     loaded.study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(loaded, create=True)
-    if "teacher" not in study.user_attrs:
-        teacher = measure_teacher(task, cfg.latency)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names(list(cfg.objectives))  # optuna-dashboard shows these names
-        study.set_user_attr("objectives", dict(cfg.objectives))
-        study.set_user_attr("teacher", teacher.to_dict())
-        study.set_user_attr("task", cfg.task)
-        study.set_user_attr("layers", [{"name": i.name, "type": i.type_name, "out_channels": i.out_channels,
-                                        "is_output": i.is_output} for i in layers])
-        study.set_user_attr("unassigned_layers", space.unassigned)
-    teacher = TeacherReference(**study.user_attrs["teacher"])
-    if cfg.warm_start and not study.get_trials(deepcopy=False):
-        queued = []
-        for bits, sparsity in WARM_START:
-            params = space.uniform_params(weight_bits=bits, sparsity=sparsity)
-            if params not in queued:
-                queued.append(params)
-                study.enqueue_trial(params, user_attrs={"warm_start": f"uniform w{bits} s{sparsity:g}"})
+    try:
+        study = open_study(loaded, create=True)
+    except Exception:
+        if made_dir:  # a storage that cannot be opened leaves nothing behind
+            shutil.rmtree(loaded.study_dir, ignore_errors=True)
+        raise
+    with workers.study_lock(study):  # with several workers, one measures the teacher and queues the warm start
+        if "teacher" not in study.user_attrs:
+            teacher = measure_teacher(task, cfg.latency)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(cfg.objectives))  # optuna-dashboard shows these names
+            study.set_user_attr("objectives", dict(cfg.objectives))
+            study.set_user_attr("teacher", teacher.to_dict())
+            study.set_user_attr("task", cfg.task)
+            study.set_user_attr("layers", [{"name": i.name, "type": i.type_name, "out_channels": i.out_channels,
+                                            "is_output": i.is_output} for i in layers])
+            study.set_user_attr("unassigned_layers", space.unassigned)
+        teacher = TeacherReference(**study.user_attrs["teacher"])
+        if cfg.warm_start and not study.get_trials(deepcopy=False):
+            queued = []
+            for bits, sparsity in WARM_START:
+                params = space.uniform_params(weight_bits=bits, sparsity=sparsity)
+                if params not in queued:
+                    queued.append(params)
+                    study.enqueue_trial(params, user_attrs={"warm_start": f"uniform w{bits} s{sparsity:g}"})
 
     target = n_trials if n_trials is not None else cfg.n_trials
-    done = sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+    done, _ = workers.count_trials(study.get_trials(deepcopy=False))  # the study's trials, not this worker's
     remaining = None if target is None else max(0, target - done)
-    study.sampler = _sampler(loaded, done)
-    objectives = list(cfg.objectives)
+    if worker is not None:
+        remaining = worker.max_trials if remaining is None else min(remaining, worker.max_trials)
+    # Every worker of a study samples with its own seed (the first one: seed + finished trials).
+    study.sampler = _sampler(loaded, done + 7919 * workers.worker_number(study))
+    budget = workers.TrialBudget(study, target, poll_s=min(2.0, cfg.heartbeat_s),
+                                 deadline=worker.deadline if worker else None).install()
+    from ..latency.study import prepare as prepare_latency
 
+    prepare_latency(loaded, task)  # loads the latency profile once per study (predict or measure)
     objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target)
 
     bar = tqdm(total=remaining, disable=not progress or remaining == 0, unit="trial", dynamic_ncols=True,
@@ -156,14 +184,25 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
 
     new_before = n_finished()
     try:
-        if remaining != 0:
-            study.optimize(objective, n_trials=remaining, timeout=cfg.timeout_s, catch=(Exception,),
-                           callbacks=[on_trial_end], gc_after_trial=False)
+        if remaining != 0 and ray_session is not None:
+            interrupted = ray_session.optimize(loaded, study, target=target, bar=bar)
+        elif remaining != 0:
+            study.optimize(workers.with_trial_timeout(objective, cfg.trial_timeout_s), n_trials=remaining,
+                           timeout=cfg.timeout_s, catch=(Exception,), gc_after_trial=False,
+                           callbacks=[on_trial_end, *(worker.callbacks if worker else [])])
+    except workers.StudyFull:  # other workers finished the study's trials
+        pass
     except KeyboardInterrupt:
         interrupted = True
     finally:
         bar.close()
+        if ray_session is not None:
+            ray_session.close()
     new_trials = n_finished() - new_before
+    if worker is not None:  # a backend's worker process: its driver does the study-level steps once
+        return StudyOutcome(front=None, study_dir=loaded.study_dir, storage_url=loaded.storage_url,  # type: ignore[arg-type]
+                            interrupted=interrupted, new_trials=len(budget.started),
+                            seconds=time.perf_counter() - start)
     summary = summarize_fidelity(study)
     study.set_user_attr("fidelity_summary", summary)
     tau = summary["self_check"]["kendall_tau"]

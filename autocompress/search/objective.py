@@ -144,8 +144,15 @@ class Candidate:
         return compressed_size(self.baked())[0]
 
     def latency(self, latency: LatencyConfig) -> LatencyResult:
-        """Measured in ONNX Runtime: int8 kernels for layers with <= 8-bit weights and 8-bit inputs."""
+        """Measured in ONNX Runtime: int8 kernels for layers with <= 8-bit weights and 8-bit inputs. Predicted
+        instead when the study uses a latency profile (see :mod:`autocompress.latency.study`)."""
         t0 = time.perf_counter()
+        from ..latency.study import predicted_latency
+
+        predicted = predicted_latency(self.task, self.plan, latency)
+        if predicted is not None:
+            self._add_time("latency", t0)
+            return predicted
         cm = self.baked()
         int8 = [f"{m}.weight" for layer, mods in cm.modules.items() for m in mods
                 if cm.weight_bits[m] <= 8 and cm.act_bits.get(layer, 32) == 8]

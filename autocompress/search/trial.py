@@ -80,6 +80,10 @@ class TrialRunner:
             trial.set_user_attr("latency_p10_ms", lat.p10_ms)
             trial.set_user_attr("latency_p90_ms", lat.p90_ms)
             trial.set_user_attr("int8_nodes", lat.int8_nodes)
+            from ..latency.study import latency_attrs  # latency_source, latency_predicted_ms / _measured_ms
+
+            for key, value in latency_attrs(self.task, plan, lat, cfg.latency).items():
+                trial.set_user_attr(key, value)
             trial.set_user_attr("skipped", cand.cm.skipped)
             checking = trial.number in self.check
             accuracy = math.nan

@@ -110,3 +110,14 @@ BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "mnist-lenet300": mnist_lenet300,
     "digits-mlp": digits_mlp,
 }
+
+
+def mnist_resnet() -> Task:
+    """A ResNet-style CNN (SmallResNet: width 16, one basic block per stage, 77,754 weights) on the MNIST subset."""
+    splits = data.mnist()
+    model = cached_teacher("mnist-resnet", lambda: models.SmallResNet(width=16, blocks=(1, 1, 1)), splits, epochs=8)
+    return Task(name="mnist-resnet", model=model, example_input=splits.train[0][0].unsqueeze(0),
+                train=splits.train, val=splits.val, test=splits.test)
+
+
+BUILTIN_TASKS["mnist-resnet"] = mnist_resnet

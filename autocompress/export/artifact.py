@@ -1,0 +1,516 @@
+"""Export a plan (or a study's pick) as a deployable artifact folder, measured; and re-measure one (verify).
+
+An export folder holds:
+
+- ``model.onnx``    the runtime artifact: the plan lowered to ONNX Runtime kernels (see :mod:`.lower`)
+- ``plan.json``, ``weights.json``, ``weights.bin``    the PyTorch artifact: plan, index, packed weights
+  (see :mod:`.pack`), rebuilt by :func:`autocompress.load`
+- ``model.json``, ``README.md``    the model card: plan, accuracy (teacher and export, test split), latency
+  measured in ONNX Runtime vs the search-time value, size on disk vs the teacher, versions, checksums
+- ``SHA256SUMS``    every file's SHA-256, checked on load
+
+The folder is written in a temporary sibling and renamed into place at the end, so a failed export leaves
+nothing behind and an existing folder is replaced only with ``force`` (and only if it is an earlier export or
+empty). File names are fixed constants checked to stay inside the folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import FinetuneConfig, LatencyConfig
+from ..errors import AutocompressError
+from ..evaluate.latency import export_onnx
+from ..evaluate.size import compressed_size, dense_size_bytes
+from ..plan import CompressionPlan
+from ..tasks import Task
+from .card import (
+    ARTIFACT_FORMAT,
+    ARTIFACT_VERSION,
+    FORMAT_FILES,
+    INDEX_FILE,
+    MODEL_JSON,
+    ONNX_FILE,
+    PLAN_FILE,
+    README,
+    SUMS,
+    WEIGHTS_FILE,
+    ArtifactError,
+    ExportError,
+    file_table,
+    machine,
+    render_readme,
+    safe_path,
+    versions,
+    write_sums,
+)
+from .loader import (
+    TORCH_FORMAT,
+    OnnxModule,
+    architecture_ref,
+    builtin_architectures,
+    load,
+    rebuild_torch,
+    verify_files,
+)
+from .lower import graph_ops, lower, runtime_ops
+from .materialize import materialize
+from .measure import LATENCY_ROUNDS, accuracy, agreement, latency_rounds
+from .pack import pack_state, weight_codes
+
+log = logging.getLogger(__name__)
+FORMATS = ("onnx", "torch")
+INT4_MARGIN = 0.03  # int4="auto" keeps MatMulNBits unless the model measures more than 3 % slower with it
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_formats(formats: str | list[str] | tuple[str, ...]) -> list[str]:
+    items = [f.strip() for f in formats.split(",")] if isinstance(formats, str) else list(formats)
+    items = [f for f in items if f]
+    bad = [f for f in items if f not in FORMATS]
+    if bad or not items:
+        raise ExportError(f"--format must list some of {', '.join(FORMATS)} (comma-separated), but got "
+                          f"{','.join(items) or 'nothing'}")
+    return [f for f in FORMATS if f in items]
+
+
+def _replaceable(out: Path) -> bool:
+    """Whether ``--force`` may replace ``out``: an empty folder or an earlier autocompress export."""
+    if not out.is_dir() or out.is_symlink():
+        return False
+    entries = list(out.iterdir())
+    if not entries:
+        return True
+    try:
+        return json.loads((out / MODEL_JSON).read_text()).get("format") == ARTIFACT_FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+def check_target(out: Path, force: bool) -> None:
+    """Refuse an existing ``out`` unless ``force`` (and then only an earlier export or an empty folder)."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise ExportError(f"{out} already exists; choose another folder or pass --force to replace it")
+        if not _replaceable(out):
+            raise ExportError(f"{out} exists and is not an autocompress export (nor empty): refusing to replace it "
+                              "even with --force")
+
+
+def _install(tmp: Path, out: Path, force: bool) -> None:
+    """Rename the finished temporary folder to ``out`` (replacing an earlier export only with ``force``)."""
+    check_target(out, force)
+    os.chmod(tmp, 0o755)
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{os.getpid()}-{datetime.now().strftime('%H%M%S%f')}"
+        os.rename(out, backup)
+        try:
+            os.rename(tmp, out)
+        except BaseException:
+            os.rename(backup, out)
+            raise
+        shutil.rmtree(backup, ignore_errors=True)
+    else:
+        os.rename(tmp, out)
+
+
+def _smoke(folder: Path, task: Task, formats: list[str]) -> None:
+    """Load the folder through the public loader (checksums included) and run each format once."""
+    with torch.no_grad():
+        expected = task.model(task.example_input).shape
+        for fmt in formats:
+            model = load(folder, runtime=fmt, architecture=task.model)
+            out = model(task.example_input)
+            if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(expected):
+                raise ExportError(f"the {fmt} artifact returned {getattr(out, 'shape', type(out).__name__)}, "
+                                  f"expected shape {tuple(expected)}")
+            if not torch.isfinite(out).all():
+                raise ExportError(f"the {fmt} artifact returned non-finite outputs")
+
+
+def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: str | list[str] = FORMATS,
+                finetune: str | int = "full", finetune_cfg: FinetuneConfig | None = None,
+                latency_cfg: LatencyConfig | None = None, seed: int = 0, force: bool = False, measure: bool = True,
+                source: dict[str, Any] | None = None, task_spec: str | None = None,
+                task_options: dict[str, Any] | None = None, rounds: int = LATENCY_ROUNDS,
+                int4: str | bool = "auto") -> ExportResult:
+    """Materialize ``plan`` on ``task``'s teacher, fine-tune, pack, lower, measure and write ``out`` atomically.
+
+    finetune: ``"full"`` (:data:`~.materialize.FULL_FINETUNE_STEPS`), ``"search"``, ``"none"`` or a step count
+    measure:  measure accuracy (test and validation), latency (ONNX Runtime, ``rounds`` interleaved rounds
+              against the fp32 teacher) and size; off for the deployability gate (export and run once only)
+    source:   where the plan came from (study, trial, pick, the trial's search-time figures) for the card
+    task_spec / task_options: how to rebuild the task (a built-in name or ``package.module:function``)
+    int4:     lower <= 4-bit weight-only Linear layers to MatMulNBits: ``"auto"`` (default) keeps it only if the
+              whole model measures no slower than with those layers float (within :data:`INT4_MARGIN`; without
+              measuring, int4 is kept); ``True`` always; ``False`` never (float, as the search measures them)
+    """
+    if int4 not in ("auto", True, False):
+        raise ExportError(f"int4 must be 'auto', True or False, but got {int4!r}")
+    fmts = parse_formats(formats)
+    out = Path(out)
+    check_target(out, force)
+    parent = out.resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    ft_cfg, lat_cfg = finetune_cfg or FinetuneConfig(), latency_cfg or LatencyConfig()
+    spec = task_spec or (task.name if task.name in builtin_architectures() else None)
+
+    mat = materialize(task, plan, finetune=finetune, finetune_cfg=ft_cfg, seed=seed)
+    cm = mat.cm
+    size_objective, per_layer = compressed_size(cm)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    try:
+        with tempfile.TemporaryDirectory(prefix="autocompress-export-") as scratch_dir:
+            scratch = Path(scratch_dir)
+            # --- PyTorch artifact: plan + packed weights ---------------------------------------------------
+            data, index = pack_state(cm.model, {n: b for n, b in cm.weight_bits.items()}, mat.scales)
+            arch = architecture_ref(task.model, spec, task_options)
+            quantizers = [{"layer": layer, "module": cm.modules[layer][0], "bits": q.bits, "lo": q.lo, "hi": q.hi}
+                          for layer, q in cm.input_quantizers.items()]
+            meta = {"type": TORCH_FORMAT, "version": 1, "architecture": arch,
+                    "input": {"shape": list(task.example_input.shape),
+                              "dtype": str(task.example_input.dtype).removeprefix("torch.")},
+                    "input_quantizers": quantizers, "weights": index}
+            torch_dir = tmp if "torch" in fmts else scratch
+            safe_path(torch_dir, WEIGHTS_FILE).write_bytes(data)
+            safe_path(torch_dir, INDEX_FILE).write_text(json.dumps(meta, indent=1))
+            safe_path(torch_dir, PLAN_FILE).write_text(plan.to_json(indent=2))
+            # --- ONNX artifact: lowered to the runtime's kernels -------------------------------------------
+            codes = {n: weight_codes(cm.model.get_submodule(n).weight, b, mat.scales.get(n))[0]
+                     for n, b in cm.weight_bits.items() if b < 32}
+            onnx_path = safe_path(tmp if "onnx" in fmts else scratch, ONNX_FILE)
+            lowering = lower(cm, task.example_input, mat.calibration, onnx_path, codes=codes, int4=bool(int4))
+            int4_decision = None
+            if int4 == "auto" and lowering.int4 and measure:
+                lowering, int4_decision = _choose_int4(cm, task, mat.calibration, onnx_path, codes, lowering,
+                                                       scratch, lat_cfg, rounds)
+            low = {**lowering.to_dict(), "graph_ops": graph_ops(onnx_path), "runtime_ops": runtime_ops(onnx_path),
+                   "int4_mode": int4, "int4_decision": int4_decision}
+            metrics = None
+            if measure:
+                metrics = _measure(task, cm, torch_dir, onnx_path, scratch, lat_cfg, rounds, source,
+                                   size_objective, len(data))
+        layers = {name: {"bits": cm.weight_bits.get(name), "sparsity": cm.sparsity.get(name),
+                         "storage": s.storage, "numel": s.numel, "nnz": s.nnz, "objective_bits": s.size_bits}
+                  for name, s in per_layer.items()}
+        for layer, mods in cm.modules.items():
+            for m in mods:
+                layers.setdefault(m, {})["act_bits"] = cm.act_bits.get(layer, 32)
+        payload = [n for f in fmts for n in FORMAT_FILES[f]]
+        card = {
+            "format": ARTIFACT_FORMAT, "version": ARTIFACT_VERSION, "name": out.name,
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "source": source or {}, "task": {"spec": spec or task.name, "options": task_options or {}},
+            "architecture": arch, "formats": fmts,
+            "input": meta["input"] | {"name": "input"}, "output": {"name": "output"},
+            "plan": plan.to_dict(), "plan_summary": plan.summary(), "skipped": cm.skipped,
+            "finetune": mat.finetune, "lowering": low, "layers": layers,
+            "latency_config": lat_cfg.model_dump(), "metrics": metrics,
+            "versions": versions(), "machine": machine(),
+        }
+        card["files"] = file_table(tmp, payload)
+        safe_path(tmp, README).write_text(render_readme({**card, "files": card["files"]}))
+        card["files"][README] = file_table(tmp, [README])[README]
+        safe_path(tmp, MODEL_JSON).write_text(json.dumps(card, indent=2, default=_json_default))
+        write_sums(tmp, [*payload, README, MODEL_JSON])
+        _smoke(tmp, task, fmts)
+        _install(tmp, out, force)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ExportResult(path=out, card=card)
+
+
+def _choose_int4(cm, task: Task, calibration, onnx_path: Path, codes, lowering, scratch: Path,
+                 lat_cfg: LatencyConfig, rounds: int):
+    """Time the model with its <= 4-bit weight-only layers as MatMulNBits and as float; keep the faster."""
+    alt = scratch / "no-int4.onnx"
+    alt_lowering = lower(cm, task.example_input, calibration, alt, codes=codes, int4=False)
+    got = latency_rounds({"int4": onnx_path, "float": alt}, task.example_input, lat_cfg, rounds=max(1, rounds))
+    t4, tf = got["int4"]["median_ms"], got["float"]["median_ms"]
+    decision = {"int4_ms": t4, "float_ms": tf, "margin": INT4_MARGIN, "layers": list(lowering.int4)}
+    if t4 <= tf * (1 + INT4_MARGIN):
+        decision["kept"] = "int4"
+        return lowering, decision
+    decision["kept"] = "float"
+    shutil.copyfile(alt, onnx_path)
+    for name in lowering.int4:
+        alt_lowering.notes[name] = (f"{cm.weight_bits[name]}-bit weights run as float32: int4 MatMulNBits measured "
+                                    f"slower here (model {t4:.4f} ms vs {tf:.4f} ms float)")
+    return alt_lowering, decision
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, lat_cfg: LatencyConfig,
+             rounds: int, source: dict[str, Any] | None, size_objective: int, weights_bytes: int) -> dict[str, Any]:
+    metric = task.metric
+    rebuilt = rebuild_torch(torch_dir, architecture=task.model)
+    onnx_model = OnnxModule(onnx_path, threads=lat_cfg.threads)
+    data = task.test if task.test is not None else task.val
+    agree = agreement(rebuilt, onnx_model, data)
+    with torch.no_grad():
+        same = float((rebuilt(task.example_input) - cm.model(task.example_input)).abs().max())
+    teacher_onnx = scratch / "teacher.onnx"
+    export_onnx(task.model, task.example_input, teacher_onnx)
+    lat = latency_rounds({"teacher": teacher_onnx, "export": onnx_path}, task.example_input, lat_cfg, rounds=rounds)
+    predicted = (source or {}).get("search", {}).get("latency_ms")
+    teacher_bytes = dense_size_bytes(task.model)
+    onnx_bytes = onnx_path.stat().st_size
+    teacher_onnx_bytes = teacher_onnx.stat().st_size
+    export_ms, teacher_ms = lat["export"]["median_ms"], lat["teacher"]["median_ms"]
+    return {
+        "accuracy": {
+            "split": "test" if task.test is not None else "validation",
+            "teacher_test": accuracy(task.model, task.test, metric),
+            "teacher_val": accuracy(task.model, task.val, metric),
+            "torch_test": accuracy(rebuilt, task.test, metric), "torch_val": accuracy(rebuilt, task.val, metric),
+            "onnx_test": accuracy(onnx_model, task.test, metric), "onnx_val": accuracy(onnx_model, task.val, metric),
+            "onnx_torch_agreement": agree["argmax"], "onnx_torch_max_abs_diff": agree["max_abs_diff"],
+            "torch_artifact_vs_memory_max_abs_diff": same,
+        },
+        "latency": {
+            "backend": "onnxruntime", "threads": lat_cfg.threads, "batch_size": lat_cfg.batch_size,
+            "rounds": rounds, "repeats_per_round": lat["export"]["repeats"],
+            "teacher_ms": teacher_ms, "export_ms": export_ms, "speedup": teacher_ms / export_ms,
+            "teacher_rounds_ms": lat["teacher"]["rounds_ms"], "export_rounds_ms": lat["export"]["rounds_ms"],
+            "teacher_spread": lat["teacher"]["spread"], "export_spread": lat["export"]["spread"],
+            "export_p10_ms": lat["export"]["p10_ms"], "export_p90_ms": lat["export"]["p90_ms"],
+            "predicted_ms": predicted, "predicted_source": "the trial's search-time measured latency",
+            "vs_predicted": None if not predicted else export_ms / predicted - 1,
+        },
+        "size": {
+            "objective_bytes": size_objective, "teacher_bytes": teacher_bytes,
+            "weights_bin_bytes": weights_bytes, "weights_bin_vs_objective": weights_bytes / size_objective - 1,
+            "weights_bin_ratio": teacher_bytes / weights_bytes, "onnx_bytes": onnx_bytes,
+            "teacher_onnx_bytes": teacher_onnx_bytes, "onnx_ratio": teacher_onnx_bytes / onnx_bytes,
+        },
+    }
+
+
+# --- from a study ---------------------------------------------------------------------------------------------
+
+@dataclass
+class StudySource:
+    """A study's front plus what is needed to rebuild its task and settings."""
+
+    front: Any
+    storage_url: str
+    task_spec: str
+    task_options: dict[str, Any]
+    finetune: FinetuneConfig
+    latency: LatencyConfig
+    seed: int
+    config_path: Path | None
+    notes: list[str] = field(default_factory=list)
+
+
+def redact(url: str) -> str:
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def open_study_source(target: str, study_name: str | None = None) -> StudySource:
+    """A study config (YAML), a results folder (holding study.db) or a storage URL -> :class:`StudySource`."""
+    import optuna
+
+    from ..config import load_study_config
+    from ..errors import StudyNotFoundError
+    from ..search.front import load_front
+
+    path = Path(target)
+    loaded, notes = None, []
+    if "://" in target:
+        url = target
+    elif path.suffix in (".yaml", ".yml"):
+        loaded = load_study_config(path)
+        url, study_name = loaded.storage_url, study_name or loaded.study_name
+    elif path.is_dir():
+        if not (path / "study.db").is_file():
+            raise StudyNotFoundError(f"{path} holds no study.db (is it a study's results folder?)")
+        url = f"sqlite:///{(path / 'study.db').resolve()}"
+        sibling = path.parent / f"{path.name}.yaml"
+        if sibling.is_file():
+            try:
+                cand = load_study_config(sibling)
+                if cand.study_dir == path.resolve() and cand.storage_url == url:
+                    loaded = cand
+            except AutocompressError:
+                pass
+    else:
+        raise StudyNotFoundError(f"{target}: not a study config (.yaml), a results folder or a storage URL")
+    front = load_front(url, study_name)
+    if loaded is not None:
+        cfg = loaded.config
+        spec, options, ft, lat, seed = cfg.task, dict(cfg.task_options), cfg.finetune, cfg.latency, cfg.seed
+    else:
+        study = optuna.load_study(study_name=front.study_name, storage=url)
+        spec = study.user_attrs.get("task")
+        if not spec:
+            raise StudyNotFoundError(f"study {front.study_name!r} does not record its task; export from its config")
+        options, ft, lat, seed = {}, FinetuneConfig(), LatencyConfig(), 0
+        notes.append("no study config found: task options, fine-tune and latency settings are the defaults; "
+                     "export from the config (YAML) to use the study's own")
+    return StudySource(front=front, storage_url=url, task_spec=spec, task_options=options, finetune=ft,
+                       latency=lat, seed=seed, config_path=loaded.config_path if loaded else None, notes=notes)
+
+
+def export_from_study(target: str, out: str | Path, *, trial: int | None = None, pick: str | None = None,
+                      by: str = "accuracy", study_name: str | None = None, formats: str | list[str] = FORMATS,
+                      finetune: str | int = "full", force: bool = False, task: Task | None = None,
+                      rounds: int = LATENCY_ROUNDS, measure: bool = True, int4: str | bool = "auto") -> ExportResult:
+    """Export trial ``trial``, or the front member ``pick`` selects (best by ``by``), of a study."""
+    from ..search.front import is_deployable
+    from ..tasks import load_task
+
+    if (trial is None) == (pick is None):
+        raise ExportError("give exactly one of --trial N or --pick 'EXPR'")
+    parse_formats(formats)
+    check_target(Path(out), force)  # before any expensive work
+    src = open_study_source(target, study_name)
+    front = src.front
+    if pick is not None:
+        row = front.pick(pick, by=by)
+    else:
+        rows = front.trials[front.trials["trial"] == trial]
+        if rows.empty:
+            failed = front.failed[front.failed["trial"] == trial]
+            why = (f"it {failed.iloc[0]['state'].lower()}ed: {failed.iloc[0]['reason']}" if not failed.empty
+                   else "no completed trial has that number")
+            raise ExportError(f"cannot export trial {trial} of study {front.study_name!r}: {why}; completed "
+                              f"trials: {sorted(int(t) for t in front.trials['trial'])[:30]}")
+        row = rows.iloc[0]
+    number = int(row["trial"])
+    import optuna
+
+    study = optuna.load_study(study_name=front.study_name, storage=src.storage_url)
+    frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    deployable = is_deployable(study.user_attrs, frozen)
+    if not deployable:
+        err = study.user_attrs.get(f"deploy:{number}", {}).get("deploy_error", "")
+        log.warning("trial %d was marked not deployable by the study's gate (%s); exporting it anyway", number, err)
+    for note in src.notes:
+        log.warning(note)
+    task = task or load_task(src.task_spec, src.task_options)
+    source = {
+        "study": front.study_name, "storage": redact(src.storage_url),
+        "config": str(src.config_path) if src.config_path else None, "trial": number, "pick": pick,
+        "by": by if pick is not None else None, "on_front": bool(row["on_front"]), "deployable_in_study": deployable,
+        "search": {k: (None if row[k] is None or (isinstance(row[k], float) and np.isnan(row[k])) else
+                       float(row[k]))
+                   for k in ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio")},
+        "search_teacher": front.teacher, "search_finetune_steps": src.finetune.steps, "notes": src.notes,
+    }
+    return export_plan(task, front.plans[number], out, formats=formats, finetune=finetune,
+                       finetune_cfg=src.finetune, latency_cfg=src.latency, seed=src.seed + number, force=force,
+                       measure=measure, source=source, task_spec=src.task_spec, task_options=src.task_options,
+                       rounds=rounds, int4=int4)
+
+
+# --- verify ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class VerifyReport:
+    """Card figures against fresh measurements; ``ok`` when every compared row is within tolerance."""
+
+    path: Path
+    rows: list[dict[str, Any]]
+
+    @property
+    def ok(self) -> bool:
+        return all(r["ok"] is not False for r in self.rows)
+
+    def table(self) -> str:
+        width = max(len(r["what"]) for r in self.rows)
+        lines = [f"{'':{width}}  {'card':>12}  {'measured':>12}  check"]
+        for r in self.rows:
+            card = "" if r["card"] is None else f"{r['card']:.5g}"
+            got = "" if r["measured"] is None else f"{r['measured']:.5g}"
+            mark = {True: "ok", False: "DIFFERS", None: "-"}[r["ok"]]
+            lines.append(f"{r['what']:{width}}  {card:>12}  {got:>12}  {mark} {r.get('rule', '')}")
+        return "\n".join(lines)
+
+
+def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_tol: float = 0.005,
+           latency_tol: float = 0.25) -> VerifyReport:
+    """Check checksums, then re-measure accuracy (test and validation) and latency and compare with the card.
+
+    acc_tol:     largest allowed absolute accuracy difference (0.005 = half a point)
+    latency_tol: largest allowed relative latency difference (0.25 = 25 %; latency depends on the machine and
+                 its load, the speedup over the teacher measured alongside is steadier)
+    """
+    from ..tasks import load_task
+
+    folder = Path(path)
+    card = verify_files(folder)
+    spec, options = card["task"]["spec"], card["task"].get("options") or {}
+    if task is None:
+        try:
+            task = load_task(spec, options)
+        except AutocompressError as e:
+            raise ArtifactError(f"cannot rebuild the task {spec!r} to re-measure on ({e}); pass task=") from None
+    m = card.get("metrics") or {}
+    acc, lat = m.get("accuracy", {}), m.get("latency", {})
+    rows: list[dict[str, Any]] = []
+
+    def row(what: str, expected: float | None, got: float | None, *, rel: float | None = None,
+            absolute: float | None = None) -> None:
+        ok = None
+        rule = ""
+        if expected is not None and got is not None:
+            if absolute is not None:
+                ok, rule = abs(got - expected) <= absolute + 1e-12, f"(|diff| <= {absolute:g})"
+            elif rel is not None:
+                ok, rule = abs(got / expected - 1) <= rel, f"(within {rel:.0%})"
+        rows.append({"what": what, "card": expected, "measured": got, "ok": ok, "rule": rule})
+
+    arch = task.model if card.get("architecture", {}).get("kind") == "unknown" else None
+    models = {}
+    for fmt in card.get("formats", []):
+        models[fmt] = load(folder, runtime=fmt, architecture=arch)
+    for fmt, model in models.items():
+        for split, data in (("test", task.test), ("val", task.val)):
+            if data is not None:
+                row(f"{split} accuracy ({fmt})", acc.get(f"{fmt}_{split}"), accuracy(model, data, task.metric),
+                    absolute=acc_tol)
+    row("teacher test accuracy", acc.get("teacher_test"), accuracy(task.model, task.test, task.metric),
+        absolute=acc_tol)
+    if "onnx" in models:
+        cfg = LatencyConfig(**card.get("latency_config", {}))
+        with tempfile.TemporaryDirectory(prefix="autocompress-verify-") as tmp:
+            teacher_onnx = Path(tmp) / "teacher.onnx"
+            export_onnx(task.model, task.example_input, teacher_onnx)
+            got = latency_rounds({"teacher": teacher_onnx, "export": folder / ONNX_FILE}, task.example_input, cfg,
+                                 rounds=rounds)
+        t_ms, e_ms = got["teacher"]["median_ms"], got["export"]["median_ms"]
+        row("latency ms (export, ONNX Runtime)", lat.get("export_ms"), e_ms, rel=latency_tol)
+        row("latency ms (fp32 teacher)", lat.get("teacher_ms"), t_ms, rel=latency_tol)
+        row("speedup over the teacher", lat.get("speedup"), t_ms / e_ms, rel=latency_tol)
+    return VerifyReport(path=folder, rows=rows)
+
+
+__all__ = ["export_plan", "export_from_study", "verify", "ExportResult", "VerifyReport", "parse_formats",
+           "open_study_source", "check_target", "FORMATS", "SUMS"]

@@ -1,0 +1,253 @@
+"""Packed weights: the PyTorch artifact stores every tensor the way the size objective counts it.
+
+One binary file (``weights.bin``) holds byte-aligned sections, described by a JSON index (``weights.json``):
+
+- a compressed weight at b < 32 bits: integer codes ``q + qmax`` (``q`` in ``[-qmax, qmax]``, so b bits each)
+  packed little-endian bit by bit, plus one float32 scale per output channel; the weight is ``q * scale``;
+- where zeros make it cheaper (the same choice :func:`autocompress.evaluate.size.weight_storage_bits` makes):
+  a bitmask (one bit per weight) and only the non-zero codes, or CSR (per non-zero a column index of
+  ``ceil(log2(columns))`` bits, ``rows + 1`` uint32 row pointers) and the non-zero codes;
+- a compressed weight kept at 32 bits but sparse: the same layouts with float32 values;
+- everything else (biases, BatchNorm, uncompressed layers): raw little-endian values of its own dtype.
+
+So ``len(weights.bin)`` equals the size objective plus at most a few bytes per tensor (byte alignment) and the
+integer buffers the objective does not count (e.g. BatchNorm's ``num_batches_tracked``). Nothing is pickled:
+reading allocates numpy arrays from bytes described by plain JSON.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..evaluate.size import weight_storage_bits
+
+PACK_FORMAT = "autocompress-packed-weights"
+PACK_VERSION = 1
+# dtypes a packed file may hold (raw tensors); anything else is refused on read
+_DTYPES = {"float32": np.float32, "float64": np.float64, "float16": np.float16, "int64": np.int64,
+           "int32": np.int32, "int16": np.int16, "int8": np.int8, "uint8": np.uint8, "bool": np.bool_}
+
+
+class PackError(ValueError):
+    """A packed weights file is malformed or does not match its index."""
+
+
+# --- bits ------------------------------------------------------------------------------------------------
+
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
+    """Unsigned integers ``0 <= v < 2**bits`` -> ``ceil(len * bits / 8)`` bytes, least significant bit first."""
+    v = np.asarray(values, dtype=np.uint64).reshape(-1)
+    if bits < 1 or bits > 32:
+        raise ValueError(f"bits must be in [1, 32], but got {bits}")
+    if v.size and int(v.max()) >= 2**bits:
+        raise ValueError(f"value {int(v.max())} does not fit in {bits} bits")
+    if bits == 8:
+        return v.astype(np.uint8).tobytes()
+    bitmat = ((v[:, None] >> np.arange(bits, dtype=np.uint64)) & 1).astype(np.uint8)
+    return np.packbits(bitmat.reshape(-1), bitorder="little").tobytes()
+
+
+def unpack_bits(buf: bytes, n: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``n`` unsigned integers of ``bits`` bits each (uint64)."""
+    need = math.ceil(n * bits / 8)
+    if len(buf) != need:
+        raise PackError(f"a {n} x {bits}-bit section needs {need} bytes, but has {len(buf)}")
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if bits == 8:
+        return raw.astype(np.uint64)
+    flat = np.unpackbits(raw, count=n * bits, bitorder="little").reshape(n, bits).astype(np.uint64)
+    return (flat << np.arange(bits, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
+
+
+def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel scale of symmetric ``bits``-bit quantization (as ``compress.quantize.quantize_weight``)."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.detach().reshape(w.shape[0], -1)
+    return (flat.abs().amax(dim=1) / qmax).clamp_min(1e-12)
+
+
+def col_bits(cols: int) -> int:
+    return max(1, math.ceil(math.log2(max(cols, 2))))
+
+
+# --- one weight --------------------------------------------------------------------------------------------
+
+@dataclass
+class PackedTensor:
+    """A tensor's index entry and its bytes (sections in order)."""
+
+    entry: dict[str, Any]
+    data: bytes
+
+
+def weight_codes(w: torch.Tensor, bits: int, scale: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes q as int64 of w's shape, float32 scales)`` with ``q * scale == w`` exactly (checked)."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    candidates = [scale] if scale is not None else []
+    candidates.append(weight_scale(w, bits))  # derived from the baked weight: exact up to rounding of the scale
+    qmax = 2 ** (bits - 1) - 1
+    last_err = 0.0
+    for i, candidate in enumerate(candidates):
+        s = candidate.detach().to(torch.float32)
+        q = torch.clamp(torch.round(w.detach() / s.reshape(shape)), -qmax, qmax)
+        rebuilt = q * s.reshape(shape)
+        if torch.equal(rebuilt, w.detach()):
+            return q.to(torch.int64).numpy(), s.numpy()
+        last_err = float((rebuilt - w.detach()).abs().max())
+        if i == len(candidates) - 1 and last_err <= 1e-6 * (float(w.detach().abs().max()) or 1.0):
+            return q.to(torch.int64).numpy(), s.numpy()
+    raise PackError(f"weight is not on a {bits}-bit per-channel grid (max error {last_err:.3g}); was it baked?")
+
+
+def pack_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None) -> PackedTensor:
+    """Pack a compressed (baked) weight at ``bits`` (32 = float values), sparse where cheaper."""
+    w = w.detach().to(torch.float32).cpu()
+    layout = weight_storage_bits(w, bits)
+    rows = w.shape[0]
+    cols = w.numel() // rows
+    flat = w.reshape(rows, cols)
+    nz = (flat != 0).numpy()
+    sections: list[tuple[str, bytes]] = []
+    if bits < 32:
+        q, s = weight_codes(w, bits, scale)
+        values = (q.reshape(rows, cols) + (2 ** (bits - 1) - 1)).astype(np.uint64)
+    else:
+        s = None
+        values = flat.numpy()
+    if layout.storage == "dense":
+        chosen = values.reshape(-1)
+    else:
+        chosen = values[nz]  # row-major order of the non-zeros
+        if layout.storage == "bitmask":
+            sections.append(("mask", pack_bits(nz.reshape(-1).astype(np.uint64), 1)))
+        else:  # csr
+            cols_idx = np.nonzero(nz)[1].astype(np.uint64)
+            rowptr = np.concatenate([[0], np.cumsum(nz.sum(axis=1))]).astype("<u4")
+            sections.append(("col", pack_bits(cols_idx, col_bits(cols))))
+            sections.append(("rowptr", rowptr.tobytes()))
+    if bits < 32:
+        sections.append(("codes", pack_bits(chosen, bits)))
+        sections.append(("scales", np.asarray(s, dtype="<f4").tobytes()))
+    else:
+        sections.append(("values", np.asarray(chosen, dtype="<f4").tobytes()))
+    entry = {"shape": list(w.shape), "dtype": "float32", "encoding": "quantized" if bits < 32 else "float",
+             "bits": bits, "storage": layout.storage, "nnz": layout.nnz, "objective_bits": layout.size_bits,
+             "sections": [[k, len(b)] for k, b in sections]}
+    return PackedTensor(entry, b"".join(b for _, b in sections))
+
+
+def pack_raw(t: torch.Tensor) -> PackedTensor:
+    t = t.detach().cpu().contiguous()
+    name = str(t.dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise PackError(f"cannot store a tensor of dtype {t.dtype}")
+    data = t.numpy().astype(np.dtype(_DTYPES[name]).newbyteorder("<"), copy=False).tobytes()
+    return PackedTensor({"shape": list(t.shape), "dtype": name, "encoding": "raw", "sections": [["raw", len(data)]]},
+                        data)
+
+
+def _unpack_one(entry: dict[str, Any], sections: dict[str, bytes]) -> torch.Tensor:
+    shape = tuple(int(d) for d in entry["shape"])
+    numel = math.prod(shape)
+    if entry["encoding"] == "raw":
+        dtype = _DTYPES.get(entry["dtype"])
+        if dtype is None:
+            raise PackError(f"unknown dtype {entry['dtype']!r}")
+        arr = np.frombuffer(sections["raw"], dtype=np.dtype(dtype).newbyteorder("<"))
+        if arr.size != numel:
+            raise PackError(f"raw section holds {arr.size} values, shape {shape} needs {numel}")
+        return torch.from_numpy(arr.astype(dtype).reshape(shape).copy())
+    bits = int(entry["bits"])
+    rows = shape[0]
+    cols = numel // rows
+    storage, nnz = entry["storage"], int(entry["nnz"])
+    n_values = numel if storage == "dense" else nnz
+    if entry["encoding"] == "quantized":
+        qmax = 2 ** (bits - 1) - 1
+        vals = unpack_bits(sections["codes"], n_values, bits).astype(np.int64) - qmax
+        scales = np.frombuffer(sections["scales"], dtype="<f4")
+        if scales.size != rows:
+            raise PackError(f"{scales.size} scales for {rows} output channels")
+    else:
+        vals = np.frombuffer(sections["values"], dtype="<f4").astype(np.float32)
+        if vals.size != n_values:
+            raise PackError(f"{vals.size} values, expected {n_values}")
+    if storage == "dense":
+        full = vals.reshape(rows, cols)
+    else:
+        if storage == "bitmask":
+            mask = unpack_bits(sections["mask"], numel, 1).astype(bool).reshape(rows, cols)
+        elif storage == "csr":
+            col = unpack_bits(sections["col"], nnz, col_bits(cols)).astype(np.int64)
+            rowptr = np.frombuffer(sections["rowptr"], dtype="<u4").astype(np.int64)
+            if rowptr.size != rows + 1 or rowptr[-1] != nnz or np.any(np.diff(rowptr) < 0) or np.any(col >= cols):
+                raise PackError("malformed CSR index")
+            mask = np.zeros((rows, cols), dtype=bool)
+            mask[np.repeat(np.arange(rows), np.diff(rowptr)), col] = True
+        else:
+            raise PackError(f"unknown storage {storage!r}")
+        if int(mask.sum()) != nnz:
+            raise PackError(f"mask holds {int(mask.sum())} non-zeros, index says {nnz}")
+        full = np.zeros((rows, cols), dtype=vals.dtype)
+        full[mask] = vals
+    if entry["encoding"] == "quantized":
+        q = torch.from_numpy(full.astype(np.float32).reshape(shape))
+        s = torch.from_numpy(scales.astype(np.float32).copy()).reshape((-1,) + (1,) * (len(shape) - 1))
+        return q * s  # the same float32 product as the fake quantizer: bit-identical weights
+    return torch.from_numpy(full.astype(np.float32).reshape(shape).copy())
+
+
+# --- a whole model ----------------------------------------------------------------------------------------
+
+def pack_state(model: nn.Module, weight_bits: dict[str, int], scales: dict[str, torch.Tensor] | None = None,
+               ) -> tuple[bytes, dict[str, Any]]:
+    """``(weights.bin bytes, index)`` for ``model``'s state dict.
+
+    weight_bits: module name -> bits of its (compressed, baked) ``weight``; other tensors are stored raw.
+    scales:      module name -> per-channel scale captured before baking (exact codes); derived when absent.
+    """
+    scales = scales or {}
+    entries, blobs, offset = [], [], 0
+    for name, tensor in model.state_dict().items():
+        module, _, attr = name.rpartition(".")
+        if attr == "weight" and module in weight_bits and tensor.is_floating_point():
+            packed = pack_weight(tensor, weight_bits[module], scales.get(module))
+        else:
+            packed = pack_raw(tensor)
+        entry = {"name": name, "offset": offset, **packed.entry}
+        entry["nbytes"] = len(packed.data)
+        entries.append(entry)
+        blobs.append(packed.data)
+        offset += len(packed.data)
+    return b"".join(blobs), {"type": PACK_FORMAT, "version": PACK_VERSION, "nbytes": offset, "tensors": entries}
+
+
+def unpack_state(data: bytes, index: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Rebuild the state dict from ``weights.bin`` bytes and its index (raises :class:`PackError`)."""
+    if index.get("type") != PACK_FORMAT or index.get("version") != PACK_VERSION:
+        raise PackError(f"not a version-{PACK_VERSION} {PACK_FORMAT} index")
+    if index.get("nbytes") != len(data):
+        raise PackError(f"weights file has {len(data)} bytes, its index says {index.get('nbytes')}")
+    state = {}
+    for entry in index["tensors"]:
+        start = int(entry["offset"])
+        sections = {}
+        for kind, n in entry["sections"]:
+            sections[kind] = data[start:start + int(n)]
+            if len(sections[kind]) != int(n):
+                raise PackError(f"{entry['name']}: section {kind} runs past the end of the file")
+            start += int(n)
+        try:
+            state[entry["name"]] = _unpack_one(entry, sections)
+        except (KeyError, ValueError) as e:
+            raise PackError(f"{entry.get('name')}: {e}") from None
+    return state
+
+
+__all__ = ["pack_bits", "unpack_bits", "pack_weight", "weight_codes", "pack_state", "unpack_state", "weight_scale", "PackError"]

@@ -1,0 +1,848 @@
+"""From a resolved plan to the list of kernels ONNX Runtime (CPU) runs, without building the candidate.
+
+The float part comes from the runtime itself: the teacher's graph after its extended (level 2) optimizations,
+with the nodes of removed blocks gone and low-rank layers split in two. The plan-dependent rewrites are simulated
+here, in the runtime's order, on plain records:
+
+1. **int8 QDQ** (what ``quantize_int8`` + the runtime do to a layer with <= 8-bit weights and 8-bit inputs):
+   QuantizeLinear/DequantizeLinear pairs on each int8 layer's input and output tensors; one DequantizeLinear per
+   consumer; Q pushed back (and DQ forward) through MaxPool/Reshape/Transpose/Squeeze/Unsqueeze/Slice; a Relu
+   feeding only a Q is dropped; DQ -> Conv -> Q becomes QLinearConv, DQ -> Gemm -> Q becomes QGemm, DQ -> MaxPool
+   -> Q (same scale) a uint8 MaxPool; DQ -> Q with the same scale cancels.
+2. **NCHWc** (level 3, float convolutions): the runtime's block-layout rules (block size from the profile):
+   which convolutions and pools switch layout, where ReorderInput/ReorderOutput nodes go, which Add/Relu fuse
+   into the convolution.
+3. **NHWC** (level 3, int8 convolutions): a Transpose on each QLinearConv input and output, except where a chain
+   of Q/DQ/MaxPool leads from one QLinearConv to the next (the transposes cancel and the MaxPool runs NHWC).
+
+Each kernel is then described by its kind (op type plus variant, e.g. ``Conv/nchwc/kxk``, ``QLinearConv/dw``)
+and a feature vector (:data:`FEATURES`): its cost comes from the regressions fitted on measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .analysis import Resolved, Shapes
+from .graph import NO_KERNEL_OPS
+
+# per kernel: a constant (launch), multiply-accumulates, elements read / written, weights, MACs on non-zero weights
+# (what sparse kernels would do), output positions (rows of a GEMM), positions x kernel taps, im2col elements
+# and min(MACs, 1e4 / 1e5 / 1e6): with non-negative coefficients the cost is a concave, increasing function of the
+# MACs (small kernels run at lower efficiency), learned from the measurements
+FEATURES = ("one", "macs", "in_elems", "out_elems", "weight_elems", "nz_macs", "pixels", "pixels_k", "im2col",
+            "macs_lo4", "macs_lo5", "macs_lo6")
+MAC_KNOTS = (1e4, 1e5, 1e6)
+PROPAGABLE = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
+DROP_QDQ = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
+# ops the runtime runs on uint8 when a DQ feeds them and a Q follows (QLinearSigmoid, QLinearAdd, ...)
+QLINEAR_OPS = frozenset({"Sigmoid", "Softmax", "LeakyRelu", "Add", "Mul", "AveragePool", "GlobalAveragePool"})
+# elementwise ops the layout transforms move through (NHWC transposes; NCHWc tensors for the GELUs)
+UNARY_ELEMENTWISE = frozenset({"Relu", "Tanh", "Sigmoid", "Clip", "Gelu", "QuickGelu", "FastGelu", "LeakyRelu",
+                               "HardSigmoid", "Erf", "Exp", "Abs", "Neg", "Sqrt", "Softplus", "Elu"})
+NCHWC_PASS_THROUGH = frozenset({"Gelu", "QuickGelu", "FastGelu"})
+# Conv + Add (+ activation) fusion for convolutions left in NCHW (ConvAddActivationFusion)
+CONV_ADD_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"})
+# shape-only ops: they cost a kernel launch but move no data
+NO_DATA = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Size"})
+
+
+@dataclass(eq=False)
+class Op:
+    """A node of the working graph (identity-compared)."""
+
+    op: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None              # compute op of this teacher layer
+    part: int = 0                         # 0: the layer (or its first low-rank factor), 1: the second factor
+    weight: tuple[int, ...] = ()          # weight shape of a compute op (after pruning / factorization)
+    groups: int = 1
+    int8: bool = False                    # compute op lowered to int8
+    u8: bool = False                      # data op running on uint8 (Q/DQ dropped around it)
+    nchwc: bool = False
+    direct: bool = False                  # NCHWc conv reading an NCHW input directly (few input channels)
+    fused_sum: str | None = None          # NCHWc conv accumulating this tensor (fused Add)
+    nhwc: bool = False
+    scale: str | None = None              # Q/DQ: the tensor whose calibrated scale it uses
+    sparsity: float = 0.0
+
+
+@dataclass
+class Kernel:
+    """One kernel the runtime runs: ``kind`` and its :data:`FEATURES` vector."""
+
+    kind: str
+    features: np.ndarray
+    name: str = ""
+
+
+# --- building the working graph ----------------------------------------------------------------------------
+
+def _compute_op(node_op: str, attrs: dict, inputs: list[str], outputs: list[str], *, layer: str, part: int,
+                weight: tuple[int, ...], int8: bool, sparsity: float) -> Op:
+    return Op(op=node_op, inputs=list(inputs), outputs=list(outputs), attrs=dict(attrs), layer=layer, part=part,
+              weight=tuple(weight), groups=int(attrs.get("group", 1)), int8=int8, sparsity=sparsity)
+
+
+def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
+    """The working graph of a resolved plan (float fusions from the runtime, low rank applied) and its shapes."""
+    v = res.variant
+    graph = v.graph
+    fusions = v.fusions_int8 if any(a or b for a, b in res.int8.values()) else v.fusions
+    shapes = res.shapes
+    by_name = {n.name: n for n in graph.nodes}
+    layer_of_node = {ln.node: ln for ln in v.layers.values()}
+    bias_add_of = {ln.bias_add: ln for ln in v.layers.values() if ln.bias_add}
+    # a runtime kernel is taken apart when the op holding the layer's weights in it (the layer, or its second
+    # low-rank factor) runs int8: the quantizer's Q/DQ nodes sit between it and what was fused with it
+    broken: set[int] = set()
+    for layer, (a, b) in res.int8.items():
+        if (b if layer in res.rank else a):
+            ln = v.layers[layer]
+            for name in (ln.node, ln.bias_add):
+                if name and name in fusions.kernel_of:
+                    broken.add(fusions.kernel_of[name])
+    ops: list[Op] = []
+    emitted_members: set[str] = set()
+    for k, kn in enumerate(fusions.kernels):
+        members = fusions.members.get(k, [])
+        if k in broken:
+            for name in [n.name for n in graph.nodes if n.name in set(members)]:
+                node = by_name[name]
+                emitted_members.add(name)
+                ops.extend(_original_op(node, res, layer_of_node, bias_add_of, shapes))
+            continue
+        compute = next((layer_of_node[m] for m in members if m in layer_of_node), None)
+        if compute is None:
+            if kn.op in NO_KERNEL_OPS:
+                continue
+            ops.append(Op(op=kn.op, inputs=list(kn.inputs), outputs=list(kn.outputs), attrs=dict(kn.attrs)))
+            continue
+        layer = compute.layer
+        node = by_name[compute.node]
+        main = Op(op=kn.op, inputs=list(kn.inputs), outputs=list(kn.outputs), attrs=dict(kn.attrs), layer=layer,
+                  weight=res.weights[layer], groups=res.groups[layer], sparsity=res.sparsity[layer])
+        if layer in res.rank:
+            first, main = _split(main, node, res, shapes, keep_fused=True)
+            first.int8 = res.int8[layer][0]
+            ops.append(first)
+        ops.append(main)
+    return ops, shapes
+
+
+def _original_op(node, res: Resolved, layer_of_node, bias_add_of, shapes) -> list[Op]:
+    """An original node as a standalone op (its runtime fusion is broken by int8); low rank applied."""
+    ln = layer_of_node.get(node.name)
+    if ln is None:
+        if node.op in NO_KERNEL_OPS:
+            return []
+        return [Op(op=node.op, inputs=list(node.inputs), outputs=list(node.outputs), attrs=dict(node.attrs))]
+    layer = ln.layer
+    a, b = res.int8[layer]
+    op = Op(op=node.op, inputs=list(node.inputs), outputs=list(node.outputs), attrs=dict(node.attrs), layer=layer,
+            weight=res.weights[layer], groups=res.groups[layer], int8=a,
+            sparsity=res.sparsity[layer])
+    if layer in res.rank:
+        first, second = _split(op, node, res, shapes, keep_fused=False)
+        first.int8, second.int8 = a, b
+        return [first, second]
+    return [op]
+
+
+def _split(op: Op, node, res: Resolved, shapes: dict, *, keep_fused: bool) -> tuple[Op, Op]:
+    """Low rank: ``op`` -> first factor (full kernel, ``rank`` outputs, no bias) + second (1x1 / rank inputs).
+
+    ``op`` is either the runtime's fused kernel (float, ``keep_fused``: the second factor keeps its fusions) or
+    the original node (its fusion broken by int8).
+    """
+    layer = op.layer
+    assert layer is not None
+    r = res.rank[layer]
+    w = op.weight
+    mid = f"{layer}::rank"
+    is_conv = res.variant.layers[layer].is_conv
+    shapes.rank_tensor(mid, layer, node.outputs[0], is_conv)
+    if is_conv:
+        first_attrs = {k: val for k, val in node.attrs.items() if k != "group"}
+        first = Op(op="Conv", inputs=[node.inputs[0], f"{layer}.0.weight"], outputs=[mid], attrs=first_attrs,
+                   layer=layer, part=0, weight=(r, *w[1:]), sparsity=op.sparsity)
+        second_w: tuple[int, ...] = (w[0], r, *([1] * (len(w) - 2)))
+        second_attrs = {k: val for k, val in op.attrs.items()
+                        if k not in ("strides", "pads", "dilations", "group", "auto_pad")}
+        second_attrs["kernel_shape"] = [1] * (len(w) - 2)
+    else:
+        first = Op(op="MatMul", inputs=[node.inputs[0], f"{layer}.0.weight"], outputs=[mid], layer=layer, part=0,
+                   weight=(r, w[1]), sparsity=op.sparsity)
+        second_w = (w[0], r)
+        second_attrs = dict(op.attrs)
+    second = Op(op=op.op, inputs=[mid, *op.inputs[1:]], outputs=list(op.outputs), attrs=second_attrs,
+                layer=layer, part=1, weight=second_w, groups=1, int8=op.int8, sparsity=op.sparsity)
+    if keep_fused:
+        # the runtime kernel reads the layer's input as its first input; now it reads the rank tensor
+        second.inputs = [mid if t == node.inputs[0] else t for t in op.inputs]
+    return first, second
+
+
+# --- graph helpers -------------------------------------------------------------------------------------------
+
+class _Uses:
+    """Consumers of each tensor in an op list (graph outputs count as a use)."""
+
+    def __init__(self, ops: list[Op], outputs: list[str]) -> None:
+        self.consumers: dict[str, list[Op]] = {}
+        self.producer: dict[str, Op] = {}
+        for op in ops:
+            for t in op.inputs:
+                if t:
+                    self.consumers.setdefault(t, []).append(op)
+            for t in op.outputs:
+                if t:
+                    self.producer[t] = op
+        self.graph_outputs = set(outputs)
+
+    def count(self, t: str) -> int:
+        return len(self.consumers.get(t, ())) + (t in self.graph_outputs)
+
+
+def _with_inserted(ops: list[Op], inserted: dict[int, list[Op]]) -> list[Op]:
+    """``ops`` with ``inserted[id(op)]`` placed right after each op (``inserted[-1]`` first)."""
+    out = list(inserted.get(-1, []))
+    for op in ops:
+        out.append(op)
+        extra = inserted.get(id(op))
+        if extra:
+            out.extend(extra)
+    return out
+
+
+def _replace_input(op: Op, old: str, new: str) -> None:
+    op.inputs = [new if t == old else t for t in op.inputs]
+
+
+# --- 1. int8 QDQ -------------------------------------------------------------------------------------------
+
+def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple[list[Op],
+                                                                                                      list[str]]:
+    """Insert and fold Q/DQ as the quantizer and the runtime's QDQ transformers do. Returns (ops, outputs)."""
+    outputs = list(graph_outputs)
+    int8_ops = [op for op in ops if op.int8]
+    if not int8_ops:
+        return ops, outputs
+    counter = [0]
+
+    def fresh(base: str, tag: str) -> str:
+        counter[0] += 1
+        name = f"{base}::{tag}{counter[0]}"
+        shapes.alias(name, base)
+        return name
+
+    # the quantizer: Q -> DQ on every int8 layer's activation input and output
+    quantized: list[str] = []
+    for op in int8_ops:
+        for t in (op.inputs[0], op.outputs[0]):
+            if t not in quantized:
+                quantized.append(t)
+    uses = _Uses(ops, outputs)
+    inserted: dict[int, list[Op]] = {}   # id(producer) -> ops to insert right after it (-1: graph inputs)
+    for t in quantized:
+        qt, dqt = fresh(t, "q"), fresh(t, "dq")
+        q = Op(op="QuantizeLinear", inputs=[t], outputs=[qt], scale=t)
+        dq = Op(op="DequantizeLinear", inputs=[qt], outputs=[dqt], scale=t)
+        for c in uses.consumers.get(t, []):
+            _replace_input(c, t, dqt)
+        outputs = [dqt if o == t else o for o in outputs]
+        producer = uses.producer.get(t)
+        inserted.setdefault(id(producer) if producer is not None else -1, []).extend([q, dq])
+    ops = _with_inserted(ops, inserted)
+    # EnsureUniqueDQForNodeUnit: one DQ per consumer
+    uses = _Uses(ops, outputs)
+    inserted = {}
+    for dq in [op for op in ops if op.op == "DequantizeLinear"]:
+        consumers = uses.consumers.get(dq.outputs[0], [])
+        if len(consumers) + (dq.outputs[0] in outputs) <= 1:
+            continue
+        for c in consumers[1:]:
+            name = fresh(dq.outputs[0], "dup")
+            _replace_input(c, dq.outputs[0], name)
+            inserted.setdefault(id(dq), []).append(
+                Op(op="DequantizeLinear", inputs=list(dq.inputs), outputs=[name], scale=dq.scale))
+    if inserted:
+        ops = _with_inserted(ops, inserted)
+    # QDQPropagation: Q backward through propagable ops (single-use edges), DQ forward
+    uses = _Uses(ops, outputs)
+    for q in [op for op in ops if op.op == "QuantizeLinear"]:
+        t = q.inputs[0]
+        producer = uses.producer.get(t)
+        if producer is None or uses.count(t) != 1:
+            continue
+        while producer is not None and producer.op in PROPAGABLE:
+            t_in = producer.inputs[0]
+            src = uses.producer.get(t_in)
+            if src is not None and (uses.count(t_in) != 1 or src.op == "DequantizeLinear"):
+                break
+            qt, dqt = fresh(t_in, "pq"), fresh(t_in, "pdq")
+            nq = Op(op="QuantizeLinear", inputs=[t_in], outputs=[qt], scale=q.scale)
+            ndq = Op(op="DequantizeLinear", inputs=[qt], outputs=[dqt], scale=q.scale)
+            _replace_input(producer, t_in, dqt)
+            at = ops.index(producer)
+            ops[at:at] = [nq, ndq]
+            uses = _Uses(ops, outputs)
+            producer = src
+    for dq in [op for op in ops if op.op == "DequantizeLinear"]:
+        cur = dq
+        while True:
+            consumers = uses.consumers.get(cur.outputs[0], [])
+            if len(consumers) != 1 or cur.outputs[0] in outputs or consumers[0].op not in PROPAGABLE:
+                break
+            c = consumers[0]
+            if c.inputs[0] != cur.outputs[0]:
+                break
+            t_out = c.outputs[0]
+            nexts = [n for n in uses.consumers.get(t_out, []) if n.op != "QuantizeLinear"]
+            if not nexts and t_out not in outputs:
+                break
+            qt, dqt = fresh(t_out, "fq"), fresh(t_out, "fdq")
+            nq = Op(op="QuantizeLinear", inputs=[t_out], outputs=[qt], scale=cur.scale)
+            ndq = Op(op="DequantizeLinear", inputs=[qt], outputs=[dqt], scale=cur.scale)
+            for n in nexts:
+                _replace_input(n, t_out, dqt)
+            outputs = [dqt if o == t_out else o for o in outputs]
+            at = ops.index(c) + 1
+            ops[at:at] = [nq, ndq]
+            uses = _Uses(ops, outputs)
+            cur = ndq
+    # ReluQuantFusion: a Relu whose only consumer is a Q is dropped (the Q's zero point clips)
+    uses = _Uses(ops, outputs)
+    dropped: set[int] = set()
+    for relu in [op for op in ops if op.op in ("Relu", "Clip") and op.layer is None]:
+        consumers = uses.consumers.get(relu.outputs[0], [])
+        if len(consumers) == 1 and relu.outputs[0] not in outputs and consumers[0].op == "QuantizeLinear":
+            _replace_input(consumers[0], relu.outputs[0], relu.inputs[0])
+            dropped.add(id(relu))
+    if dropped:
+        ops = [op for op in ops if id(op) not in dropped]
+    # WeightBiasQuantization: a float Conv/Gemm between a DQ and a Q (through Relu/Clip only) has its float
+    # weights quantized by the runtime and joins the int8 path too
+    uses = _Uses(ops, outputs)
+    dropped = set()
+    for op in ops:
+        if op.int8 or op.layer is None or op.op not in ("Conv", "FusedConv", "Gemm", "FusedGemm"):
+            continue
+        dq = uses.producer.get(op.inputs[0])
+        if dq is None or dq.op != "DequantizeLinear":
+            continue
+        t, relus = op.outputs[0], []
+        while uses.count(t) == 1 and t not in outputs:
+            nxt = uses.consumers[t][0]
+            if nxt.op == "QuantizeLinear":
+                op.int8 = True
+                for r in relus:  # the activation is folded into the requantization
+                    dropped.add(id(r))
+                if relus:
+                    _replace_input(nxt, t, op.outputs[0])
+                break
+            if nxt.op not in ("Relu", "Clip") or id(nxt) in dropped:
+                break
+            relus.append(nxt)
+            t = nxt.outputs[0]
+    if dropped:
+        ops = [op for op in ops if id(op) not in dropped]
+    # selectors: DQ -> Conv/Gemm -> Q  =>  QLinearConv / QGemm; DQ -> data op -> Q (same scale) => uint8 op
+    uses = _Uses(ops, outputs)
+    removed: set[int] = set()
+    for op in ops:
+        if op.int8:
+            dq = uses.producer.get(op.inputs[0])
+            outs = uses.consumers.get(op.outputs[0], [])
+            if dq is None or dq.op != "DequantizeLinear" or len(outs) != 1 or outs[0].op != "QuantizeLinear" \
+                    or op.outputs[0] in outputs:
+                op.int8 = False  # not fusable: stays float (does not happen with the quantizer's QDQ)
+                continue
+            q = outs[0]
+            op.op = "QLinearConv" if op.op in ("Conv", "FusedConv") else "QGemm"
+            op.inputs = [dq.inputs[0], *op.inputs[1:]]
+            op.outputs = [q.outputs[0]]
+            removed.update((id(dq), id(q)))
+        elif op.op in QLINEAR_OPS and op.layer is None and op.op != "Concat":
+            dqs = [uses.producer.get(t) for t in op.inputs if t]
+            outs = uses.consumers.get(op.outputs[0], [])
+            if all(d is not None and d.op == "DequantizeLinear" and id(d) not in removed
+                   and uses.count(d.outputs[0]) == 1 for d in dqs) and len(outs) == 1 \
+                    and outs[0].op == "QuantizeLinear" and op.outputs[0] not in outputs:
+                op.inputs = [d.inputs[0] for d in dqs]  # type: ignore[union-attr]
+                op.outputs = [outs[0].outputs[0]]
+                op.op = "QLinear" + op.op
+                removed.update(id(d) for d in dqs)
+                removed.add(id(outs[0]))
+        elif op.op in DROP_QDQ and op.layer is None:
+            dq = uses.producer.get(op.inputs[0])
+            outs = uses.consumers.get(op.outputs[0], [])
+            if dq is not None and dq.op == "DequantizeLinear" and len(outs) == 1 and outs[0].op == "QuantizeLinear" \
+                    and dq.scale == outs[0].scale and id(dq) not in removed and op.outputs[0] not in outputs:
+                op.inputs = [dq.inputs[0], *op.inputs[1:]]
+                op.outputs = [outs[0].outputs[0]]
+                op.u8 = True
+                removed.update((id(dq), id(outs[0])))
+    ops = [op for op in ops if id(op) not in removed]
+    # QDQ cleanup: DQ -> Q with the same scale cancels
+    uses = _Uses(ops, outputs)
+    removed = set()
+    for dq in [op for op in ops if op.op == "DequantizeLinear"]:
+        outs = uses.consumers.get(dq.outputs[0], [])
+        if len(outs) == 1 and outs[0].op == "QuantizeLinear" and outs[0].scale == dq.scale \
+                and dq.outputs[0] not in outputs:
+            q = outs[0]
+            for c in uses.consumers.get(q.outputs[0], []):
+                _replace_input(c, q.outputs[0], dq.inputs[0])
+            removed.update((id(dq), id(q)))
+    return [op for op in ops if id(op) not in removed], outputs
+
+
+# --- 2. NCHWc ----------------------------------------------------------------------------------------------
+
+@dataclass
+class _Arg:
+    op: Op
+    channels: int
+    start: int
+    left: int
+
+
+def lower_nchwc(ops: list[Op], outputs: list[str], shapes: Shapes, block: int, align: int = 4) -> list[Op]:
+    """ONNX Runtime's NchwcTransformer on float convolutions and what follows them (block size ``block``; input
+    channels a multiple of ``align`` for the layout change)."""
+    if block <= 1:
+        return ops
+    uses = _Uses(ops, outputs)
+    args: dict[str, _Arg] = {}
+    reordered: dict[str, Op] = {}
+    transformed: set[str] = set()   # tensors whose producer was transformed (their original edges are gone)
+    out: list[Op] = []
+    dropped: set[int] = set()
+
+    def reorder_input(op: Op) -> None:
+        x = op.inputs[0]
+        if x in args:
+            args[x].left -= 1
+            return
+        if x not in reordered:
+            r = Op(op="ReorderInput", inputs=[x], outputs=[f"{x}::nchwc"], nchwc=True)
+            reordered[x] = r
+            out.append(r)
+
+    def create(op: Op, channels: int) -> None:
+        t = op.outputs[0]
+        args[t] = _Arg(op=op, channels=channels, start=uses.count(t), left=uses.count(t))
+        transformed.add(t)
+
+    def fuse(op: Op, arg: _Arg) -> None:
+        t = op.outputs[0]
+        args[t] = _Arg(op=arg.op, channels=arg.channels, start=uses.count(t), left=uses.count(t))
+        transformed.add(t)
+        dropped.add(id(op))
+
+    for op in ops:
+        kind = op.op
+        if kind in ("Conv", "FusedConv") and not op.int8 and len(op.weight) == 4:
+            o, cg = op.weight[0], op.weight[1]
+            g = op.groups
+            c = cg * g
+            ok, reorder = True, True
+            # ONNX Runtime 1.32 rules (checked against its optimized graphs): output channels are zero-padded to
+            # the block; input channels must be a multiple of `align` (depthwise: its channels), except that fewer
+            # input channels than a block are read in NCHW form directly
+            if g > 1:
+                if cg == 1 and o == g:
+                    ok = c % align == 0
+                else:
+                    ok = not (c % block or o % g or (o // g) % block or cg % block)
+            elif c < block:
+                reorder = False
+            else:
+                ok = c % align == 0
+            if ok:
+                op.nchwc = True
+                if reorder:
+                    reorder_input(op)
+                else:
+                    op.direct = True
+                create(op, o)
+            out.append(op)
+            continue
+        if kind in ("MaxPool", "AveragePool") and not op.u8:
+            shape = shapes.get(op.inputs[0], ())
+            if len(shape) == 4 and shape[1] % block == 0 and len(op.outputs) == 1:
+                op.nchwc = True
+                reorder_input(op)
+                create(op, shape[1])
+            out.append(op)
+            continue
+        data_inputs = [t for t in op.inputs if t and t in uses.producer]
+        if op.inputs and all(t in transformed for t in data_inputs) and not op.u8:
+            if kind in ("Add", "Sum", "Mul") and op.inputs and all(t in args for t in op.inputs):
+                ins = [args[t] for t in op.inputs]
+                if all(a.channels == ins[0].channels for a in ins) and \
+                        all(shapes.get(t) == shapes.get(op.inputs[0]) for t in op.inputs):
+                    for a in ins:
+                        a.left -= 1
+                    if kind != "Mul" and len(ins) == 2:
+                        target = next((a for a in ins if a.op.op in ("Conv", "FusedConv") and a.op.nchwc
+                                       and a.start == 1 and "activation" not in a.op.attrs
+                                       and a.op.fused_sum is None), None)
+                        if target is not None:
+                            other = op.inputs[1] if target is ins[0] else op.inputs[0]
+                            target.op.fused_sum = other
+                            fuse(op, target)
+                            continue
+                    op.nchwc = True
+                    create(op, ins[0].channels)
+            elif kind in ("Relu", "Sigmoid", "Tanh") and op.inputs[0] in args:
+                a = args[op.inputs[0]]
+                a.left -= 1
+                if a.op.op in ("Conv", "FusedConv") and a.op.nchwc and a.start == 1 and \
+                        "activation" not in a.op.attrs:
+                    a.op.attrs["activation"] = kind
+                    fuse(op, a)
+                    continue
+                op.nchwc = True
+                create(op, a.channels)
+            elif kind in NCHWC_PASS_THROUGH and op.inputs[0] in args:
+                a = args[op.inputs[0]]
+                a.left -= 1
+                op.nchwc = True
+                create(op, a.channels)
+            elif kind == "BatchNormalization" and op.inputs[0] in args and len(op.outputs) == 1:
+                a = args[op.inputs[0]]
+                a.left -= 1
+                op.op, op.nchwc, op.groups = "BatchNormalization", True, a.channels
+                create(op, a.channels)
+            elif kind == "Transpose" and op.inputs[0] in args and list(op.attrs.get("perm", [])) == [0, 2, 3, 1]:
+                a = args[op.inputs[0]]
+                a.left -= 1
+                op.op, op.nchwc = "ReorderOutput", True
+            elif kind in ("GlobalAveragePool", "GlobalMaxPool") and op.inputs[0] in args and \
+                    args[op.inputs[0]].channels % block == 0:
+                a = args[op.inputs[0]]
+                a.left -= 1
+                op.nchwc = True
+                create(op, a.channels)
+            elif kind == "Concat" and op.attrs.get("axis") == 1 and all(t in args for t in op.inputs) and \
+                    all(args[t].channels % block == 0 for t in op.inputs):
+                for t in op.inputs:
+                    args[t].left -= 1
+                op.nchwc = True
+                create(op, sum(args[t].channels for t in op.inputs))
+        out.append(op)
+    out = [op for op in out if id(op) not in dropped]
+    # ReorderOutput for NCHWc tensors still read in NCHW form, right after their producer
+    for t, a in args.items():
+        if a.left > 0:
+            r = Op(op="ReorderOutput", inputs=[f"{t}::nchwc"], outputs=[t], nchwc=True,
+                   attrs={"channels": a.channels})
+            shapes.alias(f"{t}::nchwc", t)
+            at = out.index(a.op) + 1 if a.op in out else len(out)
+            out.insert(at, r)
+    return out
+
+
+# --- 3. NHWC -----------------------------------------------------------------------------------------------
+
+def lower_nhwc(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
+    """Transposes around QLinearConv (NHWC), cancelled along Q/DQ/MaxPool chains between two of them.
+
+    When a QLinearConv output feeds another QLinearConv and also a float branch, the runtime pushes the output
+    transpose into the branches: it cancels on the int8 one and stays on the float one.
+    """
+    convs = [op for op in ops if op.op == "QLinearConv"]
+    if not convs:
+        return ops
+    uses = _Uses(ops, outputs)
+    need_in = {id(c): True for c in convs}
+    need_out = {id(c): True for c in convs}
+    after: dict[int, list[Op]] = {}  # ops to insert after a given op
+
+    def chain(start: Op) -> tuple[list[Op], Op | None]:
+        """Ops from ``start`` on through single-use Q/DQ/uint8 MaxPool, and the QLinearConv it reaches."""
+        links, cur = [], start
+        while True:
+            if cur.op == "QLinearConv":
+                return links, cur
+            if not (cur.op in ("QuantizeLinear", "DequantizeLinear") or (cur.op == "MaxPool" and cur.u8)
+                    or (cur.op.startswith("QLinear") and cur.layer is None and len(cur.inputs) == 1)
+                    or (cur.op in UNARY_ELEMENTWISE and cur.layer is None)):
+                return links, None
+            links.append(cur)
+            t = cur.outputs[0]
+            if uses.count(t) != 1 or t in outputs:
+                return links, None
+            cur = uses.consumers[t][0]
+
+    for c in convs:
+        c.nhwc = True
+        t = c.outputs[0]
+        if t in outputs:
+            continue
+        branches = [chain(nxt) for nxt in uses.consumers.get(t, [])]
+        if not any(end is not None and end.inputs[0] == (links[-1].outputs[0] if links else t)
+                   for links, end in branches):
+            continue
+        need_out[id(c)] = False
+        for links, end in branches:
+            if end is not None and end.inputs[0] == (links[-1].outputs[0] if links else t):
+                need_in[id(end)] = False
+                for m in links:
+                    if m.op == "MaxPool":
+                        m.op, m.nhwc = "NhwcMaxPool", True
+            else:
+                # the float branch keeps a (uint8) transpose of its own; the runtime sometimes moves it after the
+                # DequantizeLinear and adds a Q/DQ pair instead (seen on ResNet stems), not modelled
+                after.setdefault(id(c), []).append(
+                    Op(op="Transpose", inputs=[f"{t}::nhwc"], outputs=[t], u8=True))
+                shapes.alias(f"{t}::nhwc", t)
+    out: list[Op] = []
+    transposed: set[str] = set()  # one Transpose per tensor, shared by the convolutions reading it
+    for op in ops:
+        if op.op == "QLinearConv" and need_in[id(op)] and op.inputs[0] not in transposed:
+            transposed.add(op.inputs[0])
+            out.append(Op(op="Transpose", inputs=[op.inputs[0]], outputs=[f"{op.inputs[0]}::nhwc"], u8=True))
+        out.append(op)
+        if op.op == "QLinearConv" and need_out[id(op)]:
+            out.append(Op(op="Transpose", inputs=[f"{op.outputs[0]}::nhwc"], outputs=[op.outputs[0]], u8=True))
+            shapes.alias(f"{op.outputs[0]}::nhwc", op.outputs[0])
+        out.extend(after.get(id(op), []))
+    for op in out:
+        if op.op == "Transpose" and op.u8 and op.outputs[0] not in shapes:
+            shapes.alias(op.outputs[0], op.inputs[0])
+    return out
+
+
+# --- kernels -----------------------------------------------------------------------------------------------
+
+def _pad(n: int, block: int) -> int:
+    return n if block <= 1 else -(-n // block) * block
+
+
+def _elems(shape: tuple[int, ...]) -> int:
+    return int(math.prod(shape)) if shape else 0
+
+
+def layer_weight(op: Op, res: Resolved) -> tuple[tuple[int, ...], int]:
+    """Weight shape and groups of a compute op under ``res`` (after pruning and low rank)."""
+    layer = op.layer
+    assert layer is not None
+    w = res.weights[layer]
+    r = res.rank.get(layer)
+    if r is None:
+        return w, res.groups[layer]
+    if res.variant.layers[layer].is_conv:
+        return ((r, *w[1:]) if op.part == 0 else (w[0], r, *([1] * (len(w) - 2)))), 1
+    return ((r, w[1]) if op.part == 0 else (w[0], r)), 1
+
+
+def _conv_variant(w: tuple[int, ...], groups: int) -> str:
+    o, cg = w[0], w[1]
+    if groups > 1:
+        return "dw" if cg == 1 and o == groups else "grouped"
+    if all(k == 1 for k in w[2:]):
+        return "1x1"
+    if len(w) == 4 and w[2] == w[3] and w[2] in (3, 5):
+        return f"{w[2]}x{w[3]}"
+    return "kxk"
+
+
+def _set(feats: np.ndarray, macs: float, in_elems: float, out_elems: float, weight: float, nz_macs: float,
+         pixels: float = 0.0, pixels_k: float = 0.0, im2col: float = 0.0) -> None:
+    feats[1:] = (macs, in_elems, out_elems, weight, nz_macs, pixels, pixels_k, im2col,
+                 *(min(macs, k) for k in MAC_KNOTS))
+
+
+def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
+    """Kind and features of one op under ``res``."""
+    shapes, inits = res.shapes, res.variant.graph.initializers
+    feats = np.zeros(len(FEATURES))
+    feats[0] = 1.0
+    x = op.inputs[0] if op.inputs else ""
+    y = op.outputs[0] if op.outputs else ""
+    xs, ys = shapes.get(x, ()), shapes.get(y, ())
+    if op.layer is not None and op.op in ("Conv", "FusedConv", "QLinearConv"):
+        w, groups = layer_weight(op, res)
+        sparsity = res.sparsity[op.layer]
+        variant = _conv_variant(w, groups)
+        o, cg = w[0], w[1]
+        spatial = _elems(ys[2:]) if len(ys) > 2 else 1
+        n = ys[0] if ys else 1
+        ksize = _elems(w[2:])
+        in_elems = _elems(xs)
+        if op.op == "QLinearConv":
+            kind = f"QLinearConv/{variant}"
+        elif op.nchwc:
+            kind = f"Conv/nchwc/{'direct' if op.direct else variant}"
+            o = _pad(o, block)
+            if not op.direct and variant != "dw":
+                cg = _pad(cg, block)
+            if xs:
+                in_elems = in_elems // max(xs[1], 1) * (_pad(xs[1], block) if not op.direct else xs[1])
+        else:
+            kind = f"Conv/{variant}" if len(w) == 4 else "Conv/1d"
+        if op.fused_sum:
+            in_elems += _elems(shapes.get(op.fused_sum, ()))
+        macs = n * o * spatial * cg * ksize
+        pixels = n * spatial
+        _set(feats, macs, in_elems, n * o * spatial, o * cg * ksize, macs * (1.0 - sparsity), pixels,
+             pixels * ksize, pixels * ksize * cg)
+        return Kernel(kind=kind, features=feats, name=y)
+    if op.layer is not None:
+        w, _ = layer_weight(op, res)  # (out, in) of the Linear
+        sparsity = res.sparsity[op.layer]
+        out_f, in_f = w[0], w[1]
+        rows = _elems(xs) // max(in_f, 1) if xs else 1
+        macs = rows * in_f * out_f
+        kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm"}.get(op.op, "MatMul/w")
+        _set(feats, macs, _elems(xs), rows * out_f, in_f * out_f, macs * (1.0 - sparsity), rows, rows,
+             rows * in_f)
+        return Kernel(kind=kind, features=feats, name=y)
+    kind = op.op
+    data_in = [t for t in op.inputs if t and t not in inits]
+    in_elems = sum(_elems(shapes.get(t, ())) for t in data_in)
+    out_elems = sum(_elems(shapes.get(t, ())) for t in op.outputs if t)
+    macs = 0.0
+    if kind in ("MatMul", "FusedMatMul"):
+        a, b = (shapes.get(t, ()) for t in op.inputs[:2])
+        if a and b:
+            k_dim = a[-1] if not op.attrs.get("transA") else a[-2]
+            macs = out_elems * k_dim
+    if kind in ("Conv", "FusedConv") and len(op.inputs) > 1:
+        w = inits.get(op.inputs[1], ())
+        if w:
+            macs = out_elems * _elems(w[1:])
+    if op.nchwc and kind not in ("ReorderInput", "ReorderOutput"):
+        kind += "/nchwc"
+    elif kind in ("ReorderInput", "ReorderOutput"):
+        shape = shapes.get(x if kind == "ReorderInput" else y, ())
+        if len(shape) > 1:
+            in_elems = out_elems = _elems(shape) // max(shape[1], 1) * _pad(shape[1], block)
+    elif op.u8 and kind not in ("NhwcMaxPool",):
+        kind += "/u8"
+    if kind in ("BatchNormalization/nchwc",):
+        macs = out_elems
+    _set(feats, macs, in_elems, out_elems, 0.0, macs)
+    return Kernel(kind=kind, features=feats, name=y)
+
+
+@dataclass
+class Lowered:
+    """The kernels of one plan, plus what the prediction reports."""
+
+    kernels: list[Kernel]
+    int8_nodes: int
+    input_elems: int
+    output_elems: int
+    skipped: dict[str, str]
+
+
+@dataclass
+class _Structure:
+    ops: list[Op]
+    aliases: dict[str, str]
+    rank_tensors: dict[str, tuple[str, str, bool]]
+
+
+def fuse_conv_add(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
+    """ConvAddActivationFusion: a float NCHW Conv (with bias, no activation) whose lone consumer is an Add of two
+    same-shape 4-D tensors absorbs the Add, and the Add's lone activation consumer."""
+    uses = _Uses(ops, outputs)
+    dropped: set[int] = set()
+    for op in ops:
+        if op.op != "Conv" or op.nchwc or op.int8 or len(op.inputs) < 3 or not op.inputs[2] or op.fused_sum:
+            continue
+        t = op.outputs[0]
+        consumers = uses.consumers.get(t, [])
+        if len(consumers) != 1 or t in outputs or consumers[0].op != "Add" or len(consumers[0].inputs) != 2:
+            continue
+        add = consumers[0]
+        a, b = (shapes.get(x, ()) for x in add.inputs)
+        if len(a) != 4 or a != b or id(add) in dropped:
+            continue
+        op.op, op.fused_sum = "FusedConv", add.inputs[1] if add.inputs[0] == t else add.inputs[0]
+        op.outputs = list(add.outputs)
+        dropped.add(id(add))
+        nxt = uses.consumers.get(add.outputs[0], [])
+        if len(nxt) == 1 and add.outputs[0] not in outputs and nxt[0].op in CONV_ADD_ACTIVATIONS:
+            op.attrs["activation"] = nxt[0].op
+            op.outputs = list(nxt[0].outputs)
+            dropped.add(id(nxt[0]))
+    return [op for op in ops if id(op) not in dropped] if dropped else ops
+
+
+def lower_ops(res: Resolved, *, block: int, align: int = 4) -> list[Op]:
+    """All passes: working graph -> int8 QDQ -> NCHWc -> Conv+Add fusion -> NHWC (registers new tensors in
+    ``res.shapes``)."""
+    ops, shapes = build_ops(res)
+    outputs = list(res.variant.graph.outputs)
+    ops, outputs = lower_int8(ops, outputs, shapes)
+    ops = lower_nchwc(ops, outputs, shapes, block, align)
+    ops = fuse_conv_add(ops, outputs, shapes)
+    return lower_nhwc(ops, outputs, shapes)
+
+
+class Lowerer:
+    """Lowers plans, caching the kernel structure per structural signature (features are per plan).
+
+    The structure depends only on the student depth, which layers run int8 and which are factorized, and on the
+    channel counts' position relative to the NCHWc block (few input channels; pool alignment); two plans that
+    agree on these lower to the same kernels with different shapes.
+    """
+
+    def __init__(self, *, block: int, align: int = 4, max_entries: int = 4096) -> None:
+        self.block, self.align = block, align
+        self.max_entries = max_entries
+        self._cache: dict[tuple, _Structure] = {}
+
+    def signature(self, res: Resolved) -> tuple:
+        v, b, al = res.variant, self.block, self.align
+        parts: list[Any] = [v.uid]
+        for layer, ln in v.layers.items():
+            w, g = res.weights[layer], res.groups[layer]
+            r = res.rank.get(layer)
+            cin = w[1] * g if ln.is_conv else w[1]
+            item: tuple = (*res.int8[layer], r is not None, cin < b, cin % al == 0, w[0] % al == 0,
+                           r is not None and r < b, r is not None and r % al == 0)
+            if ln.is_conv and g > 1 and not ln.depthwise:
+                item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,)
+            parts.append(item)
+        for t in v.pool_inputs:
+            shape = res.shapes.get(t, ())
+            parts.append(len(shape) == 4 and shape[1] % b == 0)
+        return tuple(parts)
+
+    def lower(self, res: Resolved) -> Lowered:
+        sig = self.signature(res)
+        entry = self._cache.get(sig)
+        if entry is None:
+            ops = lower_ops(res, block=self.block, align=self.align)
+            entry = _Structure(ops=ops, aliases=dict(res.shapes.aliases),
+                               rank_tensors=dict(res.shapes.rank_tensors))
+            if len(self._cache) >= self.max_entries:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[sig] = entry
+        else:
+            res.shapes.aliases.update(entry.aliases)
+            res.shapes.rank_tensors.update(entry.rank_tensors)
+        v = res.variant
+        kernels = [kernel_of(op, res, self.block) for op in entry.ops]
+        x = v.graph.inputs[0] if v.graph.inputs else ""
+        return Lowered(kernels=kernels, int8_nodes=sum(op.op in ("QLinearConv", "QGemm") for op in entry.ops),
+                       input_elems=_elems(res.shapes.get(x, ())),
+                       output_elems=sum(_elems(res.shapes.get(o, ())) for o in v.graph.outputs),
+                       skipped=res.skipped)
+
+
+def lower(res: Resolved, *, block: int, align: int = 4) -> Lowered:
+    """Lower one plan without caching."""
+    return Lowerer(block=block, align=align).lower(res)

@@ -1,0 +1,306 @@
+"""Micro-benchmarks: the small graphs compressed models are made of, with the shapes search spaces produce.
+
+Each spec is plain data (JSON) naming a family and its sizes plus a plan for its layers; :func:`build` turns it
+into a torch module and an example input, and the profile measures it through the same export/lowering path as
+real candidates. Channel counts are drawn from the whole range structured pruning and student widths produce
+(not only multiples of 8 or 16: the runtime pads channels to its block size, which the kernels' cost shows).
+
+Families: convolution chains (kernel 1/3/5/7, stride 1/2, depthwise, channels, spatial size, ReLU, MaxPool
+between), ResNet basic blocks (BatchNorm folded, residual Add fused), MobileNetV2 inverted residuals, MLPs
+(Linear + ReLU, 2-D input: Gemm), Linear on 3-D input (MatMul + Add), pooling (max / average / global / mean),
+normalization and activations (BatchNorm, LayerNorm, Softmax, GELU, Sigmoid, Tanh), attention blocks
+(Q/K/V projections, attention matmuls, softmax, residuals, LayerNorm), small whole CNNs. Each layer of a micro
+model is float or int8 (weights <= 8 bits, 8-bit inputs), optionally low rank, with 0-95 % unstructured sparsity.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..compress.layers import discover_layers
+from ..plan import CompressionPlan, LayerPlan
+
+# --- modules -----------------------------------------------------------------------------------------------
+
+
+class ConvBNAct(nn.Sequential):
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True) -> None:
+        layers: list[nn.Module] = [nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+                                   nn.BatchNorm2d(cout)]
+        if act:
+            layers.append(nn.ReLU6())
+        super().__init__(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 project (+ residual when shapes allow)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        self.expand = ConvBNAct(cin, hidden, 1)
+        self.dw = ConvBNAct(hidden, hidden, 3, stride, groups=hidden)
+        self.project = ConvBNAct(hidden, cout, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.use_res else y
+
+
+class AttentionBlock(nn.Module):
+    """Pre-norm transformer encoder block from nn.Linear and matmuls (what the compress pipeline handles)."""
+
+    def __init__(self, d: int, heads: int, ff: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.q, self.k, self.v, self.proj = (nn.Linear(d, d) for _ in range(4))
+        self.ff1, self.ff2 = nn.Linear(d, ff), nn.Linear(ff, d)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        y = self.ln1(x)
+        q = self.q(y).reshape(b, t, self.heads, -1).transpose(1, 2)
+        k = self.k(y).reshape(b, t, self.heads, -1).transpose(1, 2)
+        v = self.v(y).reshape(b, t, self.heads, -1).transpose(1, 2)
+        a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, t, d))
+        return x + self.ff2(torch.relu(self.ff1(self.ln2(x))))
+
+
+class Head(nn.Module):
+    """``body`` then mean over the sequence and a Linear classifier."""
+
+    def __init__(self, body: nn.Module, d: int, classes: int) -> None:
+        super().__init__()
+        self.body, self.norm, self.head = body, nn.LayerNorm(d), nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.body(x)).mean(dim=1))
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Residual(nn.Module):
+    """``x + body(x)`` followed by an optional op (BatchNorm after an Add is not folded into a conv)."""
+
+    def __init__(self, body: nn.Module, after: nn.Module | None = None) -> None:
+        super().__init__()
+        self.body, self.after = body, after or nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after(x + self.body(x))
+
+
+_ACTS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU, "relu6": nn.ReLU6, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "gelu": nn.GELU,
+}
+
+
+def build(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
+    """The module and example input (batch 1) of a micro spec. Weights are seeded by ``spec["seed"]``."""
+    torch.manual_seed(int(spec.get("seed", 0)))
+    fam = spec["family"]
+    if fam == "conv":
+        c, layers = spec["cin"], []
+        for layer in spec["layers"]:
+            groups = c if layer.get("dw") else 1
+            cout = c if layer.get("dw") else layer["cout"]
+            layers.append(nn.Conv2d(c, cout, layer["k"], layer["s"], layer["k"] // 2, groups=groups))
+            if layer.get("act"):
+                layers.append(_ACTS[layer["act"]]())
+            if layer.get("pool"):
+                layers.append(nn.MaxPool2d(2))
+            c = cout
+        return nn.Sequential(*layers).eval(), torch.randn(1, spec["cin"], spec["h"], spec["h"])
+    if fam == "basic_block":
+        from ..tasks.models import BasicBlock
+
+        return BasicBlock(spec["cin"], spec["cout"], spec["s"]).eval(), torch.randn(1, spec["cin"], spec["h"],
+                                                                                     spec["h"])
+    if fam == "inverted_residual":
+        blocks = [InvertedResidual(spec["cin"], spec["cout"], spec["s"], spec["expand"])]
+        if spec.get("repeat"):
+            blocks.append(InvertedResidual(spec["cout"], spec["cout"], 1, spec["expand"]))
+        return nn.Sequential(*blocks).eval(), torch.randn(1, spec["cin"], spec["h"], spec["h"])
+    if fam == "mlp":
+        sizes, layers = spec["sizes"], [nn.Flatten()]
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2 and spec.get("act"):
+                layers.append(_ACTS[spec["act"]]())
+        return nn.Sequential(*layers).eval(), torch.randn(1, sizes[0])
+    if fam == "linear3d":
+        sizes, layers = spec["sizes"], []
+        for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+            layers.append(nn.Linear(a, b))
+            if i < len(sizes) - 2:
+                layers.append(_ACTS[spec.get("act", "relu")]())
+        return nn.Sequential(*layers).eval(), torch.randn(1, spec["t"], sizes[0])
+    if fam == "pool":
+        c, h = spec["c"], spec["h"]
+        conv: list[nn.Module] = [nn.Conv2d(spec["cin"], c, 3, 1, 1), nn.ReLU()] if spec.get("conv") else []
+        cin = c if conv else spec["cin"]
+        kind = spec["pool"]
+        pool: nn.Module = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "gap": nn.AdaptiveAvgPool2d(1),
+                           "mean": Lambda(lambda x: x.mean(dim=(2, 3)))}[kind]
+        out_hw = 1 if kind in ("gap", "mean") else (h // 2) ** 2
+        return nn.Sequential(*conv, pool, nn.Flatten(), nn.Linear(cin * out_hw, spec["classes"])).eval(), \
+            torch.randn(1, spec["cin"], h, h)
+    if fam == "norm_act":
+        c, h, op = spec["c"], spec["h"], spec["op"]
+        conv = nn.Conv2d(spec["cin"], c, 3, 1, 1)
+        after: nn.Module
+        if op == "bn_after_add":
+            after = nn.BatchNorm2d(c)
+            return nn.Sequential(conv, Residual(nn.Sequential(nn.ReLU(), nn.Conv2d(c, c, 1)), after)).eval(), \
+                torch.randn(1, spec["cin"], h, h)
+        if op == "softmax":
+            after = nn.Softmax(dim=1)
+        else:
+            after = _ACTS[op]()
+        return nn.Sequential(conv, after, nn.Conv2d(c, c, 1)).eval(), torch.randn(1, spec["cin"], h, h)
+    if fam == "attention":
+        blocks = nn.Sequential(*[AttentionBlock(spec["d"], spec["heads"], spec["ff"])
+                                 for _ in range(spec.get("blocks", 1))])
+        model = Head(nn.Sequential(nn.Linear(spec["din"], spec["d"]), blocks), spec["d"], spec["classes"])
+        return model.eval(), torch.randn(1, spec["t"], spec["din"])
+    if fam == "layernorm":
+        d = spec["d"]
+        return nn.Sequential(nn.Linear(spec["din"], d), nn.LayerNorm(d), nn.GELU() if spec.get("gelu") else
+                             nn.Identity(), nn.Linear(d, d)).eval(), torch.randn(1, spec["t"], spec["din"])
+    if fam == "cnn":
+        c1, c2, f = spec["c1"], spec["c2"], spec["fc"]
+        h = spec["h"]
+        model = nn.Sequential(nn.Conv2d(spec["cin"], c1, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
+                              nn.Conv2d(c1, c2, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                              nn.Linear(c2 * (h // 4) ** 2, f), nn.ReLU(), nn.Linear(f, 10))
+        return model.eval(), torch.randn(1, spec["cin"], h, h)
+    raise ValueError(f"unknown micro-benchmark family {fam!r}; known: {sorted(FAMILIES)}")
+
+
+# --- sampling ----------------------------------------------------------------------------------------------
+
+def _channels(rng: np.random.Generator, lo: int, hi: int) -> int:
+    """A channel count as pruning and student widths produce: log-uniform, any integer, sometimes aligned."""
+    c = int(round(math.exp(rng.uniform(math.log(lo), math.log(hi)))))
+    if rng.random() < 0.3:
+        c = max(lo, int(round(c / 8)) * 8)
+    return max(lo, min(hi, c))
+
+
+def _conv(rng: np.random.Generator) -> dict[str, Any]:
+    cin = int(rng.choice([1, 3])) if rng.random() < 0.2 else _channels(rng, 2, 96)
+    n = int(rng.choice([1, 1, 2, 2, 3]))
+    layers = []
+    for i in range(n):
+        dw = bool(rng.random() < 0.25 and i > 0)
+        layers.append({"cout": _channels(rng, 2, 128), "k": int(rng.choice([1, 3, 3, 5, 7] if not dw else [3, 3, 5])),
+                       "s": int(rng.choice([1, 1, 1, 2])), "dw": dw,
+                       "act": str(rng.choice(["relu", "relu", "relu6", ""])),
+                       "pool": bool(rng.random() < 0.15)})
+    return {"family": "conv", "cin": cin, "h": int(rng.choice([6, 7, 8, 12, 14, 16, 28])), "layers": layers}
+
+
+def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
+    if family == "conv":
+        return _conv(rng)
+    if family == "basic_block":
+        cin = _channels(rng, 4, 96)
+        s = int(rng.choice([1, 1, 2]))
+        return {"family": family, "cin": cin, "cout": cin if s == 1 and rng.random() < 0.6 else _channels(rng, 4, 128),
+                "s": s, "h": int(rng.choice([7, 14, 14, 28]))}
+    if family == "inverted_residual":
+        cin = _channels(rng, 4, 64)
+        s = int(rng.choice([1, 1, 2]))
+        return {"family": family, "cin": cin, "cout": cin if s == 1 and rng.random() < 0.6 else _channels(rng, 4, 96),
+                "s": s, "expand": int(rng.choice([1, 2, 3, 4, 6])), "h": int(rng.choice([7, 14, 14, 28])),
+                "repeat": bool(rng.random() < 0.3)}
+    if family == "mlp":
+        n = int(rng.choice([1, 2, 3, 4]))
+        sizes = [_channels(rng, 8, 1024)] + [_channels(rng, 4, 512) for _ in range(n)]
+        return {"family": family, "sizes": sizes, "act": str(rng.choice(["relu", "relu", "sigmoid", ""]))}
+    if family == "linear3d":
+        n = int(rng.choice([1, 2, 3]))
+        return {"family": family, "sizes": [_channels(rng, 4, 256) for _ in range(n + 1)],
+                "t": int(rng.choice([4, 8, 16, 32])), "act": str(rng.choice(["relu", "gelu"]))}
+    if family == "pool":
+        return {"family": family, "cin": _channels(rng, 1, 64), "c": _channels(rng, 4, 128), "conv": bool(rng.random() < 0.6),
+                "h": int(rng.choice([4, 8, 14, 16, 28])), "pool": str(rng.choice(["max", "avg", "gap", "mean"])),
+                "classes": int(rng.choice([10, 10, 100]))}
+    if family == "norm_act":
+        return {"family": family, "cin": _channels(rng, 1, 32), "c": _channels(rng, 4, 96),
+                "h": int(rng.choice([4, 7, 14, 28])),
+                "op": str(rng.choice(["bn_after_add", "softmax", "sigmoid", "tanh", "gelu", "relu6"]))}
+    if family == "attention":
+        heads = int(rng.choice([1, 2, 4, 8]))
+        d = heads * int(rng.choice([4, 8, 12, 16, 24, 32]))
+        return {"family": family, "din": _channels(rng, 4, 64), "d": d, "heads": heads,
+                "ff": _channels(rng, max(4, d // 2), 4 * d), "t": int(rng.choice([4, 8, 16, 32])),
+                "blocks": int(rng.choice([1, 1, 2])), "classes": 10}
+    if family == "layernorm":
+        return {"family": family, "din": _channels(rng, 4, 128), "d": _channels(rng, 4, 256),
+                "t": int(rng.choice([1, 4, 16, 32])), "gelu": bool(rng.random() < 0.5)}
+    if family == "cnn":
+        return {"family": family, "cin": int(rng.choice([1, 3])), "c1": _channels(rng, 2, 48),
+                "c2": _channels(rng, 2, 96), "fc": _channels(rng, 8, 256), "h": int(rng.choice([16, 28, 32]))}
+    raise ValueError(f"unknown micro-benchmark family {family!r}; known: {sorted(FAMILIES)}")
+
+
+# relative share of each family in a profile
+FAMILIES: dict[str, float] = {
+    "conv": 0.26, "basic_block": 0.07, "inverted_residual": 0.09, "mlp": 0.14, "linear3d": 0.06, "pool": 0.08,
+    "norm_act": 0.07, "attention": 0.10, "layernorm": 0.04, "cnn": 0.09,
+}
+
+
+def random_plan(model: nn.Module, example_input: torch.Tensor, rng: np.random.Generator, *,
+                int8: float = 0.45, low_rank: float = 0.15) -> CompressionPlan:
+    """Per layer: float or int8 (weights 2-8 bits, 8-bit inputs) or weight-only; low rank; sparsity. No pruning:
+    the micro spec already has the pruned sizes."""
+    layers = {}
+    for info in discover_layers(model, example_input):
+        r = rng.random()
+        if r < int8:
+            wbits, abits = int(rng.choice([2, 4, 8])), 8
+        elif r < int8 + 0.15:
+            wbits, abits = int(rng.choice([4, 8])), int(rng.choice([16, 32]))
+        else:
+            wbits, abits = 32, int(rng.choice([32, 32, 8]))
+        sparsity = float(rng.choice([0.0, 0.0, 0.25, 0.5, 0.75, 0.9, 0.95]))
+        rank = float(rng.choice([0.125, 0.25, 0.5])) if rng.random() < low_rank else 1.0
+        layers[info.name] = LayerPlan(sparsity=sparsity, weight_bits=wbits, activation_bits=abits, rank_ratio=rank)
+    return CompressionPlan(layers=layers)
+
+
+def sample_specs(n: int, seed: int = 0) -> list[dict[str, Any]]:
+    """``n`` micro specs, families in the :data:`FAMILIES` proportions (at least one of each when n allows)."""
+    rng = np.random.default_rng(seed)
+    names = list(FAMILIES)
+    weights = np.array([FAMILIES[f] for f in names])
+    counts = np.maximum(1, np.floor(weights / weights.sum() * n)).astype(int) if n >= len(names) else \
+        np.zeros(len(names), dtype=int)
+    while counts.sum() < n:
+        counts[int(rng.choice(len(names), p=weights / weights.sum()))] += 1
+    specs = []
+    for fam, k in zip(names, counts, strict=True):
+        for _ in range(int(k)):
+            spec = _spec(rng, fam)
+            spec["seed"] = int(rng.integers(0, 2**31 - 1))
+            specs.append(spec)
+    order = rng.permutation(len(specs))
+    return [specs[i] for i in order][:n]

@@ -1,0 +1,186 @@
+"""The latency model: per-kernel-kind regressions fitted on measurements, plus a per-model term.
+
+A model's predicted latency is
+
+    offset + scale * (overhead . [1, input_elems, output_elems]  +  sum over kernels of coef[kind] . features)
+
+with :data:`~autocompress.latency.lowering.FEATURES` = (1, MACs, input elements, output elements, weight
+elements, MACs on non-zero weights). Every coefficient is non-negative (non-negative least squares on relative
+error), so a kernel kind only costs what the measurements show: whether unstructured zeros speed up a dense
+kernel (the "MACs on non-zero weights" column) or an int8 kernel is slower than its float twin is learned, not
+assumed. ``offset``/``scale`` come from the whole-model calibration measurements. All parameters are plain
+numbers (JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import AutocompressError
+from .lowering import FEATURES, Kernel, Lowered
+
+OVERHEAD = ("one", "input_elems", "output_elems")
+
+
+class UnsupportedOpError(AutocompressError, ValueError):
+    """The predictor has no measurements for a kernel the plan needs."""
+
+    exit_code = 2
+
+    def __init__(self, kinds: Sequence[str], supported: Sequence[str], *, where: str = "") -> None:
+        self.kinds, self.supported = list(kinds), sorted(supported)
+        at = f" ({where})" if where else ""
+        super().__init__(
+            f"the latency profile has no measurements for kernel kind(s) {', '.join(sorted(set(kinds)))}{at}. "
+            f"Supported kinds: {', '.join(self.supported)}. Re-run `autocompress profile` (after adding a micro-"
+            f"benchmark for the op) or fall back to measurement with `latency: {{fallback: measure}}` (or "
+            f"`{{measure: true}}`) in the study config.")
+
+
+@dataclass
+class Sample:
+    """One measured graph: its kernels, its per-model features and the measured latency (ms)."""
+
+    kernels: list[tuple[str, list[float]]]
+    overhead: list[float]
+    latency_ms: float
+    tag: str = ""
+    group: str = "micro"          # "micro" (kernel fit) or "calibration" (whole models: offset/scale)
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_lowered(cls, lowered: Lowered, latency_ms: float, **kw: Any) -> Sample:
+        return cls(kernels=[(k.kind, [float(v) for v in k.features]) for k in lowered.kernels],
+                   overhead=overhead_features(lowered), latency_ms=float(latency_ms), **kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kernels": self.kernels, "overhead": self.overhead, "latency_ms": self.latency_ms,
+                "tag": self.tag, "group": self.group, "spec": self.spec}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Sample:
+        return cls(kernels=[(str(k), [float(x) for x in f]) for k, f in d["kernels"]],
+                   overhead=[float(x) for x in d["overhead"]], latency_ms=float(d["latency_ms"]),
+                   tag=str(d.get("tag", "")), group=str(d.get("group", "micro")), spec=dict(d.get("spec", {})))
+
+
+def overhead_features(lowered: Lowered) -> list[float]:
+    return [1.0, float(lowered.input_elems), float(lowered.output_elems)]
+
+
+@dataclass
+class CostModel:
+    """Fitted coefficients (ms per unit of each feature) per kernel kind."""
+
+    coef: dict[str, list[float]]
+    overhead: list[float]
+    offset: float = 0.0
+    scale: float = 1.0
+    samples_per_kind: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._matrix = {k: np.asarray(v, dtype=float) for k, v in self.coef.items()}
+
+    @property
+    def kinds(self) -> list[str]:
+        return sorted(self.coef)
+
+    def unsupported(self, kinds: Iterable[str]) -> list[str]:
+        return sorted({k for k in kinds if k not in self._matrix})
+
+    def check(self, kernels: Sequence[Kernel], *, where: str = "") -> None:
+        missing = self.unsupported(k.kind for k in kernels)
+        if missing:
+            raise UnsupportedOpError(missing, self.kinds, where=where)
+
+    def kernel_ms(self, kernel: Kernel) -> float:
+        return float(self._matrix[kernel.kind] @ kernel.features)
+
+    def raw_ms(self, kernels: Sequence[Kernel], overhead: Sequence[float]) -> float:
+        """Overhead plus kernel sum, before the calibration's offset and scale."""
+        total = float(np.dot(self.overhead, overhead))
+        for k in kernels:
+            total += float(self._matrix[k.kind] @ k.features)
+        return total
+
+    def predict(self, lowered: Lowered, *, where: str = "") -> float:
+        self.check(lowered.kernels, where=where)
+        return self.offset + self.scale * self.raw_ms(lowered.kernels, overhead_features(lowered))
+
+    def predict_sample(self, s: Sample) -> float:
+        kernels = [Kernel(kind=k, features=np.asarray(f)) for k, f in s.kernels]
+        self.check(kernels, where=s.tag)
+        return self.offset + self.scale * self.raw_ms(kernels, s.overhead)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "overhead_features": list(OVERHEAD),
+                "coef": {k: [float(x) for x in v] for k, v in sorted(self.coef.items())},
+                "overhead": [float(x) for x in self.overhead], "offset": float(self.offset),
+                "scale": float(self.scale), "samples_per_kind": dict(sorted(self.samples_per_kind.items()))}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CostModel:
+        if list(d.get("features", [])) != list(FEATURES) or list(d.get("overhead_features", [])) != list(OVERHEAD):
+            raise ValueError(f"the cost model's features {d.get('features')} / {d.get('overhead_features')} are not "
+                             f"this version's {list(FEATURES)} / {list(OVERHEAD)}")
+        coef = {str(k): [float(x) for x in v] for k, v in d["coef"].items()}
+        for k, v in coef.items():
+            if len(v) != len(FEATURES) or not all(np.isfinite(v)):
+                raise ValueError(f"coefficients of kind {k!r} are malformed: {v}")
+        return cls(coef=coef, overhead=[float(x) for x in d["overhead"]], offset=float(d.get("offset", 0.0)),
+                   scale=float(d.get("scale", 1.0)),
+                   samples_per_kind={str(k): int(v) for k, v in d.get("samples_per_kind", {}).items()})
+
+
+def fit(samples: Sequence[Sample], *, calibration: Sequence[Sample] = (), ridge: float = 1e-4) -> CostModel:
+    """Non-negative least squares on relative error: kernel coefficients and overhead from ``samples``, then
+    ``offset``/``scale`` from the whole-model ``calibration`` samples (when there are at least 3)."""
+    from scipy.optimize import nnls
+
+    if not samples:
+        raise ValueError("no samples to fit")
+    kinds = sorted({k for s in samples for k, _ in s.kernels})
+    index = {k: i for i, k in enumerate(kinds)}
+    nf, no = len(FEATURES), len(OVERHEAD)
+    x = np.zeros((len(samples), len(kinds) * nf + no))
+    y = np.array([s.latency_ms for s in samples], dtype=float)
+    counts: dict[str, int] = {}
+    for i, s in enumerate(samples):
+        for kind, feats in s.kernels:
+            j = index[kind] * nf
+            x[i, j:j + nf] += feats
+        x[i, -no:] = s.overhead
+        for kind in {k for k, _ in s.kernels}:
+            counts[kind] = counts.get(kind, 0) + 1
+    w = 1.0 / y
+    scale = np.abs(x).max(axis=0)
+    scale[scale == 0] = 1.0
+    a = x * w[:, None] / scale
+    b = np.ones_like(y)
+    if ridge > 0:  # a little shrinkage keeps collinear columns (kinds that always appear together) tame
+        a = np.vstack([a, np.sqrt(ridge) * np.eye(a.shape[1])])
+        b = np.concatenate([b, np.zeros(a.shape[1])])
+    theta, _ = nnls(a, b, maxiter=50 * a.shape[1])
+    theta = theta / scale
+    coef = {k: theta[index[k] * nf:(index[k] + 1) * nf].tolist() for k in kinds}
+    model = CostModel(coef=coef, overhead=theta[-no:].tolist(), samples_per_kind=counts)
+    usable = [s for s in calibration if not model.unsupported(k for k, _ in s.kernels)]
+    if len(usable) >= 3:
+        raw = np.array([model.predict_sample(s) for s in usable])
+        yc = np.array([s.latency_ms for s in usable])
+        wc = 1.0 / yc
+        design = np.stack([np.ones_like(raw), raw], axis=1) * wc[:, None]
+        (offset, slope), *_ = np.linalg.lstsq(design, np.ones_like(yc), rcond=None)
+        if slope > 0:
+            model.offset, model.scale = float(offset), float(slope)
+    return model
+
+
+def errors(model: CostModel, samples: Sequence[Sample]) -> np.ndarray:
+    """Relative errors (predicted - measured) / measured, of the samples whose kinds the model knows."""
+    return np.array([(model.predict_sample(s) - s.latency_ms) / s.latency_ms for s in samples
+                     if not model.unsupported(k for k, _ in s.kernels)])

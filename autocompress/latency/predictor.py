@@ -1,0 +1,95 @@
+"""``predict(teacher, plan) -> latency_ms`` without materializing or running the candidate.
+
+Once per teacher (and student depth) :class:`~autocompress.latency.analysis.TeacherAnalysis` records the exported
+graph, its shapes, the runtime's fusions and Torch-Pruning's coupled groups. Per plan the predictor derives each
+node's channel counts, low-rank splits and precision, lowers the graph as ONNX Runtime would
+(:mod:`autocompress.latency.lowering`) and sums the fitted per-kernel costs of a measured profile
+(:mod:`autocompress.latency.model`). Typically well under a millisecond per plan once the teacher is analysed.
+"""
+
+from __future__ import annotations
+
+import weakref
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..plan import CompressionPlan
+from .analysis import TeacherAnalysis
+from .lowering import Lowered, Lowerer
+from .profile import LatencyProfile, ProfileError, default_profile_path, load_profile
+
+
+def resolve_profile(profile: LatencyProfile | str | Path | None, *, threads: int = 1) -> LatencyProfile:
+    """A loaded profile: given, read from a path, or this machine's default one."""
+    if isinstance(profile, LatencyProfile):
+        return profile
+    if profile is None:
+        path = default_profile_path(threads=threads)
+        if not path.is_file():
+            raise ProfileError(f"no latency profile for this machine at {path}; make one with `autocompress "
+                               f"profile --threads {threads}` or pass a profile path")
+        return load_profile(path)
+    return load_profile(profile)
+
+
+class LatencyPredictor:
+    """Predicts a plan's latency (ms) on ``teacher`` from a latency profile.
+
+    teacher:       the float teacher (not modified)
+    example_input: one input batch, shape (1, ...)
+    profile:       a :class:`LatencyProfile`, a path to one, or None for this machine's default profile
+    batch_size:    the batch size to predict at (the search's ``latency.batch_size``)
+    """
+
+    def __init__(self, teacher: nn.Module, example_input: torch.Tensor,
+                 profile: LatencyProfile | str | Path | None = None, *, batch_size: int = 1,
+                 threads: int = 1) -> None:
+        self.profile = resolve_profile(profile, threads=threads)
+        if self.profile.backend != "onnxruntime":
+            raise ProfileError(f"the profile is for backend {self.profile.backend!r}; the predictor lowers for "
+                               f"onnxruntime")
+        self.batch_size = batch_size
+        self.analysis = TeacherAnalysis(teacher, example_input, batch_size=batch_size)
+        self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)
+
+    def lower(self, plan: CompressionPlan) -> Lowered:
+        """The kernels the runtime would run for ``plan`` (no costs)."""
+        return self.lowerer.lower(self.analysis.resolve(plan))
+
+    def predict(self, plan: CompressionPlan) -> float:
+        """Predicted ``InferenceSession.run`` latency in ms."""
+        return self.profile.model.predict(self.lower(plan), where="this plan")
+
+    def predict_lowered(self, plan: CompressionPlan) -> tuple[float, Lowered]:
+        lowered = self.lower(plan)
+        return self.profile.model.predict(lowered, where="this plan"), lowered
+
+    def explain(self, plan: CompressionPlan) -> list[dict[str, Any]]:
+        """Per kernel: kind, output tensor, predicted ms (before the calibration's scale)."""
+        lowered = self.lower(plan)
+        model = self.profile.model
+        model.check(lowered.kernels, where="this plan")
+        return [{"kind": k.kind, "tensor": k.name, "ms": model.kernel_ms(k)} for k in lowered.kernels]
+
+    def check(self, plans: list[CompressionPlan]) -> None:
+        """Raise :class:`~autocompress.latency.model.UnsupportedOpError` if any of ``plans`` needs a kernel kind
+        the profile has no measurements of."""
+        for plan in plans:
+            self.profile.model.check(self.lower(plan).kernels, where=plan.summary()[:120])
+
+
+_PREDICTORS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LatencyPredictor]] = weakref.WeakKeyDictionary()
+
+
+def predict(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, *,
+            profile: LatencyProfile | str | Path | None = None, batch_size: int = 1) -> float:
+    """Predicted latency (ms) of ``plan`` applied to ``teacher``; the teacher's analysis is cached."""
+    prof = resolve_profile(profile)
+    key = (id(prof), tuple(example_input.shape[1:]), batch_size)
+    per_teacher = _PREDICTORS.setdefault(teacher, {})
+    if key not in per_teacher:
+        per_teacher[key] = LatencyPredictor(teacher, example_input, prof, batch_size=batch_size)
+    return per_teacher[key].predict(plan)

@@ -1,0 +1,220 @@
+"""How a study gets its latencies: predicted from a profile, or measured; and the end-of-study check.
+
+The study config's ``latency`` section decides (see :class:`autocompress.config.LatencyConfig`):
+
+- ``{predictor: PATH}``: predict every candidate from that profile (a relative path is looked up beside the
+  config, then in the current directory); a profile made on another machine is used with a warning;
+- ``{measure: true}``: measure every candidate (materialized, lowered, timed in ONNX Runtime);
+- neither (default): predict when this machine has a profile (``autocompress profile`` writes it to
+  ``$AUTOCOMPRESS_CACHE/profiles/<fingerprint>.json``, matched on CPU, cores, threads and runtime version),
+  otherwise measure.
+
+A plan needing a kernel kind the profile has no measurements of raises
+:class:`~autocompress.latency.model.UnsupportedOpError` naming it, unless ``fallback: measure`` (then that
+candidate is measured; the default mode falls back on its own).
+
+Trials record ``latency_source`` ("predicted"/"measured"), ``latency_predicted_ms`` and, when measured,
+``latency_measured_ms`` (both when a measured trial also has a prediction). When the study's latencies were
+predicted, :func:`latency_check` measures every front member at the end and stores predicted vs measured as the
+study attribute ``latency_check`` = ``{trial number: {predicted_ms, measured_ms, error}}`` (finished trials
+cannot be changed), with a summary in ``latency_check_summary``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+CHECK_ATTR, CHECK_SUMMARY_ATTR = "latency_check", "latency_check_summary"
+PREDICTED_BACKEND = "onnxruntime (predicted)"
+
+
+@dataclass
+class LatencyMode:
+    """What a study uses for latency. ``predictor`` may be set in measured mode too (to record both)."""
+
+    source: str                      # "predicted" or "measured"
+    reason: str
+    predictor: Any = None            # LatencyPredictor | None
+    profile_path: Path | None = None
+    fallback: str = "error"
+    warned: set[str] = field(default_factory=set)
+
+
+_MODES: dict[tuple, LatencyMode] = {}
+
+
+def _key(task, cfg) -> tuple:
+    from .profile import default_profile_path
+
+    path = default_profile_path(threads=cfg.threads)  # a profile written since changes the default mode
+    stamp = path.stat().st_mtime_ns if path.is_file() else None
+    return (id(task.model), cfg.model_dump_json(), str(path), stamp)
+
+
+def _resolve_path(raw: str, base: Path | None) -> Path:
+    path = Path(raw).expanduser()
+    if path.is_absolute():
+        return path
+    for folder in ([base] if base else []) + [Path.cwd()]:
+        if (folder / path).is_file():
+            return (folder / path).resolve()
+    return (base / path) if base else path
+
+
+def resolve_mode(task, cfg, *, base: Path | None = None, config_file: str | None = None) -> LatencyMode:
+    """The latency mode of a study (cached per teacher and latency config)."""
+    key = _key(task, cfg)
+    if key in _MODES:
+        return _MODES[key]
+    mode = _build_mode(task, cfg, base=base, config_file=config_file)
+    _MODES[key] = mode
+    return mode
+
+
+def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> LatencyMode:
+    from ..errors import ConfigError
+    from .analysis import AnalysisError
+    from .predictor import LatencyPredictor
+    from .profile import ProfileError, default_profile_path, load_profile
+
+    fallback = getattr(cfg, "fallback", "error")
+    raw = getattr(cfg, "predictor", None)
+    measure = getattr(cfg, "measure", None)
+    if raw:
+        path = _resolve_path(raw, base)
+        try:
+            profile = load_profile(path)
+        except ProfileError as e:
+            raise ConfigError(str(e), file=config_file, field="latency.predictor") from None
+        if profile.threads != cfg.threads:
+            raise ConfigError(f"the profile {path} was measured at {profile.threads} thread(s) but the study times "
+                              f"at {cfg.threads}; run `autocompress profile --threads {cfg.threads}`",
+                              file=config_file, field="latency.predictor")
+        if profile.batch_size != cfg.batch_size:
+            log.warning("latency profile %s was measured at batch %d; predicting at batch %d extrapolates",
+                        path, profile.batch_size, cfg.batch_size)
+        try:
+            predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size)
+            predictor.analysis.variant(1.0)
+        except AnalysisError as e:
+            if fallback == "measure":
+                log.warning("latency predictor unavailable (%s); measuring instead", e)
+                return LatencyMode("measured", f"predictor unavailable: {e}", fallback=fallback)
+            raise ConfigError(f"the latency predictor cannot follow this model: {e}. Use `latency: {{measure: "
+                              f"true}}` or `fallback: measure`", file=config_file, field="latency.predictor") from None
+        return LatencyMode("predicted", f"profile {path}", predictor, path, fallback)
+    path = default_profile_path(threads=cfg.threads)
+    if measure is False and not path.is_file():
+        raise ConfigError(f"`latency.measure: false` needs a latency profile, but this machine has none at {path}; "
+                          f"run `autocompress profile` or set `latency.predictor`", file=config_file,
+                          field="latency.measure")
+    if not path.is_file():
+        return LatencyMode("measured", "no latency profile for this machine", fallback=fallback)
+    try:
+        profile = load_profile(path)
+        predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size)
+        predictor.analysis.variant(1.0)
+    except (ProfileError, AnalysisError) as e:
+        if measure is False:
+            raise ConfigError(f"the latency predictor is unavailable: {e}", file=config_file,
+                              field="latency.measure") from None
+        log.warning("this machine's latency profile %s is not usable (%s); measuring latency instead", path, e)
+        return LatencyMode("measured", f"profile unusable: {e}", fallback=fallback)
+    if measure is True:  # measured, with predictions recorded beside the measurements
+        return LatencyMode("measured", "latency.measure: true", predictor, path, fallback)
+    return LatencyMode("predicted", f"profile {path}", predictor, path, "measure" if measure is None else fallback)
+
+
+def prepare(loaded, task) -> LatencyMode:
+    """Load the study's latency profile once (before any trial) and say which mode the study uses."""
+    mode = resolve_mode(task, loaded.config.latency, base=loaded.config_path.parent,
+                        config_file=str(loaded.config_path))
+    log.info("latency: %s (%s)", mode.source, mode.reason)
+    return mode
+
+
+def predicted_latency(task, plan, cfg):
+    """A :class:`~autocompress.evaluate.latency.LatencyResult` predicted for ``plan``, or None to measure."""
+    from ..evaluate.latency import LatencyResult
+    from .analysis import AnalysisError
+    from .model import UnsupportedOpError
+
+    mode = resolve_mode(task, cfg)
+    if mode.source != "predicted":
+        return None
+    try:
+        ms, lowered = mode.predictor.predict_lowered(plan)
+    except (UnsupportedOpError, AnalysisError) as e:
+        if mode.fallback != "measure":
+            raise
+        kind = type(e).__name__
+        if kind not in mode.warned:
+            mode.warned.add(kind)
+            log.warning("latency prediction unavailable for a candidate (%s); measuring it instead", e)
+        return None
+    return LatencyResult(latency_ms=ms, p10_ms=ms, p90_ms=ms, runs=0, threads=cfg.threads,
+                         batch_size=cfg.batch_size, int8_nodes=lowered.int8_nodes, backend=PREDICTED_BACKEND)
+
+
+def latency_attrs(task, plan, lat, cfg) -> dict[str, Any]:
+    """Trial user attributes saying where ``lat`` came from (and the prediction beside a measurement)."""
+    if lat.backend == PREDICTED_BACKEND:
+        return {"latency_source": "predicted", "latency_predicted_ms": lat.latency_ms}
+    out: dict[str, Any] = {"latency_source": "measured", "latency_measured_ms": lat.latency_ms}
+    mode = resolve_mode(task, cfg)
+    if mode.predictor is not None:
+        try:
+            out["latency_predicted_ms"] = mode.predictor.predict(plan)
+        except Exception as e:  # a prediction beside a measurement is informative only
+            log.debug("no prediction beside the measurement: %s", e)
+    return out
+
+
+def latency_check(study, task, loaded) -> None:
+    """Post-study step: measure every front member whose latency was predicted; store predicted vs measured."""
+    from ..config import LatencyConfig
+    from ..search.front import Front
+    from ..search.objective import Candidate
+
+    cfg = loaded.config
+    mode = resolve_mode(task, cfg.latency, base=loaded.config_path.parent, config_file=str(loaded.config_path))
+    if mode.source != "predicted":
+        return
+    measure_cfg = LatencyConfig(**{**cfg.latency.model_dump(), "measure": True, "predictor": None})
+    record: dict[str, Any] = dict(study.user_attrs.get(CHECK_ATTR, {}))
+    front = Front.from_study(study)
+    start = time.perf_counter()
+    for number in [int(n) for n in front.front["trial"]]:
+        if str(number) in record:
+            continue
+        trial = study.trials[number]
+        if trial.user_attrs.get("latency_source") != "predicted":
+            continue
+        predicted = float(trial.user_attrs.get("latency_predicted_ms", trial.user_attrs["latency_ms"]))
+        try:
+            cand = Candidate(task, front.plans[number], cfg.finetune, seed=cfg.seed + number)
+            measured = cand.latency(measure_cfg).latency_ms
+        except Exception as e:  # the deployability gate reports unexportable members; keep going
+            record[str(number)] = {"predicted_ms": predicted, "error_message": f"{type(e).__name__}: {e}"[:500]}
+            continue
+        record[str(number)] = {"predicted_ms": predicted, "measured_ms": measured,
+                               "error": (predicted - measured) / measured}
+        study.set_user_attr(CHECK_ATTR, record)
+    study.set_user_attr(CHECK_ATTR, record)
+    errs = [v["error"] for v in record.values() if "error" in v]
+    if errs:
+        summary = {"n": len(errs), "rmspe": math.sqrt(sum(e * e for e in errs) / len(errs)),
+                   "max_abs_error": max(abs(e) for e in errs),
+                   "within_10pct": sum(abs(e) <= 0.10 for e in errs) / len(errs),
+                   "profile": str(mode.profile_path), "seconds": round(time.perf_counter() - start, 2)}
+        study.set_user_attr(CHECK_SUMMARY_ATTR, summary)
+        if summary["rmspe"] > 0.10:
+            log.warning("predicted latencies of the front are off by %.0f %% (RMS) against measurement; consider "
+                        "re-running `autocompress profile` or `latency: {measure: true}`", 100 * summary["rmspe"])

@@ -1,0 +1,465 @@
+"""Many workers on one study: a storage-wide lock, race-free ``n_trials`` accounting, dead trials found and
+retried, and a per-trial time limit.
+
+Any number of processes (``autocompress search`` on several machines sharing a PostgreSQL database, or Ray
+workers) may run the same study. What keeps them from stepping on each other:
+
+- :func:`study_lock` serialises the few read-check-write steps: creating a study (teacher measured once, warm-start
+  plans queued once, by whichever worker gets there first) and starting a trial. PostgreSQL: an advisory lock;
+  MySQL: ``GET_LOCK``; SQLite: ``flock`` on ``<database>.lock`` beside the database (one machine only).
+- :class:`TrialBudget` starts a trial only while the study holds fewer than ``n_trials`` counted trials
+  (:func:`count_trials`), so four workers asked for 200 trials together run 200, not 800 (nor 203). A worker
+  whose budget is reached while other workers' trials are still running waits for them: if one of them dies it
+  is retried, and this worker may be the one to run it.
+- A trial whose worker died is failed with its reason (user attribute ``error``) and queued again once
+  (Optuna's heartbeat retry, :class:`RetryDeadTrial`). Two ways to notice a dead worker: its heartbeat stops for
+  ``3 * heartbeat_s`` seconds (any machine), or its process is gone from this machine (immediately: every trial
+  records the host, boot and process that runs it in the system attribute ``autocompress:worker``).
+- :func:`with_trial_timeout` stops a trial running longer than ``trial_timeout_s``: it is recorded failed with the
+  reason and the study goes on. The limit interrupts Python code; a single native call that never returns (a
+  hung library call) is interrupted when it returns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import fcntl
+import hashlib
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import FrozenTrial, TrialState
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTR = "autocompress:worker"  # trial system attribute: who runs it
+WORKERS_ATTR = "autocompress:workers_started"  # study system attribute: a counter giving each worker a number
+MAX_RETRY = 1  # a trial whose worker died is run again once
+
+
+# --- storage --------------------------------------------------------------------------------------------------
+
+
+class StudyStorage(optuna.storages.RDBStorage):
+    """Optuna's RDB storage, giving stale trials (no heartbeat for ``grace_period`` s) their reason before Optuna
+    fails them, so the front's list of failed trials says why."""
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        ids = super()._get_stale_trial_ids(study_id)
+        for trial_id in ids:
+            _set_reason(self, trial_id, f"its worker sent no heartbeat for more than {self.grace_period} s "
+                                        "(process killed, out of memory, or its machine lost)")
+        return ids
+
+
+def _set_reason(storage: optuna.storages.BaseStorage, trial_id: int, reason: str) -> bool:
+    try:
+        trial = storage.get_trial(trial_id)
+        retried = len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY
+        storage.set_trial_user_attr(trial_id, "error", f"WorkerLost: {reason}; "
+                                    + ("run again as a new trial" if retried else "not run again (retried before)"))
+        return True
+    except (UpdateFinishedTrialError, KeyError):
+        return False
+
+
+class RetryDeadTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Queue a dead trial again (same parameters), without the dead trial's error and worker."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        trial = copy.deepcopy(trial)
+        trial.user_attrs.pop("error", None)
+        trial.system_attrs.pop(WORKER_ATTR, None)
+        super().__call__(study, trial)
+
+
+_STORAGES: dict[tuple[int, str, int], StudyStorage] = {}
+_STORAGES_LOCK = threading.Lock()
+
+
+def make_storage(url: str, *, heartbeat_s: int = 10) -> StudyStorage:
+    """The study storage for ``url`` with heartbeats every ``heartbeat_s`` s (a trial silent for three times that
+    is failed and retried once). One storage (connection pool) per process and URL."""
+    key = (os.getpid(), url, heartbeat_s)
+    with _STORAGES_LOCK:
+        if key in _STORAGES:
+            return _STORAGES[key]
+        engine_kwargs: dict[str, Any] = {}
+        if url.startswith("postgresql"):
+            engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 10}}
+        elif url.startswith("sqlite"):
+            engine_kwargs = {"connect_args": {"timeout": 60}}
+
+        def build() -> StudyStorage:
+            for attempt in range(5):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        return StudyStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
+                                            grace_period=3 * heartbeat_s,
+                                            heartbeat_stale_trial_callback=RetryDeadTrial(max_retry=MAX_RETRY))
+                except Exception as e:  # another program (not holding our lock) created the tables meanwhile
+                    if "already exists" not in str(e) or attempt == 4:
+                        raise
+                    time.sleep(0.2 * (attempt + 1))
+            raise AssertionError("unreachable")
+
+        if url.startswith("postgresql"):
+            # Several workers opening a fresh database at once would race creating Optuna's tables.
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
+            try:
+                with engine.connect() as conn:
+                    conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": _key("tables")})
+                    try:
+                        storage = build()
+                    finally:
+                        conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": _key("tables")})
+                        conn.commit()
+            finally:
+                engine.dispose()
+        else:
+            storage = build()
+        _STORAGES[key] = storage
+        return storage
+
+
+def describe_error(error: BaseException) -> str:
+    """One line for a storage error: the database driver's own message, without SQLAlchemy's links."""
+    original = getattr(error, "orig", None) or error
+    text = " ".join(str(original).split())
+    text = text.split("(Background on this error at:")[0].strip()
+    return f"{type(original).__name__}: {text}" if text else type(original).__name__
+
+
+def _backend(study: optuna.Study) -> optuna.storages.BaseStorage:
+    storage = study._storage
+    return getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a cache
+
+
+def _key(name: str) -> int:
+    """A signed 63-bit lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(f"autocompress:{name}".encode()).digest()[:8], "big") >> 1
+
+
+# --- a lock over the whole study, across processes and machines ---------------------------------------------
+
+_LOCAL_LOCKS: dict[tuple[str, str], threading.Lock] = {}
+_HELD = threading.local()
+
+
+@contextlib.contextmanager
+def study_lock(study: optuna.Study) -> Iterator[None]:
+    """Hold a lock that every worker of this study, on any machine sharing its storage, respects (re-entrant)."""
+    backend = _backend(study)
+    url = str(getattr(backend, "url", ""))
+    held = _HELD.__dict__.setdefault("keys", set())
+    key = (url, study.study_name)
+    if key in held:
+        yield
+        return
+    local = _LOCAL_LOCKS.setdefault(key, threading.Lock())
+    with local:
+        held.add(key)
+        try:
+            with _storage_lock(backend, study.study_name):
+                yield
+        finally:
+            held.discard(key)
+
+
+@contextlib.contextmanager
+def _storage_lock(backend: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
+    engine = getattr(backend, "engine", None)
+    dialect = engine.dialect.name if engine is not None else ""
+    if dialect in ("postgresql", "mysql", "mariadb"):
+        import sqlalchemy
+
+        acquire, release = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)")
+                            if dialect == "postgresql" else
+                            ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"))
+        key: int | str = _key(study_name) if dialect == "postgresql" else f"ac-{_key(study_name)}"
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(acquire), {"k": key})
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text(release), {"k": key})
+                conn.commit()
+    elif dialect == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        lock_path = Path(str(engine.url.database) + ".lock")
+        with open(lock_path, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+    else:
+        yield
+
+
+def worker_number(study: optuna.Study) -> int:
+    """0 for the first worker ever to run this study, then 1, 2, ... (used to give each worker its own seed)."""
+    backend = _backend(study)
+    with study_lock(study):
+        n = int(backend.get_study_system_attrs(study._study_id).get(WORKERS_ATTR, 0))
+        backend.set_study_system_attr(study._study_id, WORKERS_ATTR, n + 1)
+    return n
+
+
+# --- who runs a trial, and is it still alive ----------------------------------------------------------------
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot) or None when no such live process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):  # zombie or dead: killed, not yet collected by its parent
+        return None
+    return fields[19]
+
+
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def worker_identity() -> dict[str, Any]:
+    """Who runs a trial: host, boot, PID namespace (containers), process id and start time (PIDs are reused)."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "boot": _boot_id(), "pidns": _pid_namespace(), "pid": pid,
+            "start": _process_start(pid) or ""}
+
+
+def dead_here(trial: FrozenTrial) -> str | None:
+    """Why ``trial`` (RUNNING) is certainly dead when its worker ran on this machine and is gone; else None."""
+    who = trial.system_attrs.get(WORKER_ATTR)
+    if not isinstance(who, dict) or not Path("/proc/self/stat").exists():
+        return None
+    if (who.get("host"), who.get("boot"), who.get("pidns")) != (socket.gethostname(), _boot_id(), _pid_namespace()):
+        return None
+    if _process_start(int(who["pid"])) == who.get("start"):
+        return None
+    return f"the process running it (pid {who['pid']} on {who['host']}) is gone (killed, out of memory or crashed)"
+
+
+def fail_dead_trials(study: optuna.Study) -> int:
+    """Fail (with their reason) and queue again the running trials whose worker died. Returns how many."""
+    storage = _backend(study)
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        reason = dead_here(t)
+        if reason is None:
+            continue
+        if not _set_reason(storage, t._trial_id, reason):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except UpdateFinishedTrialError:
+            continue
+        n += 1
+        callback = storage.get_heartbeat_stale_trial_callback()
+        if callback is not None:
+            callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # other machines: by heartbeat
+    return n
+
+
+# --- n_trials accounting --------------------------------------------------------------------------------------
+
+
+def count_trials(trials: Sequence[FrozenTrial]) -> tuple[int, int]:
+    """``(finished, running)`` trials that count towards ``n_trials``.
+
+    Finished: complete, pruned (stopped early) and failed trials, except a failed trial that was queued again
+    (its retry counts instead). Waiting (queued) trials do not count until a worker starts them.
+    """
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    finished = sum(1 for t in trials if t.state.is_finished()
+                   and not (t.state == TrialState.FAIL and t.number in retried))
+    running = sum(1 for t in trials if t.state == TrialState.RUNNING)
+    return finished, running
+
+
+class StudyFull(Exception):
+    """Raised from ``study.ask`` when the study holds its ``n_trials`` (or its time is up): no trial is started."""
+
+
+@dataclass
+class TrialBudget:
+    """Makes ``study.ask`` start a trial only while finished + running trials < ``target`` (under the study lock).
+
+    When the budget is used up but other workers' trials are running, ``ask`` waits, polling every
+    ``poll_s``: a dead one is failed and queued again and is then started here. With no running trial left,
+    ``ask`` raises :class:`StudyFull`. ``deadline`` (``time.time()`` value) stops starting trials after it.
+    """
+
+    study: optuna.Study
+    target: int | None
+    poll_s: float = 2.0
+    deadline: float | None = None
+    started: list[int] = field(default_factory=list)
+
+    def install(self) -> TrialBudget:
+        # Optuna's optimize loop calls study.ask(), which pops queued trials with study._pop_waiting_trial_id().
+        self.study.ask = self.ask  # type: ignore[method-assign]
+        self.study._pop_waiting_trial_id = self._pop_waiting  # type: ignore[method-assign]
+        return self
+
+    def _pop_waiting(self) -> int | None:
+        """Start a queued trial: dead trials' retries first (they replace trials already counted), then the
+        queue in order (warm-start plans, user-enqueued trials)."""
+        storage = self.study._storage
+        waiting = storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
+        for t in sorted(waiting, key=lambda t: (not t.system_attrs.get("retry_history"), t.number)):
+            try:
+                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    return t._trial_id
+            except UpdateFinishedTrialError:
+                continue
+        return None
+
+    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
+        study, waited = self.study, False
+        while True:
+            if self.deadline is not None and time.time() >= self.deadline:
+                raise StudyFull("the study's time is up")
+            with study_lock(study):
+                fail_dead_trials(study)
+                trials = study.get_trials(deepcopy=False)
+                finished, running = count_trials(trials)
+                if self.target is None or finished + running < self.target:
+                    trial = optuna.Study.ask(study, fixed_distributions)
+                    storage = _backend(study)
+                    storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
+                    if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
+                        storage.record_heartbeat(trial._trial_id)
+                    self.started.append(trial.number)
+                    return trial
+            # Wait only for trials a worker of ours runs (a trial asked for by hand and never told never ends).
+            running = sum(1 for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.system_attrs)
+            if running == 0:
+                raise StudyFull(f"the study holds its {self.target} trials")
+            if not waited:
+                log.info("budget of %s trials reached; waiting for %d running trial(s) of other workers",
+                         self.target, running)
+                waited = True
+            time.sleep(self.poll_s)
+
+
+# --- trial time limit ----------------------------------------------------------------------------------------
+
+
+class TrialTimeout(Exception):
+    """A trial ran longer than ``trial_timeout_s``."""
+
+    message = "the trial ran longer than trial_timeout_s"
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else self.message
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Raise :class:`TrialTimeout` in this thread when the block runs longer than ``seconds``.
+
+    The main thread uses ``SIGALRM`` (interrupts sleeps too); other threads (Ray runs trials in one) get the
+    exception asynchronously at their next Python instruction.
+    """
+    message = f"the trial ran longer than trial_timeout_s={seconds:g} s and was stopped"
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise TrialTimeout(message)
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+        return
+    tid, lock, state = threading.get_ident(), threading.Lock(), {"done": False, "fired": False}
+    exc = type("TrialTimeout", (TrialTimeout,), {"message": message})
+
+    def fire() -> None:
+        with lock:
+            if not state["done"]:
+                state["fired"] = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), ctypes.py_object(exc))
+
+    timer = threading.Timer(seconds, fire)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        with lock:
+            state["done"] = True
+            timer.cancel()
+            if state["fired"]:  # not delivered yet: drop it, the block is over
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(tid), None)
+
+
+def with_trial_timeout(objective: Callable[[optuna.Trial], Any], seconds: float | None
+                       ) -> Callable[[optuna.Trial], Any]:
+    """``objective`` stopped after ``seconds`` (recorded failed with the reason in user attribute ``error``)."""
+    if not seconds:
+        return objective
+
+    def timed(trial: optuna.Trial) -> Any:
+        try:
+            with deadline(seconds):
+                return objective(trial)
+        except TrialTimeout as e:
+            if "error" not in trial.user_attrs:
+                trial.set_user_attr("error", f"TrialTimeout: {e}")
+            raise
+
+    return timed
+
+
+@dataclass
+class WorkerOptions:
+    """How a worker process (a Ray task) runs: at most ``max_trials`` trials, calling ``callbacks`` after each
+    (``callback(study, frozen_trial)``), starting none after ``deadline`` (a ``time.time()`` value). A worker
+    skips the study-level steps (fidelity summary, post-study steps) that its driver runs once at the end."""
+
+    max_trials: int = 1
+    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = field(default_factory=list)
+    deadline: float | None = None
+
+
+__all__ = ["make_storage", "study_lock", "worker_number", "count_trials", "fail_dead_trials", "TrialBudget",
+           "StudyFull", "TrialTimeout", "deadline", "with_trial_timeout", "WorkerOptions", "StudyStorage",
+           "RetryDeadTrial", "WORKER_ATTR"]

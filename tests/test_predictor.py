@@ -1,0 +1,424 @@
+"""The latency predictor: channel counts and kernels agree with the real pipeline; profiles are data; errors are
+clear; the fitted model learns what the measurements say; studies predict, record and check latencies."""
+
+import collections
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import ROOT, write_study
+from test_compress import MobileNetish
+from torch import nn
+
+from autocompress.cli import main
+from autocompress.compress import apply
+from autocompress.compress.layers import discover_layers
+from autocompress.config import LatencyConfig
+from autocompress.latency.analysis import TeacherAnalysis
+from autocompress.latency.graph import optimized_graph
+from autocompress.latency.lowering import FEATURES, Kernel, Lowerer, lower_ops
+from autocompress.latency.measure import export_plan
+from autocompress.latency.model import CostModel, Sample, UnsupportedOpError, fit
+from autocompress.latency.predictor import LatencyPredictor, predict
+from autocompress.latency.profile import (PROFILE_TYPE, LatencyProfile, ProfileError, ProfileSettings,
+                                          build_profile, default_profile_path, fingerprint, load_profile)
+from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
+from autocompress.tasks.models import LeNet5, SmallResNet, mlp
+
+X = torch.randn(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+MODELS = {
+    "lenet5": LeNet5,
+    "mlp": lambda: mlp([784, 64, 32, 10]),
+    "resnet": lambda: SmallResNet(width=8, blocks=(2, 1, 1)),
+    "mobilenet": MobileNetish,
+}
+NORM = {"FusedConv": "Conv", "FusedGemm": "Gemm", "BatchNormalization": "Conv"}
+
+
+def _teacher(name):
+    torch.manual_seed(0)
+    return MODELS[name]().eval()
+
+
+def _random_plan(model, rng, *, prune=True):
+    layers = {}
+    for info in discover_layers(model, X):
+        layers[info.name] = LayerPlan(
+            sparsity=float(rng.choice([0.0, 0.5])), weight_bits=int(rng.choice([4, 8, 32])),
+            activation_bits=int(rng.choice([8, 32])),
+            channel_keep=float(rng.choice([0.5, 0.75, 1.0])) if prune else 1.0,
+            rank_ratio=float(rng.choice([0.25, 0.5, 1.0, 1.0])))
+    student = StudentPlan(width=float(rng.choice([0.5, 1.0])), depth=float(rng.choice([0.5, 1.0])))
+    return CompressionPlan(layers=layers, student=student)
+
+
+@pytest.fixture(scope="module")
+def analyses():
+    return {name: TeacherAnalysis(_teacher(name), X) for name in MODELS}
+
+
+def _uniform_model(kinds) -> CostModel:
+    """A synthetic cost model: 1 us per kernel + 1 ns per MAC (tests that do not need real timings)."""
+    coef = [0.0] * len(FEATURES)
+    coef[0], coef[1] = 1e-3, 1e-6
+    return CostModel(coef={k: list(coef) for k in kinds}, overhead=[5e-3, 0.0, 0.0])
+
+
+def _synthetic_profile(kinds, **kw) -> LatencyProfile:
+    return LatencyProfile(backend="onnxruntime", threads=1, batch_size=1, nchwc_block=16,
+                          fingerprint=fingerprint(threads=1), model=_uniform_model(kinds), **kw)
+
+
+def _kinds_of(analysis, plans):
+    lowerer = Lowerer(block=16)
+    return {k.kind for p in plans for k in lowerer.lower(analysis.resolve(p)).kernels}
+
+
+# --- what the predictor derives agrees with apply() and with the runtime -------------------------------------
+
+@pytest.mark.parametrize("name", MODELS)
+def test_channel_counts_and_ranks_match_apply(name, analyses):
+    teacher, an = _teacher(name), analyses[name]
+    rng = np.random.default_rng(1)
+    for _ in range(4):
+        plan = _random_plan(teacher, rng)
+        cm = apply(teacher, plan, X)
+        res = an.resolve(plan)
+        for layer, mods in cm.modules.items():
+            if len(mods) == 2:  # low rank: first factor (rank, ...), second (out, rank, ...)
+                first = tuple(cm.model.get_submodule(mods[0]).weight.shape)
+                second = tuple(cm.model.get_submodule(mods[1]).weight.shape)
+                assert res.rank[layer] == first[0] == second[1], (layer, plan.summary())
+                assert second[0] == res.weights[layer][0] and first[1:] == res.weights[layer][1:]
+            else:
+                assert tuple(cm.model.get_submodule(mods[0]).weight.shape) == res.weights[layer], layer
+                assert layer not in res.rank
+        # every layer apply() left as it is for pruning/low-rank reasons, the predictor knows about too
+        predicted_skips = set(res.skipped)
+        for layer, why in cm.skipped.items():
+            if "removed with block" in why or "output layer" in why or layer.startswith("("):
+                continue
+            assert layer in predicted_skips, (layer, why)
+
+
+def _runtime_ops(teacher, plan) -> collections.Counter:
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = export_plan(teacher, plan, X, Path(tmp), calibration=[torch.randn(8, 1, 28, 28)])
+        graph = optimized_graph(onnx.load(str(path)), "all")
+    return collections.Counter(NORM.get(n.op, n.op) for n in graph.nodes)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "resnet", "mobilenet"])
+def test_predicted_kernels_are_the_runtime_graph(name, analyses):
+    teacher, an = _teacher(name), analyses[name]
+    rng = np.random.default_rng(2)
+    plans = [CompressionPlan()] + [_random_plan(teacher, rng) for _ in range(3)]
+    for plan in plans:
+        predicted = collections.Counter(NORM.get(op.op, op.op) for op in lower_ops(an.resolve(plan), block=16))
+        assert predicted == _runtime_ops(teacher, plan), plan.summary()
+
+
+def test_int8_layers_become_int8_kernels_and_measured_path_rules(analyses):
+    an = analyses["lenet5"]
+    lowerer = Lowerer(block=16)
+    float_kinds = {k.kind for k in lowerer.lower(an.resolve(CompressionPlan())).kernels}
+    assert not any(k.startswith(("QLinear", "QGemm", "Quantize")) for k in float_kinds)
+    int8 = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8)
+                                   for n in ("features.3", "classifier.1")})
+    low = lowerer.lower(an.resolve(int8))
+    kinds = [k.kind for k in low.kernels]
+    assert "QGemm" in kinds and any(k.startswith("QLinearConv") for k in kinds) and low.int8_nodes == 2
+    weight_only = CompressionPlan(layers={"classifier.1": LayerPlan(weight_bits=4, activation_bits=32)})
+    assert lowerer.lower(an.resolve(weight_only)).int8_nodes == 0  # <= 8-bit weights alone stay float
+    # a BatchNorm folded into a convolution renames its weight: the measured path keeps it float
+    res = analyses["resnet"].resolve(CompressionPlan(layers={"stem.0": LayerPlan(weight_bits=8,
+                                                                                 activation_bits=8)}))
+    assert res.int8["stem.0"] == (False, False)
+
+
+def test_structure_cache_gives_the_same_kernels(analyses):
+    an = analyses["mobilenet"]
+    rng = np.random.default_rng(3)
+    cached, fresh = Lowerer(block=16), None
+    for _ in range(6):
+        plan = _random_plan(_teacher("mobilenet"), rng)
+        a = cached.lower(an.resolve(plan))
+        cached.lower(an.resolve(plan))  # second time from the cache
+        b = cached.lower(an.resolve(plan))
+        fresh = Lowerer(block=16).lower(an.resolve(plan))
+        for k1, k2, k3 in zip(a.kernels, b.kernels, fresh.kernels, strict=True):
+            assert k1.kind == k2.kind == k3.kind
+            assert np.allclose(k1.features, k3.features) and np.allclose(k2.features, k3.features)
+
+
+def test_predict_is_fast_and_needs_no_candidate(analyses):
+    teacher = _teacher("resnet")
+    kinds = _kinds_of(analyses["resnet"], [_random_plan(teacher, np.random.default_rng(s)) for s in range(30)])
+    predictor = LatencyPredictor(teacher, X, _synthetic_profile(kinds | {"Conv/nchwc/3x3", "QLinearConv/3x3"}))
+    rng = np.random.default_rng(4)
+    plans = [_random_plan(teacher, rng) for _ in range(40)]
+    for p in plans[:5]:
+        try:
+            predictor.predict(p)
+        except UnsupportedOpError:
+            pass
+    start = time.perf_counter()
+    n = 0
+    for p in plans:
+        try:
+            predictor.predict(p)
+            n += 1
+        except UnsupportedOpError:
+            continue
+    per_plan = (time.perf_counter() - start) / max(n, 1)
+    assert n > 20 and per_plan < 0.02  # typically ~1 ms; generous for a loaded CI machine
+
+
+# --- the cost model learns effects from measurements ----------------------------------------------------------
+
+def _synthetic_samples(truth: dict[str, np.ndarray], rng, n=200):
+    samples = []
+    for _ in range(n):
+        kernels = []
+        for kind in rng.choice(sorted(truth), size=int(rng.integers(1, 4))):
+            macs = float(rng.uniform(1e3, 1e6))
+            sparsity = float(rng.choice([0.0, 0.5, 0.9]))
+            f = np.zeros(len(FEATURES))
+            f[0], f[1], f[5] = 1.0, macs, macs * (1 - sparsity)
+            kernels.append((str(kind), f.tolist()))
+        y = 0.005 + sum(float(truth[k] @ np.asarray(f)) for k, f in kernels)
+        samples.append(Sample(kernels=kernels, overhead=[1.0, 0.0, 0.0], latency_ms=y))
+    return samples
+
+
+def test_fit_learns_that_sparsity_does_not_help_dense_kernels_and_int8_can_be_slower():
+    dense, slow_int8 = np.zeros(len(FEATURES)), np.zeros(len(FEATURES))
+    dense[0], dense[1] = 1e-3, 2e-8            # float: 2 ns per MAC, whatever the zeros
+    slow_int8[0], slow_int8[1] = 4e-3, 3e-8    # an "int8" kernel that is slower
+    model = fit(_synthetic_samples({"Conv/nchwc/3x3": dense, "QLinearConv/3x3": slow_int8},
+                                   np.random.default_rng(0)))
+
+    def kernel(kind, macs, sparsity):
+        f = np.zeros(len(FEATURES))
+        f[0], f[1], f[5] = 1.0, macs, macs * (1 - sparsity)
+        return Kernel(kind=kind, features=f)
+
+    dense_ms = model.kernel_ms(kernel("Conv/nchwc/3x3", 5e5, 0.0))
+    sparse_ms = model.kernel_ms(kernel("Conv/nchwc/3x3", 5e5, 0.9))
+    assert sparse_ms == pytest.approx(dense_ms, rel=0.02)
+    assert model.kernel_ms(kernel("QLinearConv/3x3", 5e5, 0.0)) > 1.2 * dense_ms
+
+
+def test_unsupported_kernel_is_a_clear_error(analyses):
+    teacher = _teacher("lenet5")
+    float_kinds = _kinds_of(analyses["lenet5"], [CompressionPlan()])
+    predictor = LatencyPredictor(teacher, X, _synthetic_profile(float_kinds))
+    assert predictor.predict(CompressionPlan()) > 0
+    int8 = CompressionPlan(layers={"classifier.1": LayerPlan(weight_bits=8, activation_bits=8)})
+    with pytest.raises(UnsupportedOpError) as e:
+        predictor.predict(int8)
+    msg = str(e.value)
+    assert "QGemm" in msg and "Supported kinds" in msg and "Gemm" in msg and "fallback: measure" in msg
+
+
+def test_module_level_predict_caches_the_teacher(analyses):
+    teacher = _teacher("mlp")
+    profile = _synthetic_profile(_kinds_of(analyses["mlp"], [CompressionPlan()]))
+    a = predict(teacher, CompressionPlan(), X, profile=profile)
+    t0 = time.perf_counter()
+    b = predict(teacher, CompressionPlan(), X, profile=profile)
+    assert a == b and time.perf_counter() - t0 < 0.5
+
+
+# --- profiles are versioned data ------------------------------------------------------------------------------
+
+def test_profile_round_trip_is_json_and_atomic(tmp_path):
+    profile = _synthetic_profile({"Gemm", "Relu"}, samples=[
+        Sample(kernels=[("Gemm", [1.0] + [0.0] * (len(FEATURES) - 1))], overhead=[1.0, 0.0, 0.0], latency_ms=0.01)])
+    path = profile.save(tmp_path / "p.json")
+    assert not [p for p in tmp_path.iterdir() if p.name != "p.json"]  # no temporary file left behind
+    raw = json.loads(path.read_text())
+    assert raw["type"] == PROFILE_TYPE and raw["version"] == 1 and raw["data"]["fingerprint"]["cpu"]
+    back = load_profile(path)
+    assert back.model.coef == profile.model.coef and len(back.samples) == 1
+    assert back.fingerprint_id == profile.fingerprint_id
+
+
+def test_corrupt_or_wrong_version_profile_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"type": "LatencyProfile", "version": 1, "data": {')
+    with pytest.raises(ProfileError, match="corrupt latency profile"):
+        load_profile(bad)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"type": "LatencyProfile", "version": 99, "data": {}}))
+    with pytest.raises(ProfileError, match="version 99 is not supported"):
+        load_profile(old)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"type": "CompressionPlan", "version": 1, "data": {}}))
+    with pytest.raises(ProfileError, match="not a latency profile"):
+        load_profile(other)
+    with pytest.raises(ProfileError, match="not found"):
+        load_profile(tmp_path / "missing.json")
+
+
+def test_profile_from_another_machine_warns_with_the_difference(tmp_path):
+    profile = _synthetic_profile({"Gemm"})
+    profile.fingerprint = {**profile.fingerprint, "cpu": "Some Other CPU", "onnxruntime": "0.1"}
+    path = profile.save(tmp_path / "p.json")
+    with pytest.warns(UserWarning, match="Some Other CPU"):
+        load_profile(path)
+
+
+def test_quick_profile_measures_and_predicts(tmp_path):
+    settings = ProfileSettings.quick()
+    settings.micro, settings.extra_precisions, settings.runs = 12, 1, 20
+    profile = build_profile(settings=settings)
+    assert profile.samples and profile.model.kinds and profile.nchwc_block in (0, 4, 8, 16)
+    assert {"matmul_float", "matmul_dynamic_int8", "matmul_int4"} <= {s.tag for s in profile.samples}
+    path = profile.save(tmp_path / "quick.json")
+    assert load_profile(path).model.to_dict() == profile.model.to_dict()
+
+
+def test_torch_backend_is_not_supported_yet(capsys):
+    assert main(["profile", "--backend", "torch", "-o", "/nonexistent/p.json"]) == 2
+    assert "not supported yet" in capsys.readouterr().err
+
+
+def test_profile_help_and_show(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["profile", "--help"])
+    assert "micro-benchmark" in capsys.readouterr().out.lower()
+    path = _synthetic_profile({"Gemm"}).save(tmp_path / "p.json")
+    assert main(["profile", "--show", str(path)]) == 0
+    assert "kernel kinds" in capsys.readouterr().out
+
+
+# --- studies --------------------------------------------------------------------------------------------------
+
+def test_latency_config_modes():
+    assert LatencyConfig().measure is None and LatencyConfig().predictor is None
+    assert LatencyConfig(measure=True).measure is True
+    with pytest.raises(Exception, match="not both"):
+        LatencyConfig(measure=True, predictor="p.json")
+
+
+def test_missing_predictor_file_is_a_config_error(tmp_path, digits_task):
+    from autocompress.config import load_study_config
+    from autocompress.errors import ConfigError
+    from autocompress.latency.study import prepare
+
+    loaded = load_study_config(write_study(tmp_path, latency={"predictor": "nowhere.json", "warmup": 2,
+                                                              "repeats": 5}))
+    with pytest.raises(ConfigError, match="latency.predictor"):
+        prepare(loaded, digits_task)
+
+
+def test_default_mode_measures_without_a_profile(digits_task):
+    from autocompress.latency.study import resolve_mode
+
+    assert not default_profile_path().exists()  # tests run with a private AUTOCOMPRESS_CACHE
+    assert resolve_mode(digits_task, LatencyConfig()).source == "measured"
+
+
+def _digits_profile(task, path: Path) -> Path:
+    """A profile for the digits MLP whose kernel costs are fitted on real (quick) measurements of it."""
+    from autocompress.latency.measure import measure_plan
+
+    an = TeacherAnalysis(task.model, task.example_input)
+    lowerer = Lowerer(block=16)
+    rng = np.random.default_rng(0)
+    samples = []
+    layers = discover_layers(task.model, task.example_input)
+    plans = [CompressionPlan()] + [CompressionPlan(layers={i.name: LayerPlan(
+        weight_bits=int(rng.choice([4, 8, 32])), activation_bits=int(rng.choice([8, 32])),
+        channel_keep=float(rng.choice([0.5, 1.0]))) for i in layers}) for _ in range(16)]
+    for plan in plans:
+        m = measure_plan(task.model, plan, task.example_input, runs=20, rounds=2)
+        samples.append(Sample.from_lowered(lowerer.lower(an.resolve(plan)), m.latency_ms))
+    profile = LatencyProfile(backend="onnxruntime", threads=1, batch_size=1, nchwc_block=16,
+                             fingerprint=fingerprint(threads=1), model=fit(samples), samples=samples)
+    return profile.save(path)
+
+
+@pytest.mark.slow
+def test_study_predicts_records_and_checks_the_front(tmp_path, digits_task):
+    import optuna
+
+    from autocompress.config import load_study_config
+    from autocompress.search.driver import run_study
+
+    profile = _digits_profile(digits_task, tmp_path / "digits-profile.json")
+    loaded = load_study_config(write_study(tmp_path, n_trials=4, deployability_gate=False,
+                                           latency={"predictor": profile.name, "fallback": "measure",
+                                                    "warmup": 2, "repeats": 5}))
+    run_study(loaded, progress=False, task=digits_task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert done and all(t.user_attrs["latency_source"] in ("predicted", "measured") for t in done)
+    predicted = [t for t in done if t.user_attrs["latency_source"] == "predicted"]
+    assert predicted and all(t.user_attrs["latency_ms"] == t.user_attrs["latency_predicted_ms"]
+                             for t in predicted)
+    check = study.user_attrs["latency_check"]
+    assert check
+    for number, record in check.items():
+        assert int(number) in {t.number for t in done}
+        assert record["measured_ms"] > 0 and record["predicted_ms"] > 0
+        assert record["error"] == pytest.approx((record["predicted_ms"] - record["measured_ms"])
+                                                / record["measured_ms"])
+    assert study.user_attrs["latency_check_summary"]["n"] == len(check)
+
+
+@pytest.mark.slow
+def test_measured_trials_record_the_prediction_beside(tmp_path, digits_task, monkeypatch):
+    import optuna
+
+    from autocompress.config import load_study_config
+    from autocompress.search.driver import run_study
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    _digits_profile(digits_task, default_profile_path())
+    loaded = load_study_config(write_study(tmp_path, n_trials=2, deployability_gate=False,
+                                           latency={"measure": True, "warmup": 2, "repeats": 5}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        run_study(loaded, progress=False, task=digits_task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    for t in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        ua = t.user_attrs
+        assert ua["latency_source"] == "measured" and ua["latency_measured_ms"] == ua["latency_ms"]
+        assert ua["latency_predicted_ms"] > 0
+    assert "latency_check" not in study.user_attrs  # measured studies need no check
+
+
+def test_benchmark_script_is_importable():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "latency_predictor.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = np.random.default_rng(0)
+    for family, (ctor, shape) in module.FAMILIES.items():
+        model = ctor().eval()
+        plan = module.random_plan(family, model, torch.randn(*shape), rng)
+        assert isinstance(plan, CompressionPlan)
+
+
+def test_analysis_of_unmappable_model_is_clear():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    from autocompress.latency.analysis import AnalysisError
+
+    with pytest.raises(AnalysisError, match="called twice"):
+        TeacherAnalysis(Shared().eval(), torch.randn(1, 8)).variant(1.0)
