@@ -12,7 +12,6 @@ from pathlib import Path
 from . import __version__
 from .errors import AutocompressError, StudyNotFoundError
 
-
 # Modules adding their own sub-commands (kept light at import: heavy imports go inside the command).
 COMMAND_MODULES: list[str] = ["autocompress.dashboard.cli", "autocompress.export.cli", "autocompress.latency.cli"]
 

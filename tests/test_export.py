@@ -41,7 +41,8 @@ MIXED = CompressionPlan(layers={
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, digits_task):
     out = tmp_path_factory.mktemp("exports") / "mixed"
-    result = export_plan(digits_task, MIXED, out, finetune=30, latency_cfg=FAST_LATENCY, rounds=1, int4=True)
+    result = export_plan(digits_task, MIXED, out, finetune=30, latency_cfg=FAST_LATENCY, rounds=1, int4=True,
+                         int8=True)
     return result
 
 
@@ -123,21 +124,26 @@ def test_onnx_runs_int8_and_int4_kernels(exported):
                    for name, d in dtypes.items())
 
 
-@pytest.mark.parametrize("int4_ms,kept", [(1.0, "float"), (0.5, "int4")])
-def test_int4_auto_keeps_the_faster_lowering(digits_task, tmp_path, monkeypatch, int4_ms, kept):
-    def timed(paths, *args, **kwargs):
-        fake = {"int4": int4_ms, "float": 0.6, "teacher": 1.0, "export": 0.8}
-        return {k: {"median_ms": fake[k], "rounds_ms": [fake[k]], "spread": 0.0, "p10_ms": fake[k],
-                    "p90_ms": fake[k], "repeats": 1} for k in paths}
+@pytest.mark.parametrize("slower,kept", [("int4=on", "int8=on,int4=off"), ("int8=on", "int8=off,int4=on"),
+                                          ("none", "int8=on,int4=on")])
+def test_auto_lowering_keeps_the_fastest(digits_task, tmp_path, monkeypatch, slower, kept):
+    def timed(paths, *args, **kwargs):  # fake timings: the variants named `slower` take 1 ms more
+        fake = {k: 0.6 + (1.0 if slower in k else 0.0) for k in paths}
+        return {k: {"median_ms": v, "rounds_ms": [v], "spread": 0.0, "p10_ms": v, "p90_ms": v, "repeats": 1}
+                for k, v in fake.items()}
 
     monkeypatch.setattr("autocompress.export.artifact.latency_rounds", timed)
     res = export_plan(digits_task, MIXED, tmp_path / "a", finetune="none", latency_cfg=FAST_LATENCY, rounds=1)
     low = res.card["lowering"]
-    assert low["int4_decision"]["kept"] == kept
-    has_nbits = "MatMulNBits" in graph_ops(tmp_path / "a" / "model.onnx")
-    assert has_nbits == (kept == "int4") and bool(low["int4"]) == (kept == "int4")
-    if kept == "float":
-        assert "measured slower" in low["notes"]["3"] and sorted(low["float"]) == ["3", "5"]
+    assert low["decision"]["kept"] == kept and len(low["decision"]["variants_ms"]) == 4
+    ops = graph_ops(tmp_path / "a" / "model.onnx")
+    assert ("MatMulNBits" in ops) == ("int4=on" in kept) == bool(low["int4"])
+    assert ("QuantizeLinear" in ops) == ("int8=on" in kept) == bool(low["int8"])
+    if kept == "int8=on,int4=off":
+        assert "measured faster without int4" in low["notes"]["3"] and sorted(low["float"]) == ["3", "5"]
+    if kept == "int8=off,int4=on":
+        assert "measured faster without int8" in low["notes"]["1"]
+    assert load(tmp_path / "a", runtime="onnx")(digits_task.example_input).shape == (1, 10)
 
 
 def test_onnx_agrees_with_pytorch(exported, digits_task):
@@ -349,7 +355,7 @@ def test_lenet5_export_runs_qlinearconv(tmp_path):
     task = load_task("mnist-lenet5")
     plan = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8)
                                    for n in ("features.0", "features.3", "classifier.1", "classifier.3")})
-    res = export_plan(task, plan, tmp_path / "lenet", finetune=50, latency_cfg=FAST_LATENCY, rounds=2)
+    res = export_plan(task, plan, tmp_path / "lenet", finetune=50, latency_cfg=FAST_LATENCY, rounds=2, int8=True)
     ops = runtime_ops(tmp_path / "lenet" / "model.onnx")
     assert ops.get("QLinearConv") == 2 and ops.get("QGemm", 0) >= 1
     acc = res.card["metrics"]["accuracy"]

@@ -6,6 +6,7 @@ import pytest
 from conftest import write_study
 
 from autocompress.config import FidelityConfig, load_study_config
+from autocompress.search.driver import run_study
 from autocompress.search.fidelity import (
     crowding_distance,
     promote,
@@ -14,7 +15,6 @@ from autocompress.search.fidelity import (
     rungs,
     self_check_numbers,
 )
-from autocompress.search.driver import run_study
 
 
 def test_rungs():

@@ -26,8 +26,16 @@ from autocompress.latency.lowering import FEATURES, Kernel, Lowerer, lower_ops
 from autocompress.latency.measure import export_plan
 from autocompress.latency.model import CostModel, Sample, UnsupportedOpError, fit
 from autocompress.latency.predictor import LatencyPredictor, predict
-from autocompress.latency.profile import (PROFILE_TYPE, LatencyProfile, ProfileError, ProfileSettings,
-                                          build_profile, default_profile_path, fingerprint, load_profile)
+from autocompress.latency.profile import (
+    PROFILE_TYPE,
+    LatencyProfile,
+    ProfileError,
+    ProfileSettings,
+    build_profile,
+    default_profile_path,
+    fingerprint,
+    load_profile,
+)
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
 from autocompress.tasks.models import LeNet5, SmallResNet, mlp
 
@@ -277,7 +285,7 @@ def test_profile_from_another_machine_warns_with_the_difference(tmp_path):
 
 def test_quick_profile_measures_and_predicts(tmp_path):
     settings = ProfileSettings.quick()
-    settings.micro, settings.extra_precisions, settings.runs = 12, 1, 20
+    settings.micro, settings.extra_precisions, settings.runs, settings.calibration_plans = 12, 1, 20, 0
     profile = build_profile(settings=settings)
     assert profile.samples and profile.model.kinds and profile.nchwc_block in (0, 4, 8, 16)
     assert {"matmul_float", "matmul_dynamic_int8", "matmul_int4"} <= {s.tag for s in profile.samples}

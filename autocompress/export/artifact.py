@@ -72,7 +72,7 @@ from .pack import pack_state, weight_codes
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torch")
-INT4_MARGIN = 0.03  # int4="auto" keeps MatMulNBits unless the model measures more than 3 % slower with it
+LOWERING_MARGIN = 0.03  # "auto" keeps int8/int4 kernels unless the model measures more than 3 % faster without
 
 
 @dataclass
@@ -151,7 +151,7 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
                 latency_cfg: LatencyConfig | None = None, seed: int = 0, force: bool = False, measure: bool = True,
                 source: dict[str, Any] | None = None, task_spec: str | None = None,
                 task_options: dict[str, Any] | None = None, rounds: int = LATENCY_ROUNDS,
-                int4: str | bool = "auto") -> ExportResult:
+                int4: str | bool = "auto", int8: str | bool = "auto") -> ExportResult:
     """Materialize ``plan`` on ``task``'s teacher, fine-tune, pack, lower, measure and write ``out`` atomically.
 
     finetune: ``"full"`` (:data:`~.materialize.FULL_FINETUNE_STEPS`), ``"search"``, ``"none"`` or a step count
@@ -159,12 +159,16 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
               against the fp32 teacher) and size; off for the deployability gate (export and run once only)
     source:   where the plan came from (study, trial, pick, the trial's search-time figures) for the card
     task_spec / task_options: how to rebuild the task (a built-in name or ``package.module:function``)
-    int4:     lower <= 4-bit weight-only Linear layers to MatMulNBits: ``"auto"`` (default) keeps it only if the
-              whole model measures no slower than with those layers float (within :data:`INT4_MARGIN`; without
-              measuring, int4 is kept); ``True`` always; ``False`` never (float, as the search measures them)
+    int8:     lower layers with <= 8-bit weights and 8-bit inputs to int8 kernels (QDQ): ``"auto"`` (default)
+              times the model with and without them and keeps the faster (a quantized lowering is kept unless
+              more than :data:`LOWERING_MARGIN` slower; without measuring, it is kept); ``True`` always;
+              ``False`` never
+    int4:     the same for <= 4-bit weight-only Linear layers as MatMulNBits (``False``: float, as the search
+              measures them)
     """
-    if int4 not in ("auto", True, False):
-        raise ExportError(f"int4 must be 'auto', True or False, but got {int4!r}")
+    for name, value in (("int8", int8), ("int4", int4)):
+        if value not in ("auto", True, False):
+            raise ExportError(f"{name} must be 'auto', True or False, but got {value!r}")
     fmts = parse_formats(formats)
     out = Path(out)
     check_target(out, force)
@@ -197,13 +201,14 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
             codes = {n: weight_codes(cm.model.get_submodule(n).weight, b, mat.scales.get(n))[0]
                      for n, b in cm.weight_bits.items() if b < 32}
             onnx_path = safe_path(tmp if "onnx" in fmts else scratch, ONNX_FILE)
-            lowering = lower(cm, task.example_input, mat.calibration, onnx_path, codes=codes, int4=bool(int4))
-            int4_decision = None
-            if int4 == "auto" and lowering.int4 and measure:
-                lowering, int4_decision = _choose_int4(cm, task, mat.calibration, onnx_path, codes, lowering,
-                                                       scratch, lat_cfg, rounds)
+            lowering = lower(cm, task.example_input, mat.calibration, onnx_path, codes=codes, int4=bool(int4),
+                             int8=bool(int8))
+            decision = None
+            if measure and ((int8 == "auto" and lowering.int8) or (int4 == "auto" and lowering.int4)):
+                lowering, decision = _choose_lowering(cm, task, mat.calibration, onnx_path, codes, lowering,
+                                                      scratch, lat_cfg, rounds, int8=int8, int4=int4)
             low = {**lowering.to_dict(), "graph_ops": graph_ops(onnx_path), "runtime_ops": runtime_ops(onnx_path),
-                   "int4_mode": int4, "int4_decision": int4_decision}
+                   "int8_mode": int8, "int4_mode": int4, "decision": decision}
             metrics = None
             if measure:
                 metrics = _measure(task, cm, torch_dir, onnx_path, scratch, lat_cfg, rounds, source,
@@ -239,23 +244,40 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
     return ExportResult(path=out, card=card)
 
 
-def _choose_int4(cm, task: Task, calibration, onnx_path: Path, codes, lowering, scratch: Path,
-                 lat_cfg: LatencyConfig, rounds: int):
-    """Time the model with its <= 4-bit weight-only layers as MatMulNBits and as float; keep the faster."""
-    alt = scratch / "no-int4.onnx"
-    alt_lowering = lower(cm, task.example_input, calibration, alt, codes=codes, int4=False)
-    got = latency_rounds({"int4": onnx_path, "float": alt}, task.example_input, lat_cfg, rounds=max(1, rounds))
-    t4, tf = got["int4"]["median_ms"], got["float"]["median_ms"]
-    decision = {"int4_ms": t4, "float_ms": tf, "margin": INT4_MARGIN, "layers": list(lowering.int4)}
-    if t4 <= tf * (1 + INT4_MARGIN):
-        decision["kept"] = "int4"
-        return lowering, decision
-    decision["kept"] = "float"
-    shutil.copyfile(alt, onnx_path)
-    for name in lowering.int4:
-        alt_lowering.notes[name] = (f"{cm.weight_bits[name]}-bit weights run as float32: int4 MatMulNBits measured "
-                                    f"slower here (model {t4:.4f} ms vs {tf:.4f} ms float)")
-    return alt_lowering, decision
+def _choose_lowering(cm, task: Task, calibration, onnx_path: Path, codes, lowering, scratch: Path,
+                     lat_cfg: LatencyConfig, rounds: int, *, int8, int4):
+    """Time the model with int8 / int4 kernels on and off (where ``"auto"``); keep the fastest lowering.
+
+    A more quantized lowering (more int8/int4 layers) is kept unless another is more than LOWERING_MARGIN faster.
+    """
+    options8 = [True, False] if int8 == "auto" and lowering.int8 else [bool(int8)]
+    options4 = [True, False] if int4 == "auto" and lowering.int4 else [bool(int4)]
+    variants = {}
+    for on8 in options8:
+        for on4 in options4:
+            label = f"int8={'on' if on8 else 'off'},int4={'on' if on4 else 'off'}"
+            if on8 == bool(int8) and on4 == bool(int4):
+                variants[label] = (onnx_path, lowering)
+            else:
+                path = scratch / f"variant-{len(variants)}.onnx"
+                variants[label] = (path, lower(cm, task.example_input, calibration, path, codes=codes, int4=on4,
+                                               int8=on8))
+    got = latency_rounds({k: v[0] for k, v in variants.items()}, task.example_input, lat_cfg, rounds=max(1, rounds))
+    ms = {k: got[k]["median_ms"] for k in variants}
+    fastest = min(ms.values())
+    within = [k for k in variants if ms[k] <= fastest * (1 + LOWERING_MARGIN)]
+    kept = max(within, key=lambda k: (len(variants[k][1].int8) + len(variants[k][1].int4), -ms[k]))
+    decision = {"variants_ms": ms, "kept": kept, "margin": LOWERING_MARGIN}
+    path, chosen = variants[kept]
+    if path != onnx_path:
+        shutil.copyfile(path, onnx_path)
+        dropped = (set(lowering.int8) | set(lowering.int4)) - (set(chosen.int8) | set(chosen.int4))
+        first = next(iter(variants))
+        for name in dropped:
+            kind = "int8" if name in lowering.int8 else "int4"
+            chosen.notes[name] = (f"{kind} planned, runs float32: the model measured faster without {kind} kernels "
+                                  f"({ms[kept]:.4f} ms vs {ms[first]:.4f} ms with them)")
+    return chosen, decision
 
 
 def _json_default(o: Any) -> Any:
@@ -381,7 +403,8 @@ def open_study_source(target: str, study_name: str | None = None) -> StudySource
 def export_from_study(target: str, out: str | Path, *, trial: int | None = None, pick: str | None = None,
                       by: str = "accuracy", study_name: str | None = None, formats: str | list[str] = FORMATS,
                       finetune: str | int = "full", force: bool = False, task: Task | None = None,
-                      rounds: int = LATENCY_ROUNDS, measure: bool = True, int4: str | bool = "auto") -> ExportResult:
+                      rounds: int = LATENCY_ROUNDS, measure: bool = True, int4: str | bool = "auto",
+                      int8: str | bool = "auto") -> ExportResult:
     """Export trial ``trial``, or the front member ``pick`` selects (best by ``by``), of a study."""
     from ..search.front import is_deployable
     from ..tasks import load_task
@@ -427,7 +450,7 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
     return export_plan(task, front.plans[number], out, formats=formats, finetune=finetune,
                        finetune_cfg=src.finetune, latency_cfg=src.latency, seed=src.seed + number, force=force,
                        measure=measure, source=source, task_spec=src.task_spec, task_options=src.task_options,
-                       rounds=rounds, int4=int4)
+                       rounds=rounds, int4=int4, int8=int8)
 
 
 # --- verify ----------------------------------------------------------------------------------------------------

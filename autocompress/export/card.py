@@ -127,6 +127,10 @@ def render_readme(card: dict[str, Any]) -> str:
               f"- float32: {', '.join(low.get('float', [])) or 'none'}"]
     for k, v in (low.get("notes") or {}).items():
         lines.append(f"  - `{k}`: {v}")
+    if low.get("decision"):
+        d = low["decision"]
+        lines.append("- kernels chosen by measurement (model latency, ms): "
+                     + ", ".join(f"{k} {v:.4f}" for k, v in d["variants_ms"].items()) + f"; kept {d['kept']}")
     if card.get("skipped"):
         lines.append("- parts of the plan not applied: " + "; ".join(f"{k}: {v}" for k, v in card["skipped"].items()))
     if m:

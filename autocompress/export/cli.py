@@ -19,15 +19,15 @@ compression_ratio, ...), e.g. 'latency_ms <= 2 and accuracy >= 0.97'; the best m
 (default: accuracy) is exported. Accuracy in EXPR is the search's validation accuracy.
 
 The folder gets model.onnx (ONNX Runtime: int8 kernels where the plan has <= 8-bit weights and 8-bit inputs,
-int4 MatMulNBits for <= 4-bit weight-only Linear layers where not slower, float elsewhere), plan.json +
-weights.json +
+int4 MatMulNBits for <= 4-bit weight-only Linear layers, float elsewhere; with --int8/--int4 auto a kind of
+kernel the model measures faster without is dropped, and the card says so), plan.json + weights.json +
 weights.bin (the PyTorch artifact, weights packed as the size objective counts them; autocompress.load
 rebuilds it), model.json + README.md (the card: accuracy on the test split, latency measured against the fp32
 teacher and the search-time value, size on disk, versions, checksums) and SHA256SUMS.
 """
 
 
-INT4_MODES = {"auto": "auto", "on": True, "off": False}
+MODES = {"auto": "auto", "on": True, "off": False}
 
 
 def _formats(value: str) -> str:
@@ -53,7 +53,7 @@ def cmd_export(args: argparse.Namespace) -> int:
           file=sys.stderr)
     result = export_from_study(args.study, args.output, trial=args.trial, pick=args.pick, by=args.by,
                                study_name=args.study_name, formats=args.format, finetune=finetune,
-                               force=args.force, rounds=args.rounds, int4=INT4_MODES[args.int4])
+                               force=args.force, rounds=args.rounds, int4=MODES[args.int4], int8=MODES[args.int8])
     card = result.card
     src, m, low = card["source"], card["metrics"], card["lowering"]
     print(f"exported trial {src['trial']} of study {src['study']!r} to {result.path}")
@@ -111,9 +111,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--study-name", default=None, help="study name inside the storage (default: the only one)")
     e.add_argument("--rounds", type=int, default=5, metavar="R",
                    help="interleaved latency rounds, teacher vs export (default: 5)")
-    e.add_argument("--int4", choices=tuple(INT4_MODES), default="auto",
-                   help="<= 4-bit weight-only Linear layers as int4 MatMulNBits: auto (default: kept only if the "
-                        "model measures no slower), on, off (float, as the search measures them)")
+    e.add_argument("--int8", choices=tuple(MODES), default="auto",
+                   help="layers with <= 8-bit weights and 8-bit inputs as int8 kernels: auto (default: kept unless "
+                        "the model measures faster without them), on, off")
+    e.add_argument("--int4", choices=tuple(MODES), default="auto",
+                   help="<= 4-bit weight-only Linear layers as int4 MatMulNBits: auto (default), on, off (float, "
+                        "as the search measures them)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser(

@@ -9,8 +9,11 @@
   ``com.microsoft.MatMulNBits`` with 4-bit codes: the plan's codes and per-channel scales are written as they are
   (exact), one scale per 32-weight block. 2- and 3-bit codes use the 4-bit container: ONNX Runtime's 2-bit
   kernel measured 3-20x slower than its 4-bit one here. If the runtime refuses the graph, those layers run float.
-  On small matrices MatMulNBits can be slower than a float Gemm: the export measures both and keeps the faster
-  (``int4="auto"``, see :func:`autocompress.export.artifact.export_plan`).
+- **measured, not assumed**: on small models at batch 1 both can be *slower* than float (int8 QDQ has a higher
+  fixed cost per node, MatMulNBits loses to a float Gemm on small matrices). With ``int8="auto"`` /
+  ``int4="auto"`` (the default of :func:`autocompress.export.artifact.export_plan`) the export times the model
+  with and without them and keeps the fastest lowering, preferring the more quantized one within 3 %; a layer
+  kept float then runs its on-grid weights with float activations (accuracy is measured on the result).
 - **float**: everything else (float weights, 5-8 bit weight-only layers, 16-bit activations: no faster kernel on
   this backend). Their weights are already on the plan's grid, stored as float32 in the ONNX file.
 
@@ -148,7 +151,7 @@ def _int4_node(graph: onnx.GraphProto, node: onnx.NodeProto, codes: np.ndarray) 
 
 
 def lower(cm: CompressedModel, example_input: torch.Tensor, calibration: list[torch.Tensor], path: Path, *,
-          codes: dict[str, np.ndarray] | None = None, int4: bool = True) -> Lowering:
+          codes: dict[str, np.ndarray] | None = None, int4: bool = True, int8: bool = True) -> Lowering:
     """Export ``cm`` (baked) to ONNX at ``path`` with its layers lowered per plan (see module docstring).
 
     codes: module name -> integer weight codes (torch layout) of quantized modules, for exact int4 lowering.
@@ -172,7 +175,10 @@ def lower(cm: CompressedModel, example_input: torch.Tensor, calibration: list[to
         for name, mod in modules.items():
             bits, act = cm.weight_bits.get(name, 32), cm.act_bits.get(layer_of[name], 32)
             node = nodes.get(name)
-            if bits <= 8 and act == 8:
+            if bits <= 8 and act == 8 and not int8:
+                report.float.append(name)
+                report.notes[name] = "int8 planned, run as float32 (int8 lowering off)"
+            elif bits <= 8 and act == 8:
                 if node is None:
                     report.float.append(name)
                     report.notes[name] = "int8 planned, but its node was not found in the ONNX graph: kept float"
@@ -210,7 +216,7 @@ def lower(cm: CompressedModel, example_input: torch.Tensor, calibration: list[to
                 make_session(path).run(None, {model.graph.input[0].name: example_input.numpy().astype(np.float32)})
             except Exception as e:
                 log.warning("ONNX Runtime refused the int4 (MatMulNBits) layers (%s); keeping them float", e)
-                report = lower(cm, example_input, calibration, path, codes=codes, int4=False)
+                report = lower(cm, example_input, calibration, path, codes=codes, int4=False, int8=int8)
                 for name in int4_modules:
                     report.notes[name] = f"int4 planned, kept float: ONNX Runtime refused MatMulNBits ({e})"[:300]
     return report

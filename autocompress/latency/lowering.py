@@ -31,11 +31,12 @@ from .analysis import Resolved, Shapes
 from .graph import NO_KERNEL_OPS
 
 # per kernel: a constant (launch), multiply-accumulates, elements read / written, weights, MACs on non-zero weights
-# (what sparse kernels would do), output positions (rows of a GEMM), positions x kernel taps, im2col elements
+# (what sparse kernels would do), output positions (rows of a GEMM), positions x kernel taps, im2col elements (as
+# is and with channels padded to 8, what vectorized im2col does with few channels)
 # and min(MACs, 1e4 / 1e5 / 1e6): with non-negative coefficients the cost is a concave, increasing function of the
 # MACs (small kernels run at lower efficiency), learned from the measurements
 FEATURES = ("one", "macs", "in_elems", "out_elems", "weight_elems", "nz_macs", "pixels", "pixels_k", "im2col",
-            "macs_lo4", "macs_lo5", "macs_lo6")
+            "im2col_pad8", "macs_lo4", "macs_lo5", "macs_lo6")
 MAC_KNOTS = (1e4, 1e5, 1e6)
 PROPAGABLE = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
 DROP_QDQ = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
@@ -651,14 +652,12 @@ def _conv_variant(w: tuple[int, ...], groups: int) -> str:
         return "dw" if cg == 1 and o == groups else "grouped"
     if all(k == 1 for k in w[2:]):
         return "1x1"
-    if len(w) == 4 and w[2] == w[3] and w[2] in (3, 5):
-        return f"{w[2]}x{w[3]}"
     return "kxk"
 
 
 def _set(feats: np.ndarray, macs: float, in_elems: float, out_elems: float, weight: float, nz_macs: float,
-         pixels: float = 0.0, pixels_k: float = 0.0, im2col: float = 0.0) -> None:
-    feats[1:] = (macs, in_elems, out_elems, weight, nz_macs, pixels, pixels_k, im2col,
+         pixels: float = 0.0, pixels_k: float = 0.0, im2col: float = 0.0, im2col_pad8: float = 0.0) -> None:
+    feats[1:] = (macs, in_elems, out_elems, weight, nz_macs, pixels, pixels_k, im2col, im2col_pad8,
                  *(min(macs, k) for k in MAC_KNOTS))
 
 
@@ -695,7 +694,7 @@ def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
         macs = n * o * spatial * cg * ksize
         pixels = n * spatial
         _set(feats, macs, in_elems, n * o * spatial, o * cg * ksize, macs * (1.0 - sparsity), pixels,
-             pixels * ksize, pixels * ksize * cg)
+             pixels * ksize, pixels * ksize * cg, pixels * ksize * _pad(cg, 8))
         return Kernel(kind=kind, features=feats, name=y)
     if op.layer is not None:
         w, _ = layer_weight(op, res)  # (out, in) of the Linear
@@ -705,7 +704,7 @@ def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
         macs = rows * in_f * out_f
         kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm"}.get(op.op, "MatMul/w")
         _set(feats, macs, _elems(xs), rows * out_f, in_f * out_f, macs * (1.0 - sparsity), rows, rows,
-             rows * in_f)
+             rows * in_f, rows * _pad(in_f, 8))
         return Kernel(kind=kind, features=feats, name=y)
     kind = op.op
     data_in = [t for t in op.inputs if t and t not in inits]

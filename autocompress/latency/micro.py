@@ -204,16 +204,19 @@ def _channels(rng: np.random.Generator, lo: int, hi: int) -> int:
 
 
 def _conv(rng: np.random.Generator) -> dict[str, Any]:
-    cin = int(rng.choice([1, 3])) if rng.random() < 0.2 else _channels(rng, 2, 96)
+    first = rng.random() < 0.3  # a network's first layer: few input channels, full resolution
+    cin = int(rng.choice([1, 1, 3])) if first else _channels(rng, 2, 96)
     n = int(rng.choice([1, 1, 2, 2, 3]))
     layers = []
     for i in range(n):
         dw = bool(rng.random() < 0.25 and i > 0)
-        layers.append({"cout": _channels(rng, 2, 128), "k": int(rng.choice([1, 3, 3, 5, 7] if not dw else [3, 3, 5])),
+        layers.append({"cout": _channels(rng, 2, 128), "k": int(rng.choice([1, 1, 3, 3, 3, 5, 5, 7] if not dw
+                                                                          else [3, 3, 5])),
                        "s": int(rng.choice([1, 1, 1, 2])), "dw": dw,
                        "act": str(rng.choice(["relu", "relu", "relu6", ""])),
                        "pool": bool(rng.random() < 0.15)})
-    return {"family": "conv", "cin": cin, "h": int(rng.choice([6, 7, 8, 12, 14, 16, 28])), "layers": layers}
+    h = int(rng.choice([28, 28, 32, 14])) if first else int(rng.choice([6, 7, 8, 12, 14, 16, 28]))
+    return {"family": "conv", "cin": cin, "h": h, "layers": layers}
 
 
 def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:

@@ -136,38 +136,55 @@ class CostModel:
                    samples_per_kind={str(k): int(v) for k, v in d.get("samples_per_kind", {}).items()})
 
 
-def fit(samples: Sequence[Sample], *, calibration: Sequence[Sample] = (), ridge: float = 1e-4) -> CostModel:
-    """Non-negative least squares on relative error: kernel coefficients and overhead from ``samples``, then
-    ``offset``/``scale`` from the whole-model ``calibration`` samples (when there are at least 3)."""
+def _nnls(samples: Sequence[Sample], weights: np.ndarray, kinds: list[str], ridge: float) -> np.ndarray:
     from scipy.optimize import nnls
 
-    if not samples:
-        raise ValueError("no samples to fit")
-    kinds = sorted({k for s in samples for k, _ in s.kernels})
     index = {k: i for i, k in enumerate(kinds)}
     nf, no = len(FEATURES), len(OVERHEAD)
     x = np.zeros((len(samples), len(kinds) * nf + no))
-    y = np.array([s.latency_ms for s in samples], dtype=float)
-    counts: dict[str, int] = {}
     for i, s in enumerate(samples):
         for kind, feats in s.kernels:
             j = index[kind] * nf
             x[i, j:j + nf] += feats
         x[i, -no:] = s.overhead
-        for kind in {k for k, _ in s.kernels}:
-            counts[kind] = counts.get(kind, 0) + 1
-    w = 1.0 / y
+    y = np.array([s.latency_ms for s in samples], dtype=float)
+    w = weights / y
     scale = np.abs(x).max(axis=0)
     scale[scale == 0] = 1.0
     a = x * w[:, None] / scale
-    b = np.ones_like(y)
+    b = weights.astype(float)
     if ridge > 0:  # a little shrinkage keeps collinear columns (kinds that always appear together) tame
         a = np.vstack([a, np.sqrt(ridge) * np.eye(a.shape[1])])
         b = np.concatenate([b, np.zeros(a.shape[1])])
     theta, _ = nnls(a, b, maxiter=50 * a.shape[1])
-    theta = theta / scale
-    coef = {k: theta[index[k] * nf:(index[k] + 1) * nf].tolist() for k in kinds}
-    model = CostModel(coef=coef, overhead=theta[-no:].tolist(), samples_per_kind=counts)
+    return theta / scale
+
+
+def fit(samples: Sequence[Sample], *, calibration: Sequence[Sample] = (), ridge: float = 1e-4,
+        robust_iters: int = 4, robust_c: float = 2.5) -> CostModel:
+    """Non-negative least squares on relative error, kernel coefficients and overhead from ``samples``, made
+    robust to the odd disturbed measurement (iteratively reweighted: samples far off the fit, in units of the
+    median error, count less); then ``offset``/``scale`` from the whole-model ``calibration`` samples (when there
+    are at least 3)."""
+    if not samples:
+        raise ValueError("no samples to fit")
+    kinds = sorted({k for s in samples for k, _ in s.kernels})
+    nf = len(FEATURES)
+    counts: dict[str, int] = {}
+    for s in samples:
+        for kind in {k for k, _ in s.kernels}:
+            counts[kind] = counts.get(kind, 0) + 1
+    weights = np.ones(len(samples))
+    model = None
+    for _ in range(max(1, robust_iters)):
+        theta = _nnls(samples, weights, kinds, ridge)
+        model = CostModel(coef={k: theta[i * nf:(i + 1) * nf].tolist() for i, k in enumerate(kinds)},
+                          overhead=theta[-len(OVERHEAD):].tolist(), samples_per_kind=counts)
+        err = np.array([(model.predict_sample(s) - s.latency_ms) / s.latency_ms for s in samples])
+        spread = 1.4826 * float(np.median(np.abs(err))) + 1e-9
+        r = np.abs(err) / (robust_c * spread)
+        weights = np.where(r <= 1.0, 1.0, 1.0 / np.maximum(r, 1e-9))
+    assert model is not None
     usable = [s for s in calibration if not model.unsupported(k for k, _ in s.kernels)]
     if len(usable) >= 3:
         raw = np.array([model.predict_sample(s) for s in usable])

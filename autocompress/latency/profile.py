@@ -210,8 +210,9 @@ def load_profile(path: Path | str, *, warn_mismatch: bool = True) -> LatencyProf
 class ProfileSettings:
     """How much to measure. ``quick`` is for tests (seconds); the default is the full profile (<= 10 min)."""
 
-    micro: int = 420
+    micro: int = 2400
     calibration_plans: int = 3
+    calibration_models: int | None = None   # None: all of them
     extra_precisions: int = 24
     runs: int = 150
     rounds: int = 3
@@ -221,8 +222,8 @@ class ProfileSettings:
 
     @classmethod
     def quick(cls) -> ProfileSettings:
-        return cls(micro=24, calibration_plans=1, extra_precisions=4, runs=40, rounds=2, warmup=5,
-                   time_budget_s=120.0)
+        return cls(micro=24, calibration_plans=1, calibration_models=3, extra_precisions=4, runs=40, rounds=2,
+                   warmup=5, time_budget_s=120.0)
 
 
 def detect_nchwc() -> tuple[int, int]:
@@ -347,7 +348,7 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     except Exception as e:  # e.g. a runtime without these contrib kernels
         log.warning("dynamic int8 / int4 MatMul micro-benchmarks skipped: %s: %s", type(e).__name__, e)
     calibration: list[Sample] = []
-    for name, ctor, shape, prunable in _calibration_models():
+    for name, ctor, shape, prunable in _calibration_models()[:settings.calibration_models]:
         torch.manual_seed(settings.seed)
         model = ctor().eval()
         x = torch.randn(*shape)

@@ -92,7 +92,7 @@ def _kernel(node, graph: OnnxGraph, shapes: dict) -> Kernel:
             macs = out_elems * w[0]
             rows, k_dim = out_elems // max(w[1], 1), w[0]
             kind = f"{node.op}/w" if node.op == "MatMul" else node.op
-    _set(feats, macs, in_elems, out_elems, weight, macs, rows, rows, rows * k_dim)
+    _set(feats, macs, in_elems, out_elems, weight, macs, rows, rows, rows * k_dim, rows * -(-k_dim // 8) * 8)
     return Kernel(kind=kind, features=feats, name=node.outputs[0] if node.outputs else node.name)
 
 

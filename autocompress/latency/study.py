@@ -190,11 +190,12 @@ def latency_check(study, task, loaded) -> None:
     measure_cfg = LatencyConfig(**{**cfg.latency.model_dump(), "measure": True, "predictor": None})
     record: dict[str, Any] = dict(study.user_attrs.get(CHECK_ATTR, {}))
     front = Front.from_study(study)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     start = time.perf_counter()
     for number in [int(n) for n in front.front["trial"]]:
         if str(number) in record:
             continue
-        trial = study.trials[number]
+        trial = trials[number]
         if trial.user_attrs.get("latency_source") != "predicted":
             continue
         predicted = float(trial.user_attrs.get("latency_predicted_ms", trial.user_attrs["latency_ms"]))

@@ -336,18 +336,40 @@ class TrialBudget:
         self.study._pop_waiting_trial_id = self._pop_waiting  # type: ignore[method-assign]
         return self
 
-    def _pop_waiting(self) -> int | None:
+    def _start(self, fixed_distributions: dict[str, Any] | None) -> optuna.Trial:
+        """Create (or pop) the trial and mark it ours, with Ctrl-C held off until it is marked: a trial is either
+        started and owned (found and retried if this process dies) or, when interrupted here, failed at once."""
+        study, storage, trial = self.study, _backend(self.study), None
+        try:
+            with _signals_deferred():
+                trial = optuna.Study.ask(study, fixed_distributions)  # calls _pop_waiting below
+                if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
+                    storage.record_heartbeat(trial._trial_id)
+            self.started.append(trial.number)
+            return trial
+        except BaseException as e:  # a deferred Ctrl-C arrives here, before the trial ran
+            if trial is not None:
+                with contextlib.suppress(Exception):
+                    storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: stopped before "
+                                                "the trial ran")
+                    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            raise
+
+    def _pop_waiting(self) -> int:
         """Start a queued trial: dead trials' retries first (they replace trials already counted), then the
-        queue in order (warm-start plans, user-enqueued trials)."""
-        storage = self.study._storage
+        queue in order (warm-start plans, user-enqueued trials); with none queued, create a trial. Either way the
+        trial is marked with this worker (a new trial in the same transaction that creates it)."""
+        storage, me = self.study._storage, worker_identity()
         waiting = storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
         for t in sorted(waiting, key=lambda t: (not t.system_attrs.get("retry_history"), t.number)):
             try:
                 if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
+                    storage.set_trial_system_attr(t._trial_id, WORKER_ATTR, me)
                     return t._trial_id
             except UpdateFinishedTrialError:
                 continue
-        return None
+        template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={WORKER_ATTR: me})
+        return storage.create_new_trial(self.study._study_id, template_trial=template)
 
     def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
         study, waited = self.study, False
@@ -357,17 +379,12 @@ class TrialBudget:
             with study_lock(study):
                 fail_dead_trials(study)
                 trials = study.get_trials(deepcopy=False)
-                finished, running = count_trials(trials)
+                finished, _ = count_trials(trials)
+                # Running trials count when a worker of ours runs them (a trial asked for by hand and never told
+                # would otherwise hold a place for ever).
+                running = sum(1 for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.system_attrs)
                 if self.target is None or finished + running < self.target:
-                    trial = optuna.Study.ask(study, fixed_distributions)
-                    storage = _backend(study)
-                    storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_identity())
-                    if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
-                        storage.record_heartbeat(trial._trial_id)
-                    self.started.append(trial.number)
-                    return trial
-            # Wait only for trials a worker of ours runs (a trial asked for by hand and never told never ends).
-            running = sum(1 for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.system_attrs)
+                    return self._start(fixed_distributions)
             if running == 0:
                 raise StudyFull(f"the study holds its {self.target} trials")
             if not waited:
@@ -375,6 +392,20 @@ class TrialBudget:
                          self.target, running)
                 waited = True
             time.sleep(self.poll_s)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT/SIGTERM off for the block (main thread only); a signal that came meanwhile is raised after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # --- trial time limit ----------------------------------------------------------------------------------------
