@@ -102,6 +102,14 @@ CASES = [
     Case("ray-address-malformed", ["--address", "HOST:PORT"], args=["--backend", "ray", "--address", "nonsense"]),
     Case("address-without-ray", ["--address", "--backend ray"], args=["--address", "auto"]),
     Case("ray-zero-cpus", ["--trial-cpus", "0"], args=["--backend", "ray", "--trial-cpus", "0"]),
+    # latency profiles (JSON; never unpickled)
+    Case("corrupt-profile", ["latency.predictor", "corrupt latency profile", "not valid JSON"],
+         {"latency": {"predictor": "{tmp}/corrupt.json"}}),
+    Case("not-a-profile", ["latency.predictor", "not a latency profile"],
+         {"latency": {"predictor": "{tmp}/wrong-type.json"}}),
+    Case("profile-missing", ["latency.predictor", "not found"], {"latency": {"predictor": "{tmp}/none.json"}}),
+    Case("show-corrupt-profile", ["corrupt latency profile"], config=None, command="profile",
+         args=["--show", "{tmp}/corrupt.json"]),
     # reading results
     Case("front-of-nothing", ["not a study config"], config=None, command="front", args=["{tmp}/nowhere"]),
     Case("front-of-missing-database", ["no study database"], config=None, command="front",
@@ -132,6 +140,8 @@ def test_bad_input(case: Case, tmp_path, capsys):
     kw = {"tmp": tmp_path, "port": _closed_port()}
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "space.yaml").write_text("groups: [\n")
+    (tmp_path / "corrupt.json").write_text('{"type": "LatencyProfile", "version": 1, "data": {')
+    (tmp_path / "wrong-type.json").write_text('{"type": "Nope", "version": 1, "data": {}}')
     config = tmp_path / "bad.yaml"
     if isinstance(case.config, str):
         config.write_text(case.config)

@@ -144,7 +144,7 @@ def render_readme(card: dict[str, Any]) -> str:
                   f"| latency ms (ONNX Runtime, {lat['threads']} thread(s), batch {lat['batch_size']}) | "
                   f"{_f(lat['teacher_ms'])} | {_f(lat['export_ms'])} | {_f(lat.get('predicted_ms'))} |",
                   f"| size objective bytes | {size['teacher_bytes']} | {size['objective_bytes']} | "
-                  f"{src.get('search', {}).get('size_bytes', 'n/a')} |",
+                  f"{_f(src.get('search', {}).get('size_bytes'), '.0f')} |",
                   f"| `weights.bin` bytes | | {_f(size.get('weights_bin_bytes'), 'd')} | |",
                   f"| ONNX file bytes | {size['teacher_onnx_bytes']} | {_f(size.get('onnx_bytes'), 'd')} | |",
                   "",

@@ -68,7 +68,6 @@ class LayerNode:
     int8_ok: bool
     is_conv: bool
     groups: int
-    input_rank: int
     has_bias: bool
     depthwise: bool = False
 
@@ -103,7 +102,6 @@ class Variant:
     param_index: dict[str, tuple[int, int]]
     param_base: np.ndarray
     probes: dict[str, GroupProbe] = field(default_factory=dict)
-    probe_order: list[str] = field(default_factory=list)
     pool_inputs: list[str] = field(default_factory=list)   # inputs of pools/concats (NCHWc block alignment)
     uid: int = field(default_factory=lambda: next(_UIDS))  # identity for caches (ids of dead objects get reused)
 
@@ -223,12 +221,11 @@ def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) ->
                 cand = graph.nodes[i]
                 if cand.op == "Add" and any(inits.get(t) == (w[0],) for t in cand.inputs):
                     bias_add = cand.name
-        x_rank = 2
         out[info.name] = LayerNode(
             layer=info.name, node=node.name, op=node.op, weight=node.inputs[1],
             bias=node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None, bias_add=bias_add,
             int8_ok=node.inputs[1] == f"{info.name}.weight" and node.op in ("Conv", "Gemm"),
-            is_conv=node.op == "Conv", groups=int(node.attrs.get("group", 1)), input_rank=x_rank,
+            is_conv=node.op == "Conv", groups=int(node.attrs.get("group", 1)),
             has_bias=has_bias, depthwise=node.op == "Conv" and 1 < int(node.attrs.get("group", 1)) == w[0]
             and w[1] == 1)
     return out
@@ -317,7 +314,6 @@ class TeacherAnalysis:
         dg = None
         before = params
         for info in present:
-            variant.probe_order.append(info.name)
             if info.is_output or variant.modules[info.name][0] <= 1:
                 continue
             probe = GroupProbe(layer=info.name)

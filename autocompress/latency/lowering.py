@@ -2,21 +2,25 @@
 
 The float part comes from the runtime itself: the teacher's graph after its extended (level 2) optimizations,
 with the nodes of removed blocks gone and low-rank layers split in two. The plan-dependent rewrites are simulated
-here, in the runtime's order, on plain records:
+here, in the runtime's order, on plain records (each rule was checked against the runtime's optimized graphs;
+``benchmarks/latency_predictor.py`` reports how often the predicted kernel list matches them):
 
 1. **int8 QDQ** (what ``quantize_int8`` + the runtime do to a layer with <= 8-bit weights and 8-bit inputs):
    QuantizeLinear/DequantizeLinear pairs on each int8 layer's input and output tensors; one DequantizeLinear per
-   consumer; Q pushed back (and DQ forward) through MaxPool/Reshape/Transpose/Squeeze/Unsqueeze/Slice; a Relu
-   feeding only a Q is dropped; DQ -> Conv -> Q becomes QLinearConv, DQ -> Gemm -> Q becomes QGemm, DQ -> MaxPool
-   -> Q (same scale) a uint8 MaxPool; DQ -> Q with the same scale cancels.
-2. **NCHWc** (level 3, float convolutions): the runtime's block-layout rules (block size from the profile):
-   which convolutions and pools switch layout, where ReorderInput/ReorderOutput nodes go, which Add/Relu fuse
-   into the convolution.
-3. **NHWC** (level 3, int8 convolutions): a Transpose on each QLinearConv input and output, except where a chain
-   of Q/DQ/MaxPool leads from one QLinearConv to the next (the transposes cancel and the MaxPool runs NHWC).
+   consumer; Q pushed back (and DQ forward) through MaxPool/Reshape/Transpose/Squeeze/Unsqueeze/Slice; a Relu/Clip
+   feeding only a Q is dropped; a float Conv/Gemm between a DQ and a Q gets its weights quantized by the runtime
+   (WeightBiasQuantization); DQ -> Conv -> Q becomes QLinearConv, DQ -> Gemm -> Q QGemm, DQ -> MaxPool -> Q a
+   uint8 MaxPool, DQ -> Sigmoid/Softmax/Add/... -> Q the QLinear op; DQ -> Q with the same scale cancels.
+2. **NCHWc** (level 3, float convolutions): the runtime's block-layout rules (block size and input-channel
+   alignment measured by the profile): which convolutions and pools switch layout, where ReorderInput /
+   ReorderOutput nodes go, which Add/activation fuse into the convolution.
+3. **Conv + Add (+ activation)** for convolutions left in NCHW (ConvAddActivationFusion).
+4. **NHWC** (level 3, int8 convolutions): a Transpose on each QLinearConv input and output, except along chains
+   of Q/DQ/MaxPool/elementwise ops from one QLinearConv to the next (the transposes cancel, MaxPool runs NHWC).
 
 Each kernel is then described by its kind (op type plus variant, e.g. ``Conv/nchwc/kxk``, ``QLinearConv/dw``)
-and a feature vector (:data:`FEATURES`): its cost comes from the regressions fitted on measurements.
+and a feature vector (:data:`FEATURES`): its cost comes from the regressions fitted on measurements. Lowering
+results are cached per structural signature (:class:`Lowerer`), so most plans only recompute features.
 """
 
 from __future__ import annotations
@@ -35,9 +39,11 @@ from .graph import NO_KERNEL_OPS
 # is and with channels padded to 8, what vectorized im2col does with few channels)
 # and min(MACs, 1e4 / 1e5 / 1e6): with non-negative coefficients the cost is a concave, increasing function of the
 # MACs (small kernels run at lower efficiency), learned from the measurements
+# and weights beyond 64 Ki / 256 Ki elements (convex: a matrix that no longer fits a cache level streams slower)
 FEATURES = ("one", "macs", "in_elems", "out_elems", "weight_elems", "nz_macs", "pixels", "pixels_k", "im2col",
-            "im2col_pad8", "macs_lo4", "macs_lo5", "macs_lo6")
+            "im2col_pad8", "macs_lo4", "macs_lo5", "macs_lo6", "weight_over_64k", "weight_over_256k")
 MAC_KNOTS = (1e4, 1e5, 1e6)
+WEIGHT_KNOTS = (65536.0, 262144.0)
 PROPAGABLE = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
 DROP_QDQ = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
 # ops the runtime runs on uint8 when a DQ feeds them and a Q follows (QLinearSigmoid, QLinearAdd, ...)
@@ -48,8 +54,6 @@ UNARY_ELEMENTWISE = frozenset({"Relu", "Tanh", "Sigmoid", "Clip", "Gelu", "Quick
 NCHWC_PASS_THROUGH = frozenset({"Gelu", "QuickGelu", "FastGelu"})
 # Conv + Add (+ activation) fusion for convolutions left in NCHW (ConvAddActivationFusion)
 CONV_ADD_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"})
-# shape-only ops: they cost a kernel launch but move no data
-NO_DATA = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Shape", "Size"})
 
 
 @dataclass(eq=False)
@@ -85,12 +89,6 @@ class Kernel:
 
 # --- building the working graph ----------------------------------------------------------------------------
 
-def _compute_op(node_op: str, attrs: dict, inputs: list[str], outputs: list[str], *, layer: str, part: int,
-                weight: tuple[int, ...], int8: bool, sparsity: float) -> Op:
-    return Op(op=node_op, inputs=list(inputs), outputs=list(outputs), attrs=dict(attrs), layer=layer, part=part,
-              weight=tuple(weight), groups=int(attrs.get("group", 1)), int8=int8, sparsity=sparsity)
-
-
 def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     """The working graph of a resolved plan (float fusions from the runtime, low rank applied) and its shapes."""
     v = res.variant
@@ -110,13 +108,11 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
                 if name and name in fusions.kernel_of:
                     broken.add(fusions.kernel_of[name])
     ops: list[Op] = []
-    emitted_members: set[str] = set()
     for k, kn in enumerate(fusions.kernels):
         members = fusions.members.get(k, [])
         if k in broken:
             for name in [n.name for n in graph.nodes if n.name in set(members)]:
                 node = by_name[name]
-                emitted_members.add(name)
                 ops.extend(_original_op(node, res, layer_of_node, bias_add_of, shapes))
             continue
         compute = next((layer_of_node[m] for m in members if m in layer_of_node), None)
@@ -658,7 +654,7 @@ def _conv_variant(w: tuple[int, ...], groups: int) -> str:
 def _set(feats: np.ndarray, macs: float, in_elems: float, out_elems: float, weight: float, nz_macs: float,
          pixels: float = 0.0, pixels_k: float = 0.0, im2col: float = 0.0, im2col_pad8: float = 0.0) -> None:
     feats[1:] = (macs, in_elems, out_elems, weight, nz_macs, pixels, pixels_k, im2col, im2col_pad8,
-                 *(min(macs, k) for k in MAC_KNOTS))
+                 *(min(macs, k) for k in MAC_KNOTS), *(max(0.0, weight - k) for k in WEIGHT_KNOTS))
 
 
 def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:

@@ -120,6 +120,11 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
     task = task or load_task(cfg.task, cfg.task_options)
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
+    from ..latency.study import prepare as prepare_latency
+
+    # Loads the latency profile once per study (predict or measure); before anything is written, so that a
+    # missing or corrupt profile leaves no half-made study behind.
+    prepare_latency(loaded, task)
 
     made_dir = not loaded.study_dir.exists()
     loaded.study_dir.mkdir(parents=True, exist_ok=True)
@@ -160,9 +165,6 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
     study.sampler = _sampler(loaded, done + 7919 * workers.worker_number(study))
     budget = workers.TrialBudget(study, target, poll_s=min(2.0, cfg.heartbeat_s),
                                  deadline=worker.deadline if worker else None).install()
-    from ..latency.study import prepare as prepare_latency
-
-    prepare_latency(loaded, task)  # loads the latency profile once per study (predict or measure)
     objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target)
 
     bar = tqdm(total=remaining, disable=not progress or remaining == 0, unit="trial", dynamic_ncols=True,
