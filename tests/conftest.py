@@ -29,7 +29,7 @@ def write_study(tmp_path: Path, file: str = "s", **overrides) -> Path:
         "n_trials": 3,
         "sampler": "random",
         "finetune": {"steps": 10},
-        "latency": {"warmup": 2, "repeats": 5},
+        "latency": {"measure": True, "warmup": 2, "repeats": 5},  # never a profile another test left behind
     }
     cfg.update(overrides)
     path = tmp_path / f"{file}.yaml"

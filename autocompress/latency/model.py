@@ -4,12 +4,13 @@ A model's predicted latency is
 
     offset + scale * (overhead . [1, input_elems, output_elems]  +  sum over kernels of coef[kind] . features)
 
-with :data:`~autocompress.latency.lowering.FEATURES` = (1, MACs, input elements, output elements, weight
-elements, MACs on non-zero weights). Every coefficient is non-negative (non-negative least squares on relative
-error), so a kernel kind only costs what the measurements show: whether unstructured zeros speed up a dense
-kernel (the "MACs on non-zero weights" column) or an int8 kernel is slower than its float twin is learned, not
-assumed. ``offset``/``scale`` come from the whole-model calibration measurements. All parameters are plain
-numbers (JSON).
+with :data:`~autocompress.latency.lowering.FEATURES` (a constant, MACs, elements read and written, weights, MACs
+on non-zero weights, output positions, im2col sizes, concave MAC hinges, convex weight-size hinges). Every
+coefficient is non-negative (non-negative least squares on relative error), so a kernel kind only costs what the
+measurements show: whether unstructured zeros speed up a dense kernel (the "MACs on non-zero weights" column) or
+an int8 kernel is slower than its float twin is learned, not assumed. The per-model overhead is fitted together
+with the kernels, on the micro-benchmarks and (weighted up) the whole-model calibration measurements;
+``offset``/``scale`` stay 0/1 unless set. All parameters are plain numbers (JSON).
 """
 
 from __future__ import annotations
@@ -160,40 +161,35 @@ def _nnls(samples: Sequence[Sample], weights: np.ndarray, kinds: list[str], ridg
     return theta / scale
 
 
-def fit(samples: Sequence[Sample], *, calibration: Sequence[Sample] = (), ridge: float = 1e-4,
-        robust_iters: int = 4, robust_c: float = 2.5) -> CostModel:
-    """Non-negative least squares on relative error, kernel coefficients and overhead from ``samples``, made
-    robust to the odd disturbed measurement (iteratively reweighted: samples far off the fit, in units of the
-    median error, count less); then ``offset``/``scale`` from the whole-model ``calibration`` samples (when there
-    are at least 3)."""
+def fit(samples: Sequence[Sample], *, calibration: Sequence[Sample] = (), calibration_weight: int = 5,
+        ridge: float = 1e-4, robust_iters: int = 4, robust_c: float = 2.5) -> CostModel:
+    """Non-negative least squares on relative error.
+
+    The per-kernel coefficients and the per-model overhead are fitted together on the micro-benchmark ``samples``
+    and the whole-model ``calibration`` samples (each of those counted ``calibration_weight`` times: they carry the
+    per-model overhead and how kernels add up in complete models). Iteratively reweighted so the odd disturbed
+    measurement (far off the fit, in units of the median error) counts less.
+    """
     if not samples:
         raise ValueError("no samples to fit")
-    kinds = sorted({k for s in samples for k, _ in s.kernels})
+    rows = list(samples) + list(calibration) * max(0, calibration_weight)
+    kinds = sorted({k for s in rows for k, _ in s.kernels})
     nf = len(FEATURES)
     counts: dict[str, int] = {}
-    for s in samples:
+    for s in list(samples) + list(calibration):
         for kind in {k for k, _ in s.kernels}:
             counts[kind] = counts.get(kind, 0) + 1
-    weights = np.ones(len(samples))
+    weights = np.ones(len(rows))
     model = None
     for _ in range(max(1, robust_iters)):
-        theta = _nnls(samples, weights, kinds, ridge)
+        theta = _nnls(rows, weights, kinds, ridge)
         model = CostModel(coef={k: theta[i * nf:(i + 1) * nf].tolist() for i, k in enumerate(kinds)},
                           overhead=theta[-len(OVERHEAD):].tolist(), samples_per_kind=counts)
-        err = np.array([(model.predict_sample(s) - s.latency_ms) / s.latency_ms for s in samples])
+        err = np.array([(model.predict_sample(s) - s.latency_ms) / s.latency_ms for s in rows])
         spread = 1.4826 * float(np.median(np.abs(err))) + 1e-9
         r = np.abs(err) / (robust_c * spread)
         weights = np.where(r <= 1.0, 1.0, 1.0 / np.maximum(r, 1e-9))
     assert model is not None
-    usable = [s for s in calibration if not model.unsupported(k for k, _ in s.kernels)]
-    if len(usable) >= 3:
-        raw = np.array([model.predict_sample(s) for s in usable])
-        yc = np.array([s.latency_ms for s in usable])
-        wc = 1.0 / yc
-        design = np.stack([np.ones_like(raw), raw], axis=1) * wc[:, None]
-        (offset, slope), *_ = np.linalg.lstsq(design, np.ones_like(yc), rcond=None)
-        if slope > 0:
-            model.offset, model.scale = float(offset), float(slope)
     return model
 
 

@@ -9,8 +9,11 @@ running trial failed, keeping everything completed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -46,6 +49,44 @@ class StudyOutcome:
     interrupted: bool
     new_trials: int
     seconds: float
+
+
+class _InterruptGuard:
+    """Ctrl-C handling around ``study.optimize``.
+
+    Inside a trial, Ctrl-C interrupts it at once (Optuna marks it failed, nothing completed is lost). Between
+    trials (while Optuna is recording a finished trial) it only asks the study to stop, so a trial's result is
+    never cut half-written.
+    """
+
+    def __init__(self, study: optuna.Study, objective: Callable) -> None:
+        self.study, self.objective = study, objective
+        self.in_trial = False
+        self.interrupted = False
+
+    def __call__(self, trial: optuna.Trial):
+        self.in_trial = True
+        try:
+            return self.objective(trial)
+        finally:
+            self.in_trial = False
+
+    def _handler(self, signum, frame) -> None:
+        self.interrupted = True
+        if self.in_trial:
+            raise KeyboardInterrupt
+        self.study.stop()
+
+    @contextlib.contextmanager
+    def installed(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, self._handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
 
 
 def post_study_steps() -> list[Callable[[optuna.Study, Task, LoadedStudy], None]]:
@@ -189,9 +230,12 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
         if remaining != 0 and ray_session is not None:
             interrupted = ray_session.optimize(loaded, study, target=target, bar=bar)
         elif remaining != 0:
-            study.optimize(workers.with_trial_timeout(objective, cfg.trial_timeout_s), n_trials=remaining,
-                           timeout=cfg.timeout_s, catch=(Exception,), gc_after_trial=False,
-                           callbacks=[on_trial_end, *(worker.callbacks if worker else [])])
+            guarded = _InterruptGuard(study, workers.with_trial_timeout(objective, cfg.trial_timeout_s))
+            with guarded.installed():
+                study.optimize(guarded, n_trials=remaining,
+                               timeout=cfg.timeout_s, catch=(Exception,), gc_after_trial=False,
+                               callbacks=[on_trial_end, *(worker.callbacks if worker else [])])
+            interrupted = guarded.interrupted
     except workers.StudyFull:  # other workers finished the study's trials
         pass
     except KeyboardInterrupt:
