@@ -35,6 +35,14 @@ class LayerPlan:
     def is_identity(self) -> bool:
         return self == LayerPlan()
 
+    @property
+    def int8_kernel(self) -> bool:
+        """Whether the layer runs on the backend's int8 kernels: <= 8-bit weights on a uniform grid, 8-bit inputs.
+
+        The one place that decides it: the measured latency path, the latency predictor and export all ask here.
+        """
+        return self.weight_bits <= 8 and self.activation_bits == 8
+
 
 @dataclass(frozen=True, kw_only=True)
 class StudentPlan:

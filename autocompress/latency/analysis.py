@@ -441,7 +441,7 @@ class TeacherAnalysis:
                     skipped.setdefault(layer, f"low rank not applied: grouped convolution (groups={ln.groups})")
                 else:
                     rank[layer] = r
-            quant = lp.weight_bits <= 8 and lp.activation_bits == 8
+            quant = lp.int8_kernel
             if layer in rank:
                 # factors: <layer>.0 keeps its name unless it is a bias-free Linear (exported as MatMul);
                 # <layer>.1 keeps it unless a BatchNorm was folded into it (then the original was renamed too)
