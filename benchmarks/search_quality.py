@@ -77,13 +77,13 @@ def run(base: dict, tmp: Path, name: str, budget: int, seed: int, task, grid: li
 STRATEGIES = ("default", "random", "uniform-grid", "sparsity-only", "bits-only")
 
 
-def _done(path: Path) -> dict[tuple[str, str, int, int], dict]:
+def _done(path: Path) -> dict[tuple[str, str, int, int, str], dict]:
     out = {}
     if path.is_file():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[(r["task"], r["strategy"], r["budget"], r["seed"])] = r
+                out[(r["task"], r["strategy"], r["budget"], r["seed"], r.get("latency", "config"))] = r
     return out
 
 
@@ -96,6 +96,10 @@ def main() -> None:
                     help=f"comma-separated subset of {','.join(STRATEGIES)}")
     ap.add_argument("--results", default="benchmarks/out/search_quality.jsonl",
                     help="one JSON line per finished run; runs already there are not repeated (resumable)")
+    ap.add_argument("--latency-profile", default=None,
+                    help="predict latency from this profile (`autocompress profile -o PATH`) in every study, so "
+                         "the strategies are compared on the same, load-independent latency objective; default: "
+                         "the config's latency setting (measured when this machine has no profile)")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -113,6 +117,11 @@ def main() -> None:
     space = yaml.safe_load(space_path.read_text())
     base["search_space"] = space
     base["fidelity"] = {**base.get("fidelity", {}), "self_check": 0}  # same cost for every strategy
+    latency_source = "config"
+    if args.latency_profile:
+        profile = str(Path(args.latency_profile).resolve())
+        base["latency"] = {**base.get("latency", {}), "predictor": profile, "measure": None}
+        latency_source = f"predicted:{Path(profile).name}"
     task = load_task(base["task"])
     cfg_space = load_search_space(space_path)
     bits = sorted({b for g in cfg_space.groups for b in g.weight_bits})
@@ -136,7 +145,7 @@ def main() -> None:
         for budget in budgets:
             for name, (cfg, g) in strategies.items():
                 for seed in ([seeds[0]] if g is not None else seeds):
-                    key = (base["task"], name, budget, seed)
+                    key = (base["task"], name, budget, seed, latency_source)
                     if key in done:
                         hv, wall = done[key]["hypervolume"], done[key]["wall_s"]
                     else:
@@ -145,7 +154,8 @@ def main() -> None:
                         wall = time.perf_counter() - t0
                         with results_path.open("a") as f:
                             f.write(json.dumps({"task": base["task"], "strategy": name, "budget": budget,
-                                                "seed": seed, "hypervolume": hv, "wall_s": round(wall, 1)}) + "\n")
+                                                "seed": seed, "latency": latency_source, "hypervolume": hv,
+                                                "wall_s": round(wall, 1)}) + "\n")
                     results.setdefault((name, budget), []).append(hv)
                     print(f"budget {budget:>4} {name:<14} seed {seed}: hypervolume {hv:.4f} ({wall:.0f} s)",
                           flush=True)
