@@ -1,7 +1,7 @@
 """Search quality: hypervolume of the default search against simple baselines at equal trial budgets.
 
     .venv/bin/python benchmarks/search_quality.py [--config studies/quickstart.yaml] [--budgets 50,100]
-        [--seeds 0,1,2] [--quick]
+        [--seeds 0,1,2] [--latency-profile PROFILE.json] [--strategies default,random,...] [--quick]
 
 Strategies (same task, same search space, same fine-tuning, same hypervolume reference point):
 
@@ -10,6 +10,14 @@ Strategies (same task, same search space, same fine-tuning, same hypervolume ref
 - uniform grid: one sparsity and one bit-width for every layer (every combination the space allows, up to the
                 budget); the grid is deterministic, so it runs once
 - sparsity-only / bits-only: the default search restricted to one axis (other knobs fixed at the teacher's)
+
+Each strategy and seed runs one study of the largest budget; the hypervolume at a smaller budget b is that of
+its first b trials (sampling and successive halving look only at earlier trials, and the NSGA-II population is
+fixed at 16, what a 50-trial default study uses, so those b trials are exactly a b-trial study). With
+``--latency-profile`` latency is predicted from the profile in every study: the strategies are then compared on
+the same deterministic latency objective, unaffected by what else runs on the machine (front members are still
+measured at the end of each study, as always). Finished runs are appended to ``--results`` (JSON lines) and not
+repeated when the command is run again.
 
 Prints the hypervolume per strategy, budget and seed, and the mean ratios default/grid and default/random.
 ``--quick`` uses the digits-mlp task, budgets 20 and 40 and one seed (a few minutes).
@@ -32,6 +40,7 @@ import yaml
 
 from autocompress.config import load_search_space, load_study_config
 from autocompress.search.driver import run_study
+from autocompress.search.front import hypervolume
 from autocompress.tasks import load_task
 
 
@@ -54,10 +63,12 @@ def _restrict(space: dict, keep: str) -> dict:
     return space
 
 
-def run(base: dict, tmp: Path, name: str, budget: int, seed: int, task, grid: list[tuple[int, float]] | None = None,
-        ) -> float:
+def run(base: dict, tmp: Path, name: str, budgets: list[int], seed: int, task,
+        grid: list[tuple[int, float]] | None = None) -> dict[int, float]:
+    """Run one study of ``max(budgets)`` trials; hypervolume of the trials numbered below each budget."""
+    budget = max(budgets)
     cfg = copy.deepcopy(base)
-    cfg.update(seed=seed, n_trials=budget)
+    cfg.update(seed=seed, n_trials=budget if grid is None else min(budget, len(grid)))
     loaded = load_study_config(_write(tmp, f"{name}-{budget}-{seed}", cfg))
     if grid is not None:
         # queue the grid points, nothing else
@@ -71,7 +82,16 @@ def run(base: dict, tmp: Path, name: str, budget: int, seed: int, task, grid: li
         for bits, sparsity in grid[:budget]:
             study.enqueue_trial(space.uniform_params(weight_bits=bits, sparsity=sparsity))
     outcome = run_study(loaded, progress=False, task=task)
-    return outcome.front.hypervolume
+    front = outcome.front
+    # a trial's sampling and promotion depend only on earlier trials, so the first b trials of this study are
+    # the study a budget of b would have run (the NSGA-II population size is fixed in main() for this)
+    out = {}
+    for b in budgets:
+        first = front.trials[front.trials["trial"] < b]
+        out[b] = hypervolume(first, list(front.objectives), front.teacher)
+        print(f"  {name} seed {seed}: {len(first)} completed of the first {b} trials "
+              f"({int(first['feasible'].sum())} feasible), hypervolume {out[b]:.4f}", flush=True)
+    return out
 
 
 STRATEGIES = ("default", "random", "uniform-grid", "sparsity-only", "bits-only")
@@ -107,7 +127,8 @@ def main() -> None:
     base = yaml.safe_load(src.read_text())
     if args.quick:
         base["task"] = "digits-mlp"
-        base["finetune"] = {"steps": 60, "full_steps": 200}
+        base["finetune"] = {"steps": 100, "full_steps": 300}
+        base["constraints"] = {"min_accuracy": 0.9}
         base["fidelity"] = {"self_check": 0}
         budgets, seeds = [20, 40], [0]
     else:
@@ -117,6 +138,9 @@ def main() -> None:
     space = yaml.safe_load(space_path.read_text())
     base["search_space"] = space
     base["fidelity"] = {**base.get("fidelity", {}), "self_check": 0}  # same cost for every strategy
+    # the population a 50-trial default study uses, for every budget: the first b trials of the longest run are
+    # then exactly a b-trial study (see run())
+    base.setdefault("population_size", 16)
     latency_source = "config"
     if args.latency_profile:
         profile = str(Path(args.latency_profile).resolve())
@@ -142,27 +166,30 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="autocompress-quality-"))
     results: dict[tuple[str, int], list[float]] = {}
     try:
-        for budget in budgets:
-            for name, (cfg, g) in strategies.items():
-                for seed in ([seeds[0]] if g is not None else seeds):
-                    key = (base["task"], name, budget, seed, latency_source)
-                    if key in done:
-                        hv, wall = done[key]["hypervolume"], done[key]["wall_s"]
-                    else:
-                        t0 = time.perf_counter()
-                        hv = run(cfg, tmp, name, budget, seed, task, grid=g)
-                        wall = time.perf_counter() - t0
-                        with results_path.open("a") as f:
-                            f.write(json.dumps({"task": base["task"], "strategy": name, "budget": budget,
-                                                "seed": seed, "latency": latency_source, "hypervolume": hv,
+        for name, (cfg, g) in strategies.items():
+            for seed in ([seeds[0]] if g is not None else seeds):
+                keys = {b: (base["task"], name, b, seed, latency_source) for b in budgets}
+                if all(k in done for k in keys.values()):
+                    hvs = {b: done[k]["hypervolume"] for b, k in keys.items()}
+                    wall = max(done[k]["wall_s"] for k in keys.values())
+                else:
+                    t0 = time.perf_counter()
+                    hvs = run(cfg, tmp, name, budgets, seed, task, grid=g)
+                    wall = time.perf_counter() - t0
+                    with results_path.open("a") as f:
+                        for b, hv in hvs.items():
+                            f.write(json.dumps({"task": base["task"], "strategy": name, "budget": b, "seed": seed,
+                                                "latency": latency_source, "hypervolume": hv,
                                                 "wall_s": round(wall, 1)}) + "\n")
-                    results.setdefault((name, budget), []).append(hv)
-                    print(f"budget {budget:>4} {name:<14} seed {seed}: hypervolume {hv:.4f} ({wall:.0f} s)",
-                          flush=True)
+                for b, hv in hvs.items():
+                    results.setdefault((name, b), []).append(hv)
+                print(f"{name:<14} seed {seed}: hypervolume " + ", ".join(
+                    f"{hv:.4f} at {b}" for b, hv in hvs.items()) + f" ({wall:.0f} s)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"\ntask {base['task']}; grid of {len(grid)} uniform plans ({len(bits)} bit-widths x {len(sparsities)} "
-          "sparsities), truncated to the budget")
+    print(f"\ntask {base['task']}; latency {latency_source}; grid of {len(grid)} uniform plans ({len(bits)} "
+          f"bit-widths x {len(sparsities)} sparsities, all of them when the budget allows); mean over seeds "
+          f"{seeds}")
     print(f"{'budget':>6} " + " ".join(f"{n:>14}" for n in strategies) + "  default/grid  default/random")
     for budget in budgets:
         means = {n: float(np.mean(results[(n, budget)])) for n in strategies}
