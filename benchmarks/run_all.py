@@ -24,8 +24,17 @@ OUT = ROOT / "benchmarks" / "out"
 PROFILE = "benchmarks/out/latency_profile.json"
 QUICK_PROFILE = "benchmarks/out/latency_profile.quick.json"
 
-# name -> (full command, quick command); each a list of argv lists run in order
+# name -> (full command, quick command); each a list of argv lists run in order. latency_predictor comes first:
+# it writes the profile search_quality predicts latency from.
 BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
+    "latency_predictor": (
+        [["-m", "autocompress", "profile", "-o", PROFILE],
+         ["benchmarks/latency_predictor.py", "--profile", PROFILE, "--models", "250", "--passes", "3",
+          "--noise-models", "10", "--noise-repeats", "5"]],
+        [["-m", "autocompress", "profile", "--quick", "-o", QUICK_PROFILE],
+         ["benchmarks/latency_predictor.py", "--profile", QUICK_PROFILE, "--models", "20", "--passes", "1",
+          "--noise-models", "2", "--noise-repeats", "2", "--out", "benchmarks/out/latency_predictor.quick.json"]],
+    ),
     "quickstart": (
         [["benchmarks/quickstart.py"]],
         [["benchmarks/quickstart.py", "--config", "studies/digits-smoke.yaml", "--min-ratio", "1"]],
@@ -36,8 +45,9 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
           "--full-steps", "300"]],
     ),
     "search_quality": (
-        [["benchmarks/search_quality.py", "--budgets", "50,100", "--seeds", "0,1,2"]],
-        [["benchmarks/search_quality.py", "--quick", "--results", "benchmarks/out/search_quality.quick.jsonl"]],
+        [["benchmarks/search_quality.py", "--budgets", "50,100", "--seeds", "0,1,2", "--latency-profile", PROFILE]],
+        [["benchmarks/search_quality.py", "--quick", "--latency-profile", QUICK_PROFILE,
+          "--results", "benchmarks/out/search_quality.quick.jsonl"]],
     ),
     "deep_compression": (
         [["benchmarks/deep_compression.py"]],
@@ -47,14 +57,6 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
         [["benchmarks/mixed_precision.py", "--config", "studies/quickstart.yaml"],
          ["benchmarks/mixed_precision.py", "--config", "studies/mnist-resnet.yaml"]],
         [["benchmarks/mixed_precision.py", "--quick"]],
-    ),
-    "latency_predictor": (
-        [["-m", "autocompress", "profile", "-o", PROFILE],
-         ["benchmarks/latency_predictor.py", "--profile", PROFILE, "--models", "250", "--passes", "3",
-          "--noise-models", "10", "--noise-repeats", "5"]],
-        [["-m", "autocompress", "profile", "--quick", "-o", QUICK_PROFILE],
-         ["benchmarks/latency_predictor.py", "--profile", QUICK_PROFILE, "--models", "20", "--passes", "1",
-          "--noise-models", "2", "--noise-repeats", "2", "--out", "benchmarks/out/latency_predictor.quick.json"]],
     ),
     "export": (
         [["benchmarks/export.py", "--keep"]],
