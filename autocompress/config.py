@@ -49,6 +49,13 @@ class LayerGroup(_Strict):
     """Choices for a group of layers, selected by module type and/or a regular expression on the name.
 
     A layer belongs to the first group that selects it; layers no group selects stay as they are.
+
+    weight_sharing: choices of k-means weight sharing (a per-layer codebook of 2^bits centroids instead of the
+                    uniform grid; see :class:`autocompress.plan.LayerPlan`). It applies to plans with weight bits
+                    <= 8 (with 32-bit weights it is off), and a shared layer runs float kernels, so a group that
+                    may share weights must keep float inputs: ``activation_bits: [32]``.
+    entropy_coding: choices of Huffman-coded storage of quantized weights (lossless, so ``[true]`` is the usual
+                    setting rather than a searched knob); off for 32-bit weights.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
@@ -60,6 +67,33 @@ class LayerGroup(_Strict):
     activation_bits: list[int] = Field(default_factory=lambda: [32])
     channel_keep: list[float] = Field(default_factory=lambda: [1.0])
     rank_ratio: list[float] = Field(default_factory=lambda: [1.0])
+    weight_sharing: list[bool] = Field(default_factory=lambda: [False])
+    entropy_coding: list[bool] = Field(default_factory=lambda: [False])
+
+    @field_validator("weight_sharing", "entropy_coding")
+    @classmethod
+    def _flags(cls, v: list[bool]) -> list[bool]:
+        _nonempty(v)
+        if len(set(v)) != len(v):
+            raise ValueError(f"choices must not repeat, but got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _sharing(self) -> LayerGroup:
+        if True in self.weight_sharing:
+            if any(b < 32 for b in self.activation_bits):
+                raise ValueError(
+                    f"group {self.name!r}: `weight_sharing` may be true, so `activation_bits` must be [32] "
+                    f"(a k-means shared layer runs float kernels on its decoded weights), but got "
+                    f"{self.activation_bits}")
+            if not any(b <= 8 for b in self.weight_bits):
+                raise ValueError(
+                    f"group {self.name!r}: `weight_sharing` needs a `weight_bits` choice <= 8 (a codebook of "
+                    f"2^bits centroids), but got {self.weight_bits}")
+        if True in self.entropy_coding and not any(b < 32 for b in self.weight_bits):
+            raise ValueError(f"group {self.name!r}: `entropy_coding` codes quantized weights and needs a "
+                             f"`weight_bits` choice < 32, but got {self.weight_bits}")
+        return self
 
     @field_validator("names")
     @classmethod

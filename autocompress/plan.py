@@ -23,6 +23,15 @@ class LayerPlan:
     activation_bits: 8 or 16 to quantize the layer's input (calibrated), 32 for float
     channel_keep:    share of output channels kept by structured pruning, in (0, 1]
     rank_ratio:      low-rank factorization keeps this share of the full rank, 1.0 = off
+    weight_sharing:  k-means weight sharing (Han et al., 2016) instead of the uniform grid: one codebook of
+                     2^weight_bits centroids per layer over its non-zero weights (zeros stay exact through the
+                     pruning mask), centroids fine-tuned, assignments fixed. Needs weight_bits <= 8 and float
+                     inputs (activation_bits 32): the layer runs float kernels on its decoded weights, it is only
+                     smaller on disk.
+    entropy_coding:  store the layer's weight codes and sparse index Huffman-coded when that is smaller
+                     (lossless; needs weight_bits < 32)
+
+    Plans written before weight_sharing/entropy_coding existed read with both off (the defaults).
     """
 
     sparsity: float = 0.0
@@ -30,6 +39,18 @@ class LayerPlan:
     activation_bits: int = 32
     channel_keep: float = 1.0
     rank_ratio: float = 1.0
+    weight_sharing: bool = False
+    entropy_coding: bool = False
+
+    def __post_init__(self) -> None:
+        if self.weight_sharing and self.weight_bits > 8:
+            raise ValueError(f"weight_sharing needs weight_bits <= 8 (a codebook of 2^bits centroids), but "
+                             f"weight_bits is {self.weight_bits}")
+        if self.weight_sharing and self.activation_bits < 32:
+            raise ValueError("weight_sharing runs float kernels on decoded weights: activation_bits must be 32, "
+                             f"but is {self.activation_bits}")
+        if self.entropy_coding and self.weight_bits >= 32:
+            raise ValueError("entropy_coding codes quantized weights: it needs weight_bits < 32")
 
     @property
     def is_identity(self) -> bool:
@@ -41,7 +62,7 @@ class LayerPlan:
 
         The one place that decides it: the measured latency path, the latency predictor and export all ask here.
         """
-        return self.weight_bits <= 8 and self.activation_bits == 8
+        return self.weight_bits <= 8 and self.activation_bits == 8 and not self.weight_sharing
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +125,7 @@ class CompressionPlan:
                 student=StudentPlan(**data.get("student", {})),
                 distill=DistillPlan(**data.get("distill", {})),
             )
-        except TypeError as e:  # unknown or missing keys
+        except (TypeError, ValueError) as e:  # unknown or missing keys, inconsistent values
             raise ValueError(f"malformed CompressionPlan: {e}") from None
 
     @classmethod
@@ -126,8 +147,12 @@ class CompressionPlan:
                 bits.append(f"s{lp.sparsity:g}")
             if lp.weight_bits < 32:
                 bits.append(f"w{lp.weight_bits}")
+            if lp.weight_sharing:
+                bits.append("km")
             if lp.activation_bits < 32:
                 bits.append(f"a{lp.activation_bits}")
+            if lp.entropy_coding:
+                bits.append("huff")
             if bits:
                 parts.append(f"{name}:" + "/".join(bits))
         return "; ".join(parts) or "(uncompressed)"

@@ -2,7 +2,9 @@
 
 Every choice list becomes an Optuna categorical parameter, named ``<layer>:<knob>`` for per-layer groups and
 ``<group>:<knob>`` when a group shares one value; single-valued choices are fixed and not sampled. The output
-layer's ``channel_keep`` is fixed at 1 (its channels are the model's outputs).
+layer's ``channel_keep`` is fixed at 1 (its channels are the model's outputs). ``weight_sharing`` and
+``entropy_coding`` are sampled like the other knobs but take effect only with quantized weights (a plan with
+32-bit weights has both off).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from .config import LayerGroup, SearchSpaceConfig
 from .errors import ConfigError
 from .plan import CompressionPlan, DistillPlan, LayerPlan, StudentPlan
 
-LAYER_KNOBS = ("sparsity", "weight_bits", "activation_bits", "channel_keep", "rank_ratio")
+LAYER_KNOBS = ("sparsity", "weight_bits", "activation_bits", "channel_keep", "rank_ratio", "weight_sharing",
+               "entropy_coding")
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class SearchSpace:
             return min(choices, key=lambda c: (abs(c - target), c))
 
         targets = {"weight_bits": weight_bits, "sparsity": sparsity, "activation_bits": 32, "channel_keep": 1.0,
-                   "rank_ratio": 1.0}
+                   "rank_ratio": 1.0, "weight_sharing": False, "entropy_coding": True}
         params: dict[str, object] = {}
         for name, choices in self.distributions().items():
             section, _, knob = name.rpartition(":")
@@ -97,6 +100,8 @@ class SearchSpace:
         layers = {}
         for a in self.assignments:
             values = {knob: pick(self._param(a, knob), self._choices(a, knob)) for knob in LAYER_KNOBS}
+            if values["weight_bits"] >= 32:
+                values["weight_sharing"] = values["entropy_coding"] = False
             lp = LayerPlan(**values)
             if not lp.is_identity:
                 layers[a.layer.name] = lp

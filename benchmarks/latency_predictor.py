@@ -1,7 +1,8 @@
 """How well the latency predictor predicts held-out compressed models, against a FLOPs-linear baseline.
 
-    .venv/bin/python benchmarks/latency_predictor.py [--profile PATH] [--models 250] [--runs 100] [--rounds 3]
-        [--noise-models 10] [--noise-repeats 5] [--families lenet5,mlp,resnet,mobilenet,transformer] [--seed 0]
+    .venv/bin/python benchmarks/latency_predictor.py [--backend onnxruntime|torch] [--profile PATH] [--models 250]
+        [--runs 100] [--rounds 3] [--passes 3] [--truth median|min] [--noise-models 10] [--noise-repeats 5]
+        [--families lenet5,mlp,resnet,mobilenet,transformer] [--seed 0]
 
 Profile: ``--profile`` or this machine's default one (``autocompress profile`` writes it). Held-out models: random
 plans (never used for fitting: the profile has its own micro-benchmarks and calibration architectures) over five
@@ -12,11 +13,14 @@ only the FFN hidden layer is channel-pruned (pruning Q/K/V or the residual width
 width stays 1.
 
 Each model is predicted (timed) and measured end to end exactly as the search measures (materialized, exported,
-int8 layers lowered with static QDQ, ``InferenceSession.run`` at 1 thread, batch 1): ``--rounds`` rounds of
-``--runs`` calls, the median of the round medians (the profile's own statistic), in ``--passes`` passes over all
-models (fresh export and session each time, a minute or more apart); the measurement is the lowest (a
-disturbance from other processes rarely hits every pass). Noise: how much the two passes differ, and
-``--noise-models`` models measured ``--noise-repeats`` more times each.
+int8 layers lowered with static QDQ, ``InferenceSession.run`` at 1 thread, batch 1; with ``--backend torch``:
+materialized and timed as eager PyTorch, ``torch.inference_mode``, 1 thread): ``--rounds`` rounds of ``--runs``
+calls, the median of the round medians (the statistic the profile's samples are measured with, and the median
+over runs that ``Candidate.latency`` reports), in ``--passes`` passes over all models (fresh export and session
+each time, minutes apart). The ground truth is the median of the passes (``--truth median``, default: the same
+statistic as one pass, robust to one disturbed pass; ``--truth min`` keeps the lowest pass, which is biased low
+against the profile's single-pass samples). Noise: how much the passes differ, and ``--noise-models`` models
+measured ``--noise-repeats`` more times each.
 
 Prints, for the predictor and the baselines: share within +-5 % and +-10 %, RMSPE, Kendall tau, per family; the
 predict time per model; how often the predicted kernel list matches ONNX Runtime's optimized graph op for op.
@@ -47,6 +51,7 @@ from autocompress.latency.analysis import AnalysisError
 from autocompress.latency.graph import optimized_graph
 from autocompress.latency.measure import export_plan, feed_for, time_onnx
 from autocompress.latency.predictor import LatencyPredictor, resolve_profile
+from autocompress.latency.torch_backend import measure_plan_torch
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
 from autocompress.tasks.models import LeNet5, SmallResNet, mlp
 
@@ -152,11 +157,18 @@ def _norm(op: str) -> str:
     return NORM.get(op, op)
 
 
+BACKEND = "onnxruntime"
+
+
 def measure(model: nn.Module, plan: CompressionPlan, x: torch.Tensor, calib, *, runs: int, rounds: int,
             with_ops: bool = False):
+    if BACKEND == "torch":
+        return measure_plan_torch(model, plan, x, calibration=calib, threads=1, warmup=20, runs=runs,
+                                  rounds=rounds), None
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        path, _ = export_plan(model, plan, x, Path(tmp), calibration=calib)
+        path, n_int8 = export_plan(model, plan, x, Path(tmp), calibration=calib)
         m = time_onnx(path, feed_for(x), threads=1, warmup=20, runs=runs, rounds=rounds)
+        m.int8_nodes = n_int8
         ops = None
         if with_ops:
             import onnx
@@ -192,19 +204,24 @@ def fmt(s: dict[str, float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--models", type=int, default=250)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--passes", type=int, default=2, help="measurement passes over all models (min is kept)")
+    ap.add_argument("--passes", type=int, default=3, help="measurement passes over all models")
+    ap.add_argument("--truth", choices=("median", "min"), default="median",
+                    help="ground truth from the passes: their median (default) or the lowest")
     ap.add_argument("--noise-models", type=int, default=10)
     ap.add_argument("--noise-repeats", type=int, default=5)
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="benchmarks/out/latency_predictor.json")
+    ap.add_argument("--out", default=None, help="details JSON (default: benchmarks/out/latency_predictor[_torch].json)")
     args = ap.parse_args(argv)
+    global BACKEND
+    BACKEND = args.backend
     torch.set_num_threads(1)
-    profile = resolve_profile(args.profile)
+    profile = resolve_profile(args.profile, backend=args.backend)
     print(f"profile: {profile.path} ({len(profile.samples)} samples, {len(profile.model.kinds)} kernel kinds, "
           f"made in {profile.info.get('seconds')} s)")
     families = args.families.split(",")
@@ -220,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(*shape)
         calib = [torch.randn(8, *shape[1:], generator=torch.Generator().manual_seed(1))]
         t0 = time.perf_counter()
-        predictor = LatencyPredictor(model, x, profile)
+        predictor = LatencyPredictor(model, x, profile, backend=args.backend)
         predictor.analysis.variant(1.0)
         predictor.analysis.variant(0.5)
         analysis_s = time.perf_counter() - t0
@@ -236,11 +253,12 @@ def main(argv: list[str] | None = None) -> int:
             predict_times.append(time.perf_counter() - t0)
             m, ops = measure(model, plan, x, calib, runs=args.runs, rounds=args.rounds, with_ops=True)
             from autocompress.latency.lowering import lower_ops
-            pred_ops = collections.Counter(_norm(op.op) for op in lower_ops(predictor.analysis.resolve(plan),
-                                                                            block=profile.nchwc_block))
+            pred_ops = None if args.backend == "torch" else collections.Counter(
+                _norm(op.op) for op in lower_ops(predictor.analysis.resolve(plan), block=profile.nchwc_block))
             rows.append({"family": family, "i": i, "predicted_ms": pred, "measured_ms": m.latency_ms,
                          "rounds_ms": m.rounds_ms, "flops": flops_of([(k.kind, k.features) for k in lowered.kernels]),
-                         "structure_match": ops == pred_ops, "plan": plan.to_dict()})
+                         "structure_match": ops == pred_ops, "int8_nodes_measured": m.int8_nodes,
+                         "int8_nodes_predicted": lowered.int8_nodes, "plan": plan.to_dict()})
     print(f"measured {len(rows)} models in {time.perf_counter() - t_start:.0f} s; second pass ...", flush=True)
     # more passes, minutes later, fresh export and session: a disturbance rarely hits all of them
     teachers: dict[str, tuple] = {}
@@ -259,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             r["passes_ms"].append(m2.latency_ms)
     for r in rows:
         r["pass1_ms"], r["pass2_ms"] = r["passes_ms"][0], r["passes_ms"][-1]
-        r["measured_ms"] = min(r["passes_ms"])
+        r["measured_ms"] = min(r["passes_ms"]) if args.truth == "min" else float(np.median(r["passes_ms"]))
     print(f"{args.passes} passes in {time.perf_counter() - t_start:.0f} s")
 
     # noise: the same model measured again from scratch
@@ -281,6 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     round_spread = np.array([(max(r["rounds_ms"]) - min(r["rounds_ms"])) / min(r["rounds_ms"]) for r in rows])
     pass_diff = np.array([(max(r["passes_ms"]) - min(r["passes_ms"])) / min(r["passes_ms"]) for r in rows])
     search_style = np.array([r["rounds_ms"][0] for r in rows])  # one round's median, as Candidate.latency
+    one_pass = np.array([r["passes_ms"][0] for r in rows])      # one pass (median of its rounds), as the profile
+    lowest = np.array([min(r["passes_ms"]) for r in rows])
 
     pred = np.array([r["predicted_ms"] for r in rows])
     meas = np.array([r["measured_ms"] for r in rows])
@@ -297,7 +317,12 @@ def main(argv: list[str] | None = None) -> int:
                                                  meas[[r["family"] == f for r in rows]]) for f in families},
                "predict_ms": {"mean": 1e3 * float(np.mean(predict_times)),
                               "p95": 1e3 * float(np.percentile(predict_times, 95))},
-               "structure_match": float(np.mean([r["structure_match"] for r in rows])),
+               "structure_match": (None if args.backend == "torch" else
+                                   float(np.mean([r["structure_match"] for r in rows]))),
+               "int8_nodes": {"measured": int(sum(r["int8_nodes_measured"] for r in rows)),
+                              "predicted": int(sum(r["int8_nodes_predicted"] for r in rows)),
+                              "models_matching": float(np.mean([r["int8_nodes_measured"] == r["int8_nodes_predicted"]
+                                                                for r in rows]))},
                "noise": {"models": len(noise_rows), "repeats": args.noise_repeats,
                          "rms_deviation_from_median": float(np.sqrt(np.mean(dev**2))) if len(dev) else None,
                          "within_5pct_of_median": float(np.mean(np.abs(dev) <= 0.05)) if len(dev) else None,
@@ -307,19 +332,30 @@ def main(argv: list[str] | None = None) -> int:
                          "pass_difference_within_5pct": float(np.mean(pass_diff <= 0.05)),
                          "pass_difference_max": float(np.max(pass_diff))},
                "predictor_vs_single_round": scores(pred, search_style),
+               "predictor_vs_first_pass": scores(pred, one_pass),
+               "predictor_vs_lowest_pass": scores(pred, lowest),
+               "truth": args.truth, "backend": args.backend,
                "measured_ms_range": [float(meas.min()), float(meas.max())],
                "machine": {"cpu": profile.fingerprint.get("cpu"), "cores": profile.fingerprint.get("cores"),
                            "python": platform.python_version(), "onnxruntime": profile.fingerprint.get("onnxruntime")}}
     print()
+    print(f"backend {args.backend}; ground truth: {args.truth} of {args.passes} passes")
     print(f"held-out models: {len(rows)} from {len(families)} families, measured {meas.min():.3f}-{meas.max():.3f} ms")
     print(f"predictor            {fmt(results['predictor'])}")
     print(f"  vs 1 round (search) {fmt(results['predictor_vs_single_round'])}")
+    print(f"  vs first pass       {fmt(results['predictor_vs_first_pass'])}")
+    print(f"  vs lowest pass      {fmt(results['predictor_vs_lowest_pass'])}")
     print(f"FLOPs (profile fit)  {fmt(results['flops_profile_fit'])}")
     print(f"FLOPs (in-sample)    {fmt(results['flops_in_sample_fit'])}")
     for f in families:
         print(f"  {f:12s}       {fmt(results['predictor_by_family'][f])}")
     print(f"predict time per model: mean {results['predict_ms']['mean']:.3f} ms, p95 {results['predict_ms']['p95']:.3f} ms")
-    print(f"predicted kernel list == runtime's optimized graph (op counts): {100 * results['structure_match']:.1f} %")
+    i8 = results["int8_nodes"]
+    print(f"int8 kernels: {i8['measured']} measured, {i8['predicted']} predicted; same count in "
+          f"{100 * i8['models_matching']:.1f} % of the models")
+    if results["structure_match"] is not None:
+        print(f"predicted kernel list == runtime's optimized graph (op counts): "
+              f"{100 * results['structure_match']:.1f} %")
     nz = results["noise"]
     if nz["rms_deviation_from_median"] is not None:
         print(f"noise: {nz['models']} models x {nz['repeats']} fresh measurements: RMS deviation from their median "
@@ -329,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"noise: the {args.passes} passes over every held-out model differ (max - min) by "
               f"{100 * nz['pass_difference_rms']:.1f} % RMS "
               f"(max {100 * nz['pass_difference_max']:.1f} %, within 5 % for {100 * nz['pass_difference_within_5pct']:.0f} %)")
-    out = Path(args.out)
+    out = Path(args.out or f"benchmarks/out/latency_predictor{'_torch' if args.backend == 'torch' else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "rows": rows, "noise_rows": noise_rows,
                                "args": vars(args)}, indent=1))

@@ -8,7 +8,7 @@ Strategies (same task, same search space, same fine-tuning, same hypervolume ref
 - default:      the config as it is (NSGA-II, warm start, fidelity ladder with successive halving)
 - random:       random sampling, no warm start
 - uniform grid: one sparsity and one bit-width for every layer (every combination the space allows, up to the
-                budget); the grid is deterministic, so it runs once
+                budget), each scored at the proxy level (no successive halving); deterministic, so it runs once
 - sparsity-only / bits-only: the default search restricted to one axis (other knobs fixed at the teacher's)
 
 Each strategy and seed runs one study of the largest budget; the hypervolume at a smaller budget b is that of
@@ -155,7 +155,9 @@ def main() -> None:
     strategies = {
         "default": (dict(base), None),
         "random": ({**base, "sampler": "random", "warm_start": False}, None),
-        "uniform-grid": ({**base, "sampler": "random", "warm_start": False}, grid),
+        # every grid plan is scored (no successive halving): the grid is the expert's full sweep, not a sample
+        "uniform-grid": ({**base, "sampler": "random", "warm_start": False,
+                          "fidelity": {**base["fidelity"], "promotion": False}}, grid),
         "sparsity-only": ({**base, "search_space": _restrict(space, "sparsity")}, None),
         "bits-only": ({**base, "search_space": _restrict(space, "weight_bits")}, None),
     }

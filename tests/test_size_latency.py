@@ -76,3 +76,40 @@ def test_int8_layers_really_lowered(tmp_path):
     assert ops.count("DequantizeLinear") >= 4  # weights and activations of both layers
     export_onnx(m, calib[0][:1], tmp_path / "f.onnx")
     assert len(int8_node_names(tmp_path / "f.onnx", {"classifier.5.weight"})) == 1
+
+
+def test_int8_found_by_scope_for_batchnorm_folded_and_matmul_layers(tmp_path):
+    """The exporter renames the weight of a Conv with a folded BatchNorm and of a Linear exported as MatMul: such
+    layers planned int8 must still run int8 kernels (QLinearConv / QLinearMatMul), not float."""
+    import onnx
+
+    from autocompress.evaluate.latency import module_node_names
+    from autocompress.latency.graph import optimized_graph
+
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                      nn.Flatten(), nn.Linear(8 * 8 * 8, 16, bias=False), nn.ReLU(), nn.Linear(16, 4)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    export_onnx(m, x, tmp_path / "f.onnx")
+    weights = {"0.weight", "3.weight", "7.weight", "9.weight"}
+    assert len(int8_node_names(tmp_path / "f.onnx", weights)) == 1  # by weight name: only the Gemm (the old bug)
+    nodes = module_node_names(tmp_path / "f.onnx", m, ["0", "3", "7", "9"])
+    assert set(nodes) == {"0", "3", "7", "9"}
+    calib = [torch.randn(8, 1, 8, 8)]
+    q = measure_latency(m, x, int8_modules=["0", "3", "7", "9"], calibration=calib, warmup=1, repeats=3,
+                        keep_dir=tmp_path)
+    assert q.int8_nodes == 4
+    ops = [n.op for n in optimized_graph(onnx.load(str(tmp_path / "model.int8.onnx")), "all").nodes]
+    assert ops.count("QLinearConv") == 2 and ops.count("QLinearMatMul") == 1 and ops.count("QGemm") == 1
+    assert "Conv" not in ops and "FusedConv" not in ops
+
+
+def test_torch_backend_measurement():
+    torch.manual_seed(0)
+    m = LeNet5().eval()
+    x = torch.randn(1, 1, 28, 28)
+    r = measure_latency(m, x, backend="torch", warmup=2, repeats=5)
+    assert r.backend == "torch" and r.latency_ms > 0 and r.int8_nodes == 0 and r.runs == 5
+    with pytest.raises(ValueError, match="unknown latency backend"):
+        measure_latency(m, x, backend="tvm")

@@ -6,6 +6,7 @@ Order (each step sees the result of the previous one):
 2. channels        student width x per-layer keep ratio, physically  (``structured.py``, Torch-Pruning)
 3. low rank        truncated SVD into two thinner layers             (``lowrank.py``)
 4. sparsity/bits   magnitude mask + per-channel fake quantization    (``quantize.py``, parametrizations)
+                   or k-means weight sharing (``weight_sharing``)
 5. activations     calibrated input fake quantization                (``quantize.py``, pre-hooks)
 
 Fine-tuning with distillation (``distill.py``) then trains the compressed model; :func:`bake` writes the
@@ -27,7 +28,7 @@ from ..plan import CompressionPlan
 from .depth import drop_blocks
 from .layers import LayerInfo, discover_layers, get_module, set_module
 from .lowrank import factor_rank, factorize, pays
-from .quantize import CompressedWeight, InputQuantizer, magnitude_mask
+from .quantize import CompressedWeight, InputQuantizer, SharedWeight, magnitude_mask
 from .structured import prune_channels
 
 
@@ -39,6 +40,8 @@ class CompressedModel:
     weight_bits: module name -> weight bits (32 = float)
     sparsity:    module name -> target share of zero weights
     act_bits:    teacher layer name -> input activation bits
+    weight_sharing: module name -> whether its weight is k-means shared (a codebook, not a uniform grid)
+    entropy_coding: module name -> whether its stored weight may be Huffman-coded
     skipped:     teacher layer or block -> why (part of) the plan was not applied to it
     """
 
@@ -49,6 +52,8 @@ class CompressedModel:
     weight_bits: dict[str, int] = field(default_factory=dict)
     sparsity: dict[str, float] = field(default_factory=dict)
     act_bits: dict[str, int] = field(default_factory=dict)
+    weight_sharing: dict[str, bool] = field(default_factory=dict)
+    entropy_coding: dict[str, bool] = field(default_factory=dict)
     input_quantizers: dict[str, InputQuantizer] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
     baked: bool = False
@@ -120,11 +125,17 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
         for name in cm.modules[info.name]:
             cm.weight_bits[name] = lp.weight_bits
             cm.sparsity[name] = lp.sparsity
+            cm.weight_sharing[name] = lp.weight_sharing
+            cm.entropy_coding[name] = lp.entropy_coding
             if lp.sparsity == 0 and lp.weight_bits >= 32:
                 continue
             mod = get_module(model, name)
             mask = magnitude_mask(mod.weight, lp.sparsity) if lp.sparsity > 0 else None
-            parametrize.register_parametrization(mod, "weight", CompressedWeight(mask, lp.weight_bits))
+            if lp.weight_sharing:
+                param: nn.Module = SharedWeight(mod.weight, mask, lp.weight_bits)
+            else:
+                param = CompressedWeight(mask, lp.weight_bits)
+            parametrize.register_parametrization(mod, "weight", param)
 
     # 5. activation bits (quantize the layer's input)
     for info in present:

@@ -4,6 +4,10 @@ loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
      + (1 - alpha) * cross_entropy(student, labels)
      + feature_mse * mean MSE over layers whose output has the same shape in teacher and student
      + l1 * mean |w| over the compressed layers' weights (sparsity regularisation)
+
+k-means weight-shared layers (``LayerPlan.weight_sharing``) are fine-tuned in Han et al.'s order within each
+call: for the first ``1 - CENTROID_SHARE`` of the steps their pruned float weights retrain, then they are
+clustered again (k-means, linear initialisation) and only their centroids train for the remaining steps.
 """
 
 from __future__ import annotations
@@ -14,6 +18,18 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import CompressedModel
+from .quantize import SharedWeight
+
+CENTROID_SHARE = 0.3  # share of a fine-tuning call's steps that trains the centroids of shared layers
+
+
+def _shared(cm: CompressedModel) -> list[tuple[nn.Module, SharedWeight]]:
+    out = []
+    for _, mod in cm.compressed_modules():
+        pz = getattr(mod, "parametrizations", None)
+        if pz is not None and "weight" in pz:
+            out += [(mod, p) for p in pz.weight if isinstance(p, SharedWeight)]
+    return out
 
 
 def _feature_pairs(cm: CompressedModel, teacher: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
@@ -50,12 +66,23 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
         for _, mod in cm.compressed_modules():
             pz = getattr(mod, "parametrizations", None)
             l1_params.append(pz.weight.original if pz is not None and "weight" in pz else mod.weight)
+    shared = _shared(cm)
+    share_at = steps - round(steps * CENTROID_SHARE)
+    for _, p in shared:
+        p.release()  # retrain the pruned float weights first
+
+    def cluster() -> None:
+        for mod, p in shared:
+            p.cluster(mod.parametrizations.weight.original)
+
     model.train()
     loss = torch.tensor(float("nan"))
     step = 0
     try:
         while step < steps:
             for x, y in loader:
+                if shared and step == share_at:
+                    cluster()
                 feats_t.clear()
                 feats_s.clear()
                 with torch.no_grad():
@@ -78,6 +105,8 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
                 if step >= steps:
                     break
     finally:
+        if shared and not all(bool(p.clustered) for _, p in shared):
+            cluster()  # every call ends with shared weights
         for h in hooks:
             h.remove()
         model.eval()

@@ -5,6 +5,13 @@ channel has at most 2^b - 1 distinct values), applied on top of a fixed magnitud
 ``torch.nn.utils.parametrize`` parametrization, so fine-tuning sees the compressed weight and ``bake`` writes it
 into the plain parameter.
 
+k-means weight sharing (Han et al., ICLR 2016): the layer's non-zero weights are clustered into 2^b centroids
+(linear initialisation over [min, max], then Lloyd's algorithm), each weight is tied to its centroid
+(assignments fixed from then on) and the weight becomes ``centroids[assignment] * mask``; fine-tuning first
+retrains the pruned float weights, then re-clusters them and trains the centroids, each receiving the sum of its
+weights' gradients (see :class:`SharedWeight`). Centroids and assignments are module state
+(``state_dict``), so a candidate replayed from its plan and loaded with the trained state is the same model.
+
 Activations: the layer's input is fake-quantized (8 bits asymmetric, as ONNX Runtime's uint8 activations; 16
 bits symmetric) with a range calibrated on training batches, then frozen.
 """
@@ -54,6 +61,86 @@ class CompressedWeight(nn.Module):
         if self.mask.numel():
             w = w * self.mask
         return quantize_weight(w, self.bits)
+
+
+@torch.no_grad()
+def kmeans_1d(values: torch.Tensor, k: int, iters: int = 50) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(centroids (k,), assignment of every value)``: Lloyd's algorithm in one dimension, linear init.
+
+    Hand-written rather than scikit-learn's KMeans: Han et al. initialise the centroids linearly over
+    [min, max], which in one dimension makes Lloyd's algorithm a sort-free loop of ``bucketize`` on the
+    centroids' midpoints (exact nearest-centroid assignment) and ``index_add`` (means): O(n log k) per step,
+    deterministic, and no OpenMP thread pool started per candidate.
+
+    Empty clusters are relocated to the values farthest from their centroids (as scikit-learn's KMeans does):
+    pruning leaves a gap around zero, and linearly spaced centroids falling in it would otherwise stay unused.
+    """
+    x = values.detach().reshape(-1).to(torch.float64)
+    if x.numel() == 0:
+        return torch.zeros(k), torch.zeros(0, dtype=torch.long)
+    c = torch.linspace(float(x.min()), float(x.max()), k, dtype=torch.float64)
+
+    def assign(c: torch.Tensor) -> torch.Tensor:
+        return torch.bucketize(x, (c[1:] + c[:-1]) / 2)
+
+    for _ in range(iters):
+        a = assign(c)
+        sums = torch.zeros(k, dtype=torch.float64).index_add_(0, a, x)
+        counts = torch.bincount(a, minlength=k)
+        new = torch.where(counts > 0, sums / counts.clamp_min(1), c)
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel():
+            far = torch.topk((x - new[a]).abs(), min(empty.numel(), x.numel())).indices
+            new[empty[: far.numel()]] = x[far]
+        new = new.sort().values
+        if torch.equal(new, c):
+            break
+        c = new
+    return c.to(torch.float32), assign(c)
+
+
+class SharedWeight(nn.Module):
+    """Parametrization ``w -> centroids[assign] * mask``: k-means weight sharing with ``2**bits`` centroids.
+
+    Clustered at apply time from the layer's (teacher) weight. Fine-tuning follows Han et al.'s order (see
+    :func:`autocompress.compress.distill.finetune`): :meth:`release` lets the pruned float weights (``original *
+    mask``) retrain, :meth:`cluster` then re-runs k-means on them, after which only ``centroids`` train
+    (assignments fixed). Every fine-tuning call ends clustered. ``centroids``, ``assign`` and ``clustered`` are
+    module state (``state_dict``), so a replayed plan loaded with the trained state is the same model.
+    """
+
+    def __init__(self, w: torch.Tensor, mask: torch.Tensor | None, bits: int) -> None:
+        super().__init__()
+        if not 1 <= bits <= 8:
+            raise ValueError(f"k-means weight sharing needs 1..8 bits, but got {bits}")
+        self.bits = bits
+        self.centroids = nn.Parameter(torch.zeros(2**bits, dtype=w.dtype))
+        self.register_buffer("assign", torch.zeros(w.shape, dtype=torch.long))
+        self.register_buffer("clustered", torch.ones((), dtype=torch.bool))
+        self.register_buffer("mask", mask if mask is not None else torch.empty(0), persistent=False)
+        self.cluster(w)
+
+    @torch.no_grad()
+    def cluster(self, w: torch.Tensor) -> None:
+        """k-means (linear init) on the non-zero (unmasked) entries of ``w``; fixes the assignments."""
+        w = w.detach()
+        keep = self.mask.reshape(-1).bool() if self.mask.numel() else torch.ones(w.numel(), dtype=torch.bool)
+        centroids, idx = kmeans_1d(w.reshape(-1)[keep], 2**self.bits)
+        assign = torch.zeros(w.numel(), dtype=torch.long)
+        assign[keep] = idx
+        self.centroids.copy_(centroids.to(self.centroids.dtype))
+        self.assign.copy_(assign.reshape(w.shape))
+        self.clustered.fill_(True)
+
+    def release(self) -> None:
+        """Back to the pruned float weight (``original * mask``) until the next :meth:`cluster`."""
+        self.clustered.fill_(False)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        out = self.centroids[self.assign] if bool(self.clustered) else w
+        if self.mask.numel():
+            out = out * self.mask
+        return out
 
 
 class InputQuantizer:

@@ -11,6 +11,7 @@ the number is the median of timed ``InferenceSession.run`` calls at a fixed thre
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import statistics
@@ -62,7 +63,11 @@ def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> No
 
 
 def int8_node_names(onnx_path: Path, weight_names: set[str]) -> list[str]:
-    """Names of the Conv/Gemm/MatMul nodes whose weight initializer is one of ``weight_names``."""
+    """Names of the Conv/Gemm/MatMul nodes whose weight initializer is one of ``weight_names``.
+
+    Only finds layers whose weight keeps its parameter name in the exported graph; the exporter renames the weight
+    of a convolution with a folded BatchNorm and of a Linear exported as MatMul. Use :func:`module_node_names`.
+    """
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
     inits = {i.name for i in graph.initializer}
     out = []
@@ -70,6 +75,28 @@ def int8_node_names(onnx_path: Path, weight_names: set[str]) -> list[str]:
         if node.op_type in INT8_OPS and any(i in weight_names and i in inits for i in node.input):
             out.append(node.name)
     return out
+
+
+def module_node_names(onnx_path: Path, model: nn.Module, modules: Iterable[str]) -> dict[str, str]:
+    """``{module: its Conv/Gemm/MatMul node}`` in the exported graph of ``model``, for each of ``modules`` found.
+
+    Found by the exporter's scope names (``/layer1/layer1.0/conv1/Conv`` is module ``layer1.0.conv1``) and checked by
+    the weight's shape (transposed for MatMul), so a convolution whose weight the exporter fused with a following
+    BatchNorm (renamed ``onnx::Conv_12``) and a bias-free Linear or a Linear on 3-D input (exported as MatMul with
+    a transposed, renamed weight) are found too. The same matching as the export's lowering
+    (:func:`autocompress.export.lower.module_nodes`). A module not found is left out (it then runs float).
+    """
+    from ..export.lower import module_nodes
+
+    wanted = {m: model.get_submodule(m) for m in modules}
+    if not wanted:
+        return {}
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    found = module_nodes(graph, wanted)
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        log.info("int8 planned but no unique Conv/Gemm/MatMul node found for %s: they run float", missing)
+    return {m: found[m].name for m in wanted if m in found}
 
 
 class _Reader:
@@ -82,6 +109,28 @@ class _Reader:
         return next(self._it, None)
 
 
+def inline_constant_identities(model: onnx.ModelProto) -> int:
+    """Replace ``Identity`` nodes of an initializer by a copy of it; returns how many.
+
+    The TorchScript exporter de-duplicates equal initializers through ``Identity`` nodes (e.g. the all-zero biases
+    of convolutions with folded, freshly initialized BatchNorms). The quantizer cannot quantize a bias that is not
+    an initializer, and ONNX Runtime then keeps such a convolution float. ONNX Runtime folds these nodes anyway.
+    """
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    outputs = {o.name for o in graph.output}
+    done = 0
+    for node in list(graph.node):
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            graph.initializer.append(copy)
+            graph.node.remove(node)
+            done += 1
+    return done
+
+
 def quantize_int8(float_path: Path, out_path: Path, calib: Sequence[np.ndarray], nodes: list[str]) -> None:
     """Static QDQ int8 (per-channel symmetric weights, uint8 activations) of ``nodes`` only."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -90,9 +139,14 @@ def quantize_int8(float_path: Path, out_path: Path, calib: Sequence[np.ndarray],
     level = root.level
     root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger every call
     try:
-        quantize_static(str(float_path), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
-                        nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+        with tempfile.TemporaryDirectory(prefix="autocompress-q-") as tmp:
+            model = onnx.load(str(float_path))
+            if inline_constant_identities(model):
+                float_path = Path(tmp) / "float.onnx"
+                onnx.save(model, str(float_path))
+            quantize_static(str(float_path), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
+                            nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     finally:
         root.setLevel(level)
 
@@ -122,23 +176,33 @@ def time_session(onnx_path: Path, example_input: torch.Tensor, *, threads: int =
     return statistics.median(times), q[0], q[-1], len(times)
 
 
-def measure_latency(model: nn.Module, example_input: torch.Tensor, *, int8_weights: Iterable[str] = (),
-                    calibration: Sequence[torch.Tensor] = (), threads: int = 1, batch_size: int = 1,
-                    warmup: int = 20, repeats: int = 100, keep_dir: Path | None = None) -> LatencyResult:
-    """Export ``model`` (float, baked), lower the layers owning ``int8_weights`` to int8, time it in ONNX Runtime.
+def measure_latency(model: nn.Module, example_input: torch.Tensor, *, int8_modules: Iterable[str] = (),
+                    int8_weights: Iterable[str] = (), calibration: Sequence[torch.Tensor] = (), threads: int = 1,
+                    batch_size: int = 1, warmup: int = 20, repeats: int = 100, keep_dir: Path | None = None,
+                    backend: str = "onnxruntime") -> LatencyResult:
+    """Export ``model`` (float, baked), lower ``int8_modules`` to int8, time it in ONNX Runtime.
 
-    int8_weights: parameter names (``features.0.weight``) whose layers run as int8 kernels
-    calibration:  input batches for the int8 activation ranges (needed when ``int8_weights`` is not empty)
+    int8_modules: module names (``features.0``) whose Conv/Linear runs as an int8 kernel (found in the graph by
+                  :func:`module_node_names`, BatchNorm-folded and MatMul layers included)
+    int8_weights: the same given as parameter names (``features.0.weight``); kept for older callers
+    calibration:  input batches for the int8 activation ranges (needed when int8 layers are given)
+    backend:      ``onnxruntime`` (default) or ``torch`` (PyTorch eager, :func:`measure_latency_torch`; int8 layers
+                  then run as float: eager PyTorch has no int8 kernel for them here)
     """
-    weights = set(int8_weights)
+    if backend == "torch":
+        return measure_latency_torch(model, example_input, threads=threads, batch_size=batch_size, warmup=warmup,
+                                     repeats=repeats)
+    if backend != "onnxruntime":
+        raise ValueError(f"unknown latency backend {backend!r}; choose onnxruntime or torch")
+    wanted = list(dict.fromkeys([*int8_modules, *(w.removesuffix(".weight") for w in int8_weights)]))
     with tempfile.TemporaryDirectory(prefix="autocompress-onnx-") as tmp:
         folder = Path(keep_dir) if keep_dir else Path(tmp)
         float_path = folder / "model.onnx"
         export_onnx(model, example_input, float_path)
         path = float_path
         nodes: list[str] = []
-        if weights:
-            nodes = int8_node_names(float_path, weights)
+        if wanted:
+            nodes = list(module_node_names(float_path, model, wanted).values())
             if nodes:
                 if not calibration:
                     raise ValueError("int8 layers need calibration batches")
@@ -148,3 +212,58 @@ def measure_latency(model: nn.Module, example_input: torch.Tensor, *, int8_weigh
                                               warmup=warmup, repeats=repeats)
     return LatencyResult(latency_ms=median, p10_ms=p10, p90_ms=p90, runs=runs, threads=threads,
                          batch_size=batch_size, int8_nodes=len(nodes))
+
+
+def torch_batch(example_input: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+    x = example_input[:1]
+    return x.repeat(batch_size, *([1] * (x.dim() - 1))).contiguous()
+
+
+def time_torch(model: nn.Module, x: torch.Tensor, *, threads: int = 1, warmup: int = 20,
+               repeats: int = 100) -> list[float]:
+    """ms of each of ``repeats`` timed eager ``model(x)`` calls (``torch.inference_mode``, ``threads`` intra-op
+    threads; the previous thread count is restored)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        with torch.inference_mode():
+            for _ in range(warmup):
+                model(x)
+            times = []
+            for _ in range(repeats):
+                t0 = time.perf_counter_ns()
+                model(x)
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+    finally:
+        torch.set_num_threads(before)
+    return times
+
+
+def strip_input_quantizers(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` without a candidate's activation-quantizer hooks (what a deployed eager model runs)."""
+    from ..compress.quantize import InputQuantizer
+
+    try:
+        model = copy.deepcopy(model)
+    except Exception:  # pragma: no cover - a module that cannot be copied is timed as it is
+        return model
+    for m in model.modules():
+        for key in [k for k, h in m._forward_pre_hooks.items() if isinstance(h, InputQuantizer)]:
+            del m._forward_pre_hooks[key]
+    return model
+
+
+def measure_latency_torch(model: nn.Module, example_input: torch.Tensor, *, threads: int = 1, batch_size: int = 1,
+                          warmup: int = 20, repeats: int = 100) -> LatencyResult:
+    """Median of timed eager PyTorch forward passes on CPU (batch ``batch_size``, ``threads`` threads).
+
+    The model runs as it is: a baked candidate's weights are float tensors on the plan's grid, so quantized and
+    sparse layers run the float kernels (eager PyTorch has no int8 kernels for them here); BatchNorm is not folded.
+    A candidate's activation-quantizer hooks are removed (on a copy) first, as a deployed model would not call them.
+    """
+    model = strip_input_quantizers(model).eval()
+    times = time_torch(model, torch_batch(example_input, batch_size), threads=threads, warmup=warmup,
+                       repeats=repeats)
+    q = statistics.quantiles(times, n=10)
+    return LatencyResult(latency_ms=statistics.median(times), p10_ms=q[0], p90_ms=q[-1], runs=len(times),
+                         threads=threads, batch_size=batch_size, int8_nodes=0, backend="torch")

@@ -185,7 +185,8 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
         with tempfile.TemporaryDirectory(prefix="autocompress-export-") as scratch_dir:
             scratch = Path(scratch_dir)
             # --- PyTorch artifact: plan + packed weights ---------------------------------------------------
-            data, index = pack_state(cm.model, {n: b for n, b in cm.weight_bits.items()}, mat.scales)
+            data, index = pack_state(cm.model, {n: b for n, b in cm.weight_bits.items()}, mat.scales,
+                                     shared=cm.weight_sharing, entropy=cm.entropy_coding)
             arch = architecture_ref(task.model, spec, task_options)
             quantizers = [{"layer": layer, "module": cm.modules[layer][0], "bits": q.bits, "lo": q.lo, "hi": q.hi}
                           for layer, q in cm.input_quantizers.items()]
@@ -199,7 +200,7 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
             safe_path(torch_dir, PLAN_FILE).write_text(plan.to_json(indent=2))
             # --- ONNX artifact: lowered to the runtime's kernels -------------------------------------------
             codes = {n: weight_codes(cm.model.get_submodule(n).weight, b, mat.scales.get(n))[0]
-                     for n, b in cm.weight_bits.items() if b < 32}
+                     for n, b in cm.weight_bits.items() if b < 32 and not cm.weight_sharing.get(n, False)}
             onnx_path = safe_path(tmp if "onnx" in fmts else scratch, ONNX_FILE)
             lowering = lower(cm, task.example_input, mat.calibration, onnx_path, codes=codes, int4=bool(int4),
                              int8=bool(int8))
@@ -214,7 +215,8 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
                 metrics = _measure(task, cm, torch_dir, onnx_path, scratch, lat_cfg, rounds, source,
                                    size_objective, len(data))
         layers = {name: {"bits": cm.weight_bits.get(name), "sparsity": cm.sparsity.get(name),
-                         "storage": s.storage, "numel": s.numel, "nnz": s.nnz, "objective_bits": s.size_bits}
+                         "storage": s.storage, "numel": s.numel, "nnz": s.nnz, "objective_bits": s.size_bits,
+                         "weight_sharing": s.shared, "entropy_coding": cm.entropy_coding.get(name, False)}
                   for name, s in per_layer.items()}
         for layer, mods in cm.modules.items():
             for m in mods:

@@ -175,7 +175,11 @@ def lower(cm: CompressedModel, example_input: torch.Tensor, calibration: list[to
         for name, mod in modules.items():
             bits, act = cm.weight_bits.get(name, 32), cm.act_bits.get(layer_of[name], 32)
             node = nodes.get(name)
-            if bits <= 8 and act == 8 and not int8:
+            if cm.weight_sharing.get(name, False):
+                report.float.append(name)
+                report.notes[name] = (f"k-means shared {bits}-bit weights run as float32 (a codebook, not a uniform "
+                                      "grid: smaller on disk only)")
+            elif bits <= 8 and act == 8 and not int8:
                 report.float.append(name)
                 report.notes[name] = "int8 planned, run as float32 (int8 lowering off)"
             elif bits <= 8 and act == 8:

@@ -58,8 +58,8 @@ def capture_scales(cm: CompressedModel) -> dict[str, torch.Tensor]:
     out = {}
     for name, mod in cm.compressed_modules():
         bits = cm.weight_bits.get(name, 32)
-        if bits >= 32 or not parametrize.is_parametrized(mod, "weight"):
-            continue
+        if bits >= 32 or not parametrize.is_parametrized(mod, "weight") or cm.weight_sharing.get(name, False):
+            continue  # float, or k-means shared (a codebook, no scales)
         w = mod.parametrizations.weight.original
         mask = getattr(mod.parametrizations.weight[0], "mask", None)
         if mask is not None and mask.numel():

@@ -4,6 +4,8 @@
   (machine fingerprint, raw samples, fitted per-kernel regressions);
 - :class:`LatencyPredictor` / :func:`predict`: ``plan -> latency_ms`` for a teacher, without materializing the
   candidate (graph analysis + ONNX Runtime lowering rules + fitted kernel costs);
+- ``--backend torch`` (:mod:`autocompress.latency.torch_backend`): the same for eager PyTorch on CPU (float
+  kernels only: eager PyTorch has no int8 or sparse kernels for these layers);
 - :mod:`autocompress.latency.study`: how studies use it (``latency: {predictor: PATH}``, the default profile of
   this machine, or ``{measure: true}``) and the end-of-study check of the front.
 

@@ -5,7 +5,8 @@ Per student depth (the set of removed blocks) a :class:`Variant` holds:
 - the float graph as exported (same exporter as the measured path), its tensor shapes at the measured batch size,
   and ONNX Runtime's own fusions of it (:func:`autocompress.latency.graph.runtime_fusions`);
 - which graph node holds each compressible layer, and whether the measured path would lower it to int8 (it
-  selects nodes whose weight initializer is named ``<layer>.weight``);
+  finds a layer's node by the exporter's scope name and weight shape, :func:`autocompress.export.lower.module_nodes`,
+  so BatchNorm-folded convolutions and Linears exported as MatMul are found too);
 - for every layer, the dependency group Torch-Pruning prunes with it: how one pruned channel changes every
   parameter (found by pruning one channel through the same calls ``compress.structured.prune_channels`` makes) and
   every tensor of the graph (found by one shape-only run of the graph with resized weights). Shapes are linear in
@@ -56,7 +57,8 @@ class LayerNode:
     weight:   that node's weight initializer (``<layer>.weight`` unless the exporter folded a BatchNorm into it or
               transposed it for MatMul)
     bias_add: for a Linear exported as MatMul + Add, the Add node adding its bias
-    int8_ok:  the measured path lowers it to int8 when the plan allows (its weight keeps the module's name)
+    int8_ok:  the measured path lowers it to int8 when the plan allows (its node is the only Conv/Gemm/MatMul of the
+              layer's scope, so ``module_nodes`` finds it)
     """
 
     layer: str
@@ -193,8 +195,16 @@ def _batch(example_input: torch.Tensor, batch_size: int) -> np.ndarray:
 
 def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) -> dict[str, LayerNode]:
     """Compute nodes with a weight initializer, in graph order, matched to the layers in execution order."""
+    from ..export.lower import onnx_module_name
+
     inits = graph.initializers
     compute = [n for n in graph.nodes if n.op in COMPUTE_OPS and len(n.inputs) > 1 and n.inputs[1] in inits]
+    # what the measured path's module_nodes finds: the one Conv/Gemm/MatMul node of a module's scope
+    scopes: dict[str | None, int] = {}
+    for n in graph.nodes:
+        if n.op in COMPUTE_OPS:
+            scope = onnx_module_name(n.name)
+            scopes[scope] = scopes.get(scope, 0) + 1
     consumers = graph.consumers()
     if len(compute) != len(present):
         raise AnalysisError(f"the exported graph has {len(compute)} Conv/Gemm/MatMul nodes with weights but the "
@@ -224,7 +234,7 @@ def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) ->
         out[info.name] = LayerNode(
             layer=info.name, node=node.name, op=node.op, weight=node.inputs[1],
             bias=node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None, bias_add=bias_add,
-            int8_ok=node.inputs[1] == f"{info.name}.weight" and node.op in ("Conv", "Gemm"),
+            int8_ok=onnx_module_name(node.name) == info.name and scopes.get(info.name) == 1,
             is_conv=node.op == "Conv", groups=int(node.attrs.get("group", 1)),
             has_bias=has_bias, depthwise=node.op == "Conv" and 1 < int(node.attrs.get("group", 1)) == w[0]
             and w[1] == 1)
@@ -443,11 +453,8 @@ class TeacherAnalysis:
                     rank[layer] = r
             quant = lp.int8_kernel
             if layer in rank:
-                # factors: <layer>.0 keeps its name unless it is a bias-free Linear (exported as MatMul);
-                # <layer>.1 keeps it unless a BatchNorm was folded into it (then the original was renamed too)
-                first = quant and ln.is_conv
-                second = quant and ln.int8_ok
-                int8[layer] = (first, second)
+                # factors <layer>.0 and <layer>.1 are found by their scopes, like the layer itself
+                int8[layer] = (quant and ln.int8_ok, quant and ln.int8_ok)
             else:
                 int8[layer] = (quant and ln.int8_ok, False)
             sparsity[layer] = lp.sparsity

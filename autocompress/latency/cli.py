@@ -10,6 +10,7 @@ examples:
   autocompress profile                         # this machine, ONNX Runtime, 1 thread, default location
   autocompress profile --threads 2 -o profiles/epyc-2t.json
   autocompress profile --quick -o /tmp/p.json  # a few seconds; for tests, not for studies
+  autocompress profile --backend torch         # eager PyTorch on CPU (float kernels only)
   autocompress profile --show profiles/epyc-2t.json
 
 What it measures (each through the same export and ONNX Runtime lowering as the search): convolutions (kernel
@@ -20,7 +21,10 @@ term. The file holds this machine's fingerprint, every raw sample and the fitted
 
 Studies use the profile by default when its fingerprint matches this machine (written to
 $AUTOCOMPRESS_CACHE/profiles/<fingerprint>.json when -o is not given), or with `latency: {predictor: PATH}`.
-`--backend torch` is not supported yet (the search lowers candidates for ONNX Runtime).
+`--backend torch` profiles eager PyTorch instead (torch.inference_mode, batch 1, torch.set_num_threads): the same
+micro-benchmarks and calibration models, materialized and timed module by module. Eager PyTorch has no int8 or
+sparse kernels for these layers, so quantized and sparse layers run (and are predicted) as float; BatchNorm is not
+folded. Studies use it with `latency: {backend: torch}`; a profile of one backend is refused for the other.
 """
 
 
@@ -52,9 +56,10 @@ def _print_summary(profile) -> None:
     fit = profile.info.get("fit", {})
     micro, calib = fit.get("micro") or {}, fit.get("calibration") or {}
     n_micro = sum(s.group != "calibration" for s in profile.samples)
+    runtime = (f"torch {profile.fingerprint.get('torch')} (eager, float kernels)" if profile.backend == "torch" else
+               f"onnxruntime {profile.fingerprint.get('onnxruntime')}, NCHWc block {profile.nchwc_block}")
     print(f"profile {profile.fingerprint_id}: {profile.backend}, {profile.threads} thread(s), CPU "
-          f"{profile.fingerprint.get('cpu')!r} x{profile.fingerprint.get('cores')}, onnxruntime "
-          f"{profile.fingerprint.get('onnxruntime')}, NCHWc block {profile.nchwc_block}")
+          f"{profile.fingerprint.get('cpu')!r} x{profile.fingerprint.get('cores')}, {runtime}")
     print(f"  {n_micro} micro-benchmark samples, {len(profile.samples) - n_micro} whole-model calibration "
           f"samples, {len(profile.model.kinds)} kernel kinds, made in {profile.info.get('seconds')} s")
     if micro:
@@ -76,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "model) atomically. A full profile takes a few minutes on 2 cores (at most 10).",
         epilog=PROFILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
-                   help="runtime to profile (default: onnxruntime; torch: not supported yet)")
+                   help="runtime to profile (default: onnxruntime; torch: eager PyTorch, float kernels)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="intra-op threads to time with; must match the study's latency.threads (default: 1)")
     p.add_argument("-o", "--output", default=None, metavar="PROFILE.json",

@@ -10,7 +10,7 @@ here, in the runtime's order, on plain records (each rule was checked against th
    consumer; Q pushed back (and DQ forward) through MaxPool/Reshape/Transpose/Squeeze/Unsqueeze/Slice; a Relu/Clip
    feeding only a Q is dropped; a float Conv/Gemm between a DQ and a Q gets its weights quantized by the runtime
    (WeightBiasQuantization); DQ -> Conv -> Q becomes QLinearConv, DQ -> Gemm -> Q QGemm, DQ -> MaxPool -> Q a
-   uint8 MaxPool, DQ -> Sigmoid/Softmax/Add/... -> Q the QLinear op; DQ -> Q with the same scale cancels.
+   uint8 MaxPool, DQ -> MatMul -> Q (a Linear exported as MatMul) QLinearMatMul, DQ -> Sigmoid/Softmax/Add/... -> Q the QLinear op; DQ -> Q with the same scale cancels.
 2. **NCHWc** (level 3, float convolutions): the runtime's block-layout rules (block size and input-channel
    alignment measured by the profile): which convolutions and pools switch layout, where ReorderInput /
    ReorderOutput nodes go, which Add/activation fuse into the convolution.
@@ -222,6 +222,9 @@ def _replace_input(op: Op, old: str, new: str) -> None:
     op.inputs = [new if t == old else t for t in op.inputs]
 
 
+INT8_KERNELS = ("QLinearConv", "QGemm", "QLinearMatMul")
+
+
 # --- 1. int8 QDQ -------------------------------------------------------------------------------------------
 
 def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple[list[Op],
@@ -362,7 +365,8 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
                 op.int8 = False  # not fusable: stays float (does not happen with the quantizer's QDQ)
                 continue
             q = outs[0]
-            op.op = "QLinearConv" if op.op in ("Conv", "FusedConv") else "QGemm"
+            op.op = ("QLinearConv" if op.op in ("Conv", "FusedConv") else
+                     "QLinearMatMul" if op.op in ("MatMul", "FusedMatMul") else "QGemm")
             op.inputs = [dq.inputs[0], *op.inputs[1:]]
             op.outputs = [q.outputs[0]]
             removed.update((id(dq), id(q)))
@@ -551,10 +555,14 @@ def lower_nchwc(ops: list[Op], outputs: list[str], shapes: Shapes, block: int, a
 # --- 3. NHWC -----------------------------------------------------------------------------------------------
 
 def lower_nhwc(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
-    """Transposes around QLinearConv (NHWC), cancelled along Q/DQ/MaxPool chains between two of them.
+    """Transposes around QLinearConv (NHWC), cancelled along Q/DQ/MaxPool/elementwise chains between two of them
+    (also through a QLinearAdd of two such chains, and past forks of the chain).
 
     When a QLinearConv output feeds another QLinearConv and also a float branch, the runtime pushes the output
-    transpose into the branches: it cancels on the int8 one and stays on the float one.
+    transpose into the branches: it cancels on the int8 one and stays on the float one (as a uint8 transpose at
+    the convolution's output, or past a fork as a float transpose behind the branch's DequantizeLinear wrapped in a
+    Q/DQ pair). Checked against ONNX Runtime 1.32's optimized graphs: exact on LeNet-5 / MobileNetV2-style plans,
+    a few Transpose/Q/DQ nodes off on some ResNet plans with int8 residual blocks (not modelled further).
     """
     convs = [op for op in ops if op.op == "QLinearConv"]
     if not convs:
@@ -564,6 +572,21 @@ def lower_nhwc(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
     need_out = {id(c): True for c in convs}
     after: dict[int, list[Op]] = {}  # ops to insert after a given op
 
+    def from_nhwc(t: str) -> bool:
+        """Whether ``t`` comes from a QLinearConv through single-input layout-agnostic ops (a QLinearAdd of two
+        such tensors runs NHWC: the transposes of both inputs move past it)."""
+        for _ in range(16):
+            prod = uses.producer.get(t)
+            if prod is None:
+                return False
+            if prod.op == "QLinearConv":
+                return True
+            if not (prod.op in ("QuantizeLinear", "DequantizeLinear") or (prod.op == "MaxPool" and prod.u8)
+                    or (prod.op in UNARY_ELEMENTWISE and prod.layer is None)):
+                return False
+            t = prod.inputs[0]
+        return False
+
     def chain(start: Op) -> tuple[list[Op], Op | None]:
         """Ops from ``start`` on through single-use Q/DQ/uint8 MaxPool, and the QLinearConv it reaches."""
         links, cur = [], start
@@ -571,7 +594,8 @@ def lower_nhwc(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
             if cur.op == "QLinearConv":
                 return links, cur
             if not (cur.op in ("QuantizeLinear", "DequantizeLinear") or (cur.op == "MaxPool" and cur.u8)
-                    or (cur.op.startswith("QLinear") and cur.layer is None and len(cur.inputs) == 1)
+                    or (cur.op.startswith("QLinear") and cur.layer is None
+                        and (len(cur.inputs) == 1 or all(from_nhwc(i) for i in cur.inputs if i)))
                     or (cur.op in UNARY_ELEMENTWISE and cur.layer is None)):
                 return links, None
             links.append(cur)
@@ -580,28 +604,63 @@ def lower_nhwc(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
                 return links, None
             cur = uses.consumers[t][0]
 
+    def explore(t: str, depth: int = 0) -> tuple[list[tuple[list[Op], Op]], list[tuple[str, Op | None]]]:
+        """From tensor ``t`` (NHWC): the QLinearConvs reached through layout-agnostic chains (with the chain) and
+        the float branches ``(tensor they leave from, their first op)``; chains fork at multi-use tensors."""
+        reached: list[tuple[list[Op], Op]] = []
+        floats: list[tuple[str, Op | None]] = [(t, None)] if t in outputs else []
+        for nxt in uses.consumers.get(t, []):
+            links, end = chain(nxt)
+            if end is not None and end.inputs[0] == (links[-1].outputs[0] if links else t):
+                reached.append((links, end))
+                continue
+            last = links[-1].outputs[0] if links else None
+            if last is not None and end is None and depth < 4 and uses.count(last) > 1 and last not in outputs:
+                sub_reached, sub_floats = explore(last, depth + 1)
+                if sub_reached:
+                    reached.extend((links + sub, e) for sub, e in sub_reached)
+                    floats.extend(sub_floats)
+                    continue
+            floats.append((t, nxt))
+        return reached, floats
+
+    def _joins_nhwc(dq: Op) -> bool:
+        """A float branch whose DequantizeLinear feeds an op that also reads another QLinearConv's output."""
+        for op in uses.consumers.get(dq.outputs[0], []):
+            if any(i != dq.outputs[0] and from_nhwc(i) for i in op.inputs if i):
+                return True
+        return False
+
     for c in convs:
         c.nhwc = True
         t = c.outputs[0]
         if t in outputs:
             continue
-        branches = [chain(nxt) for nxt in uses.consumers.get(t, [])]
-        if not any(end is not None and end.inputs[0] == (links[-1].outputs[0] if links else t)
-                   for links, end in branches):
+        reached, floats = explore(t)
+        if not reached:
             continue
         need_out[id(c)] = False
-        for links, end in branches:
-            if end is not None and end.inputs[0] == (links[-1].outputs[0] if links else t):
-                need_in[id(end)] = False
-                for m in links:
-                    if m.op == "MaxPool":
-                        m.op, m.nhwc = "NhwcMaxPool", True
+        for links, end in reached:
+            need_in[id(end)] = False
+            for m in links:
+                if m.op == "MaxPool":
+                    m.op, m.nhwc = "NhwcMaxPool", True
+        for bt, first in floats:
+            if bt == t or first is None or first.op != "DequantizeLinear" or _joins_nhwc(first):
+                # the float branch keeps a (uint8) transpose of its own
+                after.setdefault(id(c), []).append(Op(op="Transpose", inputs=[f"{bt}::nhwc"], outputs=[bt], u8=True))
+                shapes.alias(f"{bt}::nhwc", bt)
             else:
-                # the float branch keeps a (uint8) transpose of its own; the runtime sometimes moves it after the
-                # DequantizeLinear and adds a Q/DQ pair instead (seen on ResNet stems), not modelled
-                after.setdefault(id(c), []).append(
-                    Op(op="Transpose", inputs=[f"{t}::nhwc"], outputs=[t], u8=True))
-                shapes.alias(f"{t}::nhwc", t)
+                # past a fork the runtime moves the transpose behind the branch's DequantizeLinear and wraps it in
+                # a Q/DQ pair of its own (seen on ResNet stems and shortcuts)
+                y = first.outputs[0]
+                ops_after = [Op(op="Transpose", inputs=[f"{y}::nhwc"], outputs=[f"{y}::t"]),
+                             Op(op="QuantizeLinear", inputs=[f"{y}::t"], outputs=[f"{y}::tq"], scale=first.scale),
+                             Op(op="DequantizeLinear", inputs=[f"{y}::tq"], outputs=[f"{y}::tdq"],
+                                scale=first.scale)]
+                for name in (f"{y}::nhwc", f"{y}::t", f"{y}::tq", f"{y}::tdq"):
+                    shapes.alias(name, y)
+                after.setdefault(id(first), []).extend(ops_after)
     out: list[Op] = []
     transposed: set[str] = set()  # one Transpose per tensor, shared by the convolutions reading it
     for op in ops:
@@ -698,7 +757,8 @@ def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
         out_f, in_f = w[0], w[1]
         rows = _elems(xs) // max(in_f, 1) if xs else 1
         macs = rows * in_f * out_f
-        kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm"}.get(op.op, "MatMul/w")
+        kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm", "QLinearMatMul": "QLinearMatMul/w"}.get(
+            op.op, "MatMul/w")
         _set(feats, macs, _elems(xs), rows * out_f, in_f * out_f, macs * (1.0 - sparsity), rows, rows,
              rows * in_f, rows * _pad(in_f, 8))
         return Kernel(kind=kind, features=feats, name=y)
@@ -832,7 +892,7 @@ class Lowerer:
         v = res.variant
         kernels = [kernel_of(op, res, self.block) for op in entry.ops]
         x = v.graph.inputs[0] if v.graph.inputs else ""
-        return Lowered(kernels=kernels, int8_nodes=sum(op.op in ("QLinearConv", "QGemm") for op in entry.ops),
+        return Lowered(kernels=kernels, int8_nodes=sum(op.op in INT8_KERNELS for op in entry.ops),
                        input_elems=_elems(res.shapes.get(x, ())),
                        output_elems=sum(_elems(res.shapes.get(o, ())) for o in v.graph.outputs),
                        skipped=res.skipped)

@@ -1,12 +1,14 @@
 """End-to-end measurement of a plan, exactly as the search measures it, with repeated rounds.
 
 ``measure_plan`` materializes the plan (``compress.apply``, calibration, ``bake``), exports it with the search's
-exporter, lowers the layers ``Candidate.latency`` lowers to int8 (weights <= 8 bits and 8-bit inputs, nodes
-selected by weight name) with the same static QDQ quantization, and times ``InferenceSession.run`` with the same
+exporter, lowers the layers ``Candidate.latency`` lowers to int8 (``LayerPlan.int8_kernel``; nodes found by the
+exporter's scope names and weight shapes) with the same static QDQ quantization, and times ``InferenceSession.run`` with the same
 session options. It runs ``rounds`` rounds of ``runs`` timed calls on one session: each round's median is kept,
 and the reported figure is the median of the round medians (one disturbed round does not move it; one round is
-what ``Candidate.latency`` reports). The profile and the benchmark use the same figure, so the predictor is not
-biased against its own ground truth.
+what ``Candidate.latency`` reports: the median of its timed runs). The profile's samples and the benchmark's
+ground truth (``benchmarks/latency_predictor.py``: the median of this figure over passes) use the same statistic,
+so the predictor is not biased against its own ground truth. :mod:`autocompress.latency.torch_backend` measures
+eager PyTorch the same way.
 """
 
 from __future__ import annotations
@@ -69,28 +71,28 @@ def time_onnx(path: Path | str, feed: dict[str, np.ndarray], *, threads: int = 1
     return Measurement(latency_ms=statistics.median(medians), rounds_ms=medians)
 
 
-def int8_weights(cm) -> list[str]:
-    """Parameter names of the modules ``Candidate.latency`` lowers to int8 (same rule)."""
-    return [f"{m}.weight" for layer, mods in cm.modules.items() for m in mods
-            if cm.weight_bits[m] <= 8 and cm.act_bits.get(layer, 32) == 8]
+def int8_modules(cm, plan: CompressionPlan) -> list[str]:
+    """Modules ``Candidate.latency`` lowers to int8: every module of a teacher layer whose plan runs int8
+    (:attr:`~autocompress.plan.LayerPlan.int8_kernel`, the one predicate), both factors of a low-rank layer."""
+    return [m for layer, mods in cm.modules.items() if plan.layer(layer).int8_kernel for m in mods]
 
 
 def export_plan(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, folder: Path, *,
                 calibration: Sequence[torch.Tensor]) -> tuple[Path, int]:
     """Materialize ``plan`` and write the ONNX file the search would time; returns (path, int8 nodes)."""
     from ..compress import apply, bake, calibrate, set_input_quantizers
-    from ..evaluate.latency import export_onnx, int8_node_names, quantize_int8
+    from ..evaluate.latency import export_onnx, module_node_names, quantize_int8
 
     x = example_input[:1]
     cm = apply(teacher, plan, x)
     calibrate(cm, calibration)
     cm.model.eval()
     bake(cm)
-    weights = int8_weights(cm)
+    modules = int8_modules(cm, plan)
     set_input_quantizers(cm, False)
     float_path = folder / "model.onnx"
     export_onnx(cm.model, x, float_path)
-    nodes = int8_node_names(float_path, set(weights)) if weights else []
+    nodes = list(module_node_names(float_path, cm.model, modules).values()) if modules else []
     if not nodes:
         return float_path, 0
     path = folder / "model.int8.onnx"

@@ -5,6 +5,7 @@ graph, its shapes, the runtime's fusions and Torch-Pruning's coupled groups. Per
 node's channel counts, low-rank splits and precision, lowers the graph as ONNX Runtime would
 (:mod:`autocompress.latency.lowering`) and sums the fitted per-kernel costs of a measured profile
 (:mod:`autocompress.latency.model`). Typically well under a millisecond per plan once the teacher is analysed.
+A ``torch`` profile predicts eager PyTorch instead (:mod:`autocompress.latency.torch_backend`).
 """
 
 from __future__ import annotations
@@ -22,17 +23,26 @@ from .lowering import Lowered, Lowerer
 from .profile import LatencyProfile, ProfileError, default_profile_path, load_profile
 
 
-def resolve_profile(profile: LatencyProfile | str | Path | None, *, threads: int = 1) -> LatencyProfile:
-    """A loaded profile: given, read from a path, or this machine's default one."""
+def resolve_profile(profile: LatencyProfile | str | Path | None, *, threads: int = 1,
+                    backend: str | None = None) -> LatencyProfile:
+    """A loaded profile: given, read from a path, or this machine's default one (of ``backend``, default
+    onnxruntime). With ``backend`` given, a profile of another backend is refused with a clear error."""
     if isinstance(profile, LatencyProfile):
-        return profile
-    if profile is None:
-        path = default_profile_path(threads=threads)
+        loaded = profile
+    elif profile is None:
+        path = default_profile_path(threads=threads, backend=backend or "onnxruntime")
         if not path.is_file():
             raise ProfileError(f"no latency profile for this machine at {path}; make one with `autocompress "
-                               f"profile --threads {threads}` or pass a profile path")
-        return load_profile(path)
-    return load_profile(profile)
+                               f"profile --backend {backend or 'onnxruntime'} --threads {threads}` or pass a "
+                               f"profile path")
+        loaded = load_profile(path)
+    else:
+        loaded = load_profile(profile)
+    if backend is not None and loaded.backend != backend:
+        where = f" {loaded.path}" if loaded.path else ""
+        raise ProfileError(f"the latency profile{where} was measured for backend {loaded.backend!r}, but latency is "
+                           f"predicted for {backend!r}; make one with `autocompress profile --backend {backend}`")
+    return loaded
 
 
 class LatencyPredictor:
@@ -46,17 +56,24 @@ class LatencyPredictor:
 
     def __init__(self, teacher: nn.Module, example_input: torch.Tensor,
                  profile: LatencyProfile | str | Path | None = None, *, batch_size: int = 1,
-                 threads: int = 1) -> None:
-        self.profile = resolve_profile(profile, threads=threads)
-        if self.profile.backend != "onnxruntime":
-            raise ProfileError(f"the profile is for backend {self.profile.backend!r}; the predictor lowers for "
-                               f"onnxruntime")
+                 threads: int = 1, backend: str | None = None) -> None:
+        self.profile = resolve_profile(profile, threads=threads, backend=backend)
+        if self.profile.backend not in ("onnxruntime", "torch"):
+            raise ProfileError(f"the profile is for backend {self.profile.backend!r}; the predictor knows "
+                               f"onnxruntime and torch")
+        self.backend = self.profile.backend
         self.batch_size = batch_size
         self.analysis = TeacherAnalysis(teacher, example_input, batch_size=batch_size)
-        self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)
+        self.lowerer: Any
+        if self.backend == "torch":
+            from .torch_backend import TorchLowerer
+
+            self.lowerer = TorchLowerer(self.analysis)
+        else:
+            self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)
 
     def lower(self, plan: CompressionPlan) -> Lowered:
-        """The kernels the runtime would run for ``plan`` (no costs)."""
+        """The kernels the backend would run for ``plan`` (no costs)."""
         return self.lowerer.lower(self.analysis.resolve(plan))
 
     def predict(self, plan: CompressionPlan) -> float:
@@ -85,9 +102,10 @@ _PREDICTORS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LatencyPredictor]]
 
 
 def predict(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, *,
-            profile: LatencyProfile | str | Path | None = None, batch_size: int = 1) -> float:
+            profile: LatencyProfile | str | Path | None = None, batch_size: int = 1,
+            backend: str | None = None) -> float:
     """Predicted latency (ms) of ``plan`` applied to ``teacher``; the teacher's analysis is cached."""
-    prof = resolve_profile(profile)
+    prof = resolve_profile(profile, backend=backend)
     key = (id(prof), tuple(example_input.shape[1:]), batch_size)
     per_teacher = _PREDICTORS.setdefault(teacher, {})
     if key not in per_teacher:

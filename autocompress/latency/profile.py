@@ -11,7 +11,7 @@
 3. **whole-model calibration**: a handful of complete compressed models (architectures of their own, not the
    benchmark's), which fit the per-model offset and scale.
 
-The file (``{"type": "LatencyProfile", "version": 1, "data": {...}}``) holds the machine fingerprint, every raw
+The file (``{"type": "LatencyProfile", "version": 2, "data": {...}}``) holds the machine fingerprint, every raw
 sample (the kernel features of the measured graph and its latency) and the fitted :class:`CostModel`. It is
 written to a temporary file and renamed, so a crash never leaves half a profile. No pickle anywhere.
 """
@@ -40,7 +40,9 @@ from .model import CostModel, Sample, errors, fit
 
 log = logging.getLogger(__name__)
 
-PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 1
+# version 2: int8 layers found by scope (BatchNorm-folded convolutions and MatMul Linears run int8 too), the
+# torch backend; version 1 profiles were measured with the old int8 selection and are refused
+PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 2
 BACKENDS = ("onnxruntime", "torch")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
           "amx_int8", "asimd", "sve", "i8mm")
@@ -89,11 +91,14 @@ def _fingerprint(threads: int, backend: str) -> dict[str, Any]:
 
 
 _ID_KEYS = ("cpu", "cpu_flags", "cores", "machine", "system", "threads", "backend", "onnxruntime")
+# what else changes timings on one backend: the torch version for eager PyTorch
+_BACKEND_KEYS = {"torch": ("torch",)}
 
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
     """Short hash of the parts of a fingerprint that change kernel timings."""
-    key = json.dumps({k: fp.get(k) for k in _ID_KEYS}, sort_keys=True)
+    keys = _ID_KEYS + _BACKEND_KEYS.get(str(fp.get("backend")), ())
+    key = json.dumps({k: fp.get(k) for k in keys}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
@@ -300,9 +305,6 @@ def _matmul_samples(n: int, rng: np.random.Generator, settings: ProfileSettings,
 def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: ProfileSettings | None = None,
                   progress: Callable[[str], None] | None = None) -> LatencyProfile:
     """Measure this machine and fit the model (see the module docstring)."""
-    if backend == "torch":
-        raise ProfileError("`--backend torch` is not supported yet: the search measures and lowers candidates "
-                           "for ONNX Runtime; profile with `--backend onnxruntime`")
     if backend not in BACKENDS:
         raise ProfileError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
     settings = settings or ProfileSettings()
@@ -310,6 +312,8 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     torch.set_num_threads(max(1, threads))
     start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
+    if backend == "torch":
+        return _build_torch_profile(threads, settings, say, start, rng)
     block, align = detect_nchwc()
     say(f"NCHWc block size {block}, input channel alignment {align}")
     from . import micro
@@ -382,6 +386,77 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     }
     return LatencyProfile(backend=backend, threads=threads, batch_size=1, nchwc_block=block, nchwc_align=align,
                           fingerprint=fingerprint(threads=threads, backend=backend), model=model,
+                          samples=samples + calibration, info=info)
+
+
+def _build_torch_profile(threads: int, settings: ProfileSettings, say: Callable[[str], None], start: float,
+                         rng: np.random.Generator) -> LatencyProfile:
+    """The ``torch`` backend (eager PyTorch, see :mod:`autocompress.latency.torch_backend`): the same micro specs
+    and calibration architectures, materialized and timed in eager mode; float kernels only."""
+    from ..plan import CompressionPlan
+    from . import micro
+    from .analysis import TeacherAnalysis
+    from .torch_backend import TorchLowerer, measure_plan_torch
+
+    samples: list[Sample] = []
+    failures = 0
+    specs = micro.sample_specs(settings.micro, seed=settings.seed)
+    calib_budget = settings.time_budget_s * 0.25
+    micro_budget = settings.time_budget_s - calib_budget
+    for i, spec in enumerate(specs):
+        if time.perf_counter() - start > micro_budget * 0.85:
+            say(f"time budget: stopping micro-benchmarks after {i} of {len(specs)}")
+            break
+        try:
+            module, x = micro.build(spec)
+            plan = micro.random_plan(module, x, rng)
+            analysis = TeacherAnalysis(module, x, prune_probes=False)
+            lowered = TorchLowerer(analysis).lower(analysis.resolve(plan))
+            m = measure_plan_torch(module, plan, x, threads=threads, warmup=settings.warmup, runs=settings.runs,
+                                   rounds=settings.rounds)
+        except Exception as e:
+            failures += 1
+            log.info("micro-benchmark %s skipped: %s: %s", spec.get("family"), type(e).__name__, e)
+            continue
+        samples.append(Sample.from_lowered(lowered, m.latency_ms, tag=spec["family"], group="micro",
+                                           spec={**spec, "plan": plan.to_dict(), "rounds_ms": m.rounds_ms}))
+        if (i + 1) % 25 == 0:
+            say(f"micro-benchmarks: {i + 1}/{len(specs)} ({time.perf_counter() - start:.0f} s)")
+    calibration: list[Sample] = []
+    for name, ctor, shape, prunable in _calibration_models()[:settings.calibration_models]:
+        torch.manual_seed(settings.seed)
+        model = ctor().eval()
+        x = torch.randn(*shape)
+        analysis = TeacherAnalysis(model, x)
+        lowerer = TorchLowerer(analysis)
+        plans = [CompressionPlan()] + [_calibration_plan(model, x, rng, prunable)
+                                       for _ in range(settings.calibration_plans)]
+        for plan in plans:
+            try:
+                lowered = lowerer.lower(analysis.resolve(plan))
+                m = measure_plan_torch(model, plan, x, threads=threads, warmup=settings.warmup, runs=settings.runs,
+                                       rounds=settings.rounds)
+            except Exception as e:
+                failures += 1
+                log.info("calibration model %s skipped: %s: %s", name, type(e).__name__, e)
+                continue
+            calibration.append(Sample.from_lowered(lowered, m.latency_ms, tag=name, group="calibration",
+                                                   spec={"model": name, "plan": plan.to_dict(),
+                                                         "rounds_ms": m.rounds_ms}))
+        say(f"calibration: {name} ({time.perf_counter() - start:.0f} s)")
+    if not samples:
+        raise ProfileError("no micro-benchmark could be measured on this machine")
+    model_fit = fit(samples, calibration=calibration)
+    info: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - start, 1),
+        "settings": settings.__dict__, "failed_samples": failures,
+        "fit": {"micro": _summary(errors(model_fit, samples)),
+                "calibration": _summary(errors(model_fit, calibration)) if calibration else None},
+        "kinds": model_fit.kinds,
+        "note": "eager PyTorch runs quantized and sparse layers as float kernels (no int8 kernels here)",
+    }
+    return LatencyProfile(backend="torch", threads=threads, batch_size=1, nchwc_block=0, nchwc_align=1,
+                          fingerprint=fingerprint(threads=threads, backend="torch"), model=model_fit,
                           samples=samples + calibration, info=info)
 
 

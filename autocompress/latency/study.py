@@ -4,7 +4,8 @@ The study config's ``latency`` section decides (see :class:`autocompress.config.
 
 - ``{predictor: PATH}``: predict every candidate from that profile (a relative path is looked up beside the
   config, then in the current directory); a profile made on another machine is used with a warning;
-- ``{measure: true}``: measure every candidate (materialized, lowered, timed in ONNX Runtime);
+- ``{measure: true}``: measure every candidate (materialized, lowered, timed in ONNX Runtime, or in eager PyTorch
+  with ``backend: torch``, which then also needs a ``--backend torch`` profile to predict);
 - neither (default): predict when this machine has a profile (``autocompress profile`` writes it to
   ``$AUTOCOMPRESS_CACHE/profiles/<fingerprint>.json``, matched on CPU, cores, threads and runtime version),
   otherwise measure.
@@ -33,6 +34,11 @@ log = logging.getLogger(__name__)
 
 CHECK_ATTR, CHECK_SUMMARY_ATTR = "latency_check", "latency_check_summary"
 PREDICTED_BACKEND = "onnxruntime (predicted)"
+PREDICTED_SUFFIX = " (predicted)"
+
+
+def _backend(cfg) -> str:
+    return str(getattr(cfg, "backend", "onnxruntime"))
 
 
 @dataclass
@@ -53,7 +59,7 @@ _MODES: dict[tuple, LatencyMode] = {}
 def _key(task, cfg) -> tuple:
     from .profile import default_profile_path
 
-    path = default_profile_path(threads=cfg.threads)  # a profile written since changes the default mode
+    path = default_profile_path(threads=cfg.threads, backend=_backend(cfg))  # a profile written since changes it
     stamp = path.stat().st_mtime_ns if path.is_file() else None
     return (id(task.model), cfg.model_dump_json(), str(path), stamp)
 
@@ -93,6 +99,10 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
             profile = load_profile(path)
         except ProfileError as e:
             raise ConfigError(str(e), file=config_file, field="latency.predictor") from None
+        if profile.backend != _backend(cfg):
+            raise ConfigError(f"the profile {path} was measured for backend {profile.backend!r} but the study's "
+                              f"latency backend is {_backend(cfg)!r}; run `autocompress profile --backend "
+                              f"{_backend(cfg)}`", file=config_file, field="latency.predictor")
         if profile.threads != cfg.threads:
             raise ConfigError(f"the profile {path} was measured at {profile.threads} thread(s) but the study times "
                               f"at {cfg.threads}; run `autocompress profile --threads {cfg.threads}`",
@@ -110,7 +120,7 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
             raise ConfigError(f"the latency predictor cannot follow this model: {e}. Use `latency: {{measure: "
                               f"true}}` or `fallback: measure`", file=config_file, field="latency.predictor") from None
         return LatencyMode("predicted", f"profile {path}", predictor, path, fallback)
-    path = default_profile_path(threads=cfg.threads)
+    path = default_profile_path(threads=cfg.threads, backend=_backend(cfg))
     if measure is False and not path.is_file():
         raise ConfigError(f"`latency.measure: false` needs a latency profile, but this machine has none at {path}; "
                           f"run `autocompress profile` or set `latency.predictor`", file=config_file,
@@ -119,7 +129,8 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
         return LatencyMode("measured", "no latency profile for this machine", fallback=fallback)
     try:
         profile = load_profile(path)
-        predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size)
+        predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size,
+                                     backend=_backend(cfg))
         predictor.analysis.variant(1.0)
     except (ProfileError, AnalysisError) as e:
         if measure is False:
@@ -160,12 +171,13 @@ def predicted_latency(task, plan, cfg):
             log.warning("latency prediction unavailable for a candidate (%s); measuring it instead", e)
         return None
     return LatencyResult(latency_ms=ms, p10_ms=ms, p90_ms=ms, runs=0, threads=cfg.threads,
-                         batch_size=cfg.batch_size, int8_nodes=lowered.int8_nodes, backend=PREDICTED_BACKEND)
+                         batch_size=cfg.batch_size, int8_nodes=lowered.int8_nodes,
+                         backend=_backend(cfg) + PREDICTED_SUFFIX)
 
 
 def latency_attrs(task, plan, lat, cfg) -> dict[str, Any]:
     """Trial user attributes saying where ``lat`` came from (and the prediction beside a measurement)."""
-    if lat.backend == PREDICTED_BACKEND:
+    if lat.backend.endswith(PREDICTED_SUFFIX):
         return {"latency_source": "predicted", "latency_predicted_ms": lat.latency_ms}
     out: dict[str, Any] = {"latency_source": "measured", "latency_measured_ms": lat.latency_ms}
     mode = resolve_mode(task, cfg)

@@ -64,7 +64,8 @@ class TeacherReference:
 
 def measure_teacher(task: Task, latency: LatencyConfig) -> TeacherReference:
     lat = measure_latency(task.model, task.example_input, threads=latency.threads, batch_size=latency.batch_size,
-                          warmup=latency.warmup, repeats=latency.repeats)
+                          warmup=latency.warmup, repeats=latency.repeats,
+                          backend=getattr(latency, "backend", "onnxruntime"))
     test = evaluate(task.model, task.test, task.metric) if task.test is not None else None
     return TeacherReference(accuracy=evaluate(task.model, task.val, task.metric), test_accuracy=test,
                             latency_ms=lat.latency_ms, size_bytes=dense_size_bytes(task.model))
@@ -144,8 +145,9 @@ class Candidate:
         return compressed_size(self.baked())[0]
 
     def latency(self, latency: LatencyConfig) -> LatencyResult:
-        """Measured in ONNX Runtime: int8 kernels for layers with <= 8-bit weights and 8-bit inputs. Predicted
-        instead when the study uses a latency profile (see :mod:`autocompress.latency.study`)."""
+        """Measured in ONNX Runtime: int8 kernels for the layers whose plan says so (``LayerPlan.int8_kernel``), or
+        in eager PyTorch with ``latency.backend: torch``. Predicted instead when the study uses a latency profile
+        (see :mod:`autocompress.latency.study`)."""
         t0 = time.perf_counter()
         from ..latency.study import predicted_latency
 
@@ -154,12 +156,13 @@ class Candidate:
             self._add_time("latency", t0)
             return predicted
         cm = self.baked()
-        int8 = [f"{m}.weight" for layer, mods in cm.modules.items() for m in mods
-                if cm.weight_bits[m] <= 8 and cm.act_bits.get(layer, 32) == 8]
+        from ..latency.measure import int8_modules
+
         set_input_quantizers(cm, False)  # the runtime quantizes activations itself
-        result = measure_latency(cm.model, self.task.example_input, int8_weights=int8, calibration=self.calib,
-                                 threads=latency.threads, batch_size=latency.batch_size, warmup=latency.warmup,
-                                 repeats=latency.repeats)
+        result = measure_latency(cm.model, self.task.example_input, int8_modules=int8_modules(cm, self.plan),
+                                 calibration=self.calib, threads=latency.threads, batch_size=latency.batch_size,
+                                 warmup=latency.warmup, repeats=latency.repeats,
+                                 backend=getattr(latency, "backend", "onnxruntime"))
         self._add_time("latency", t0)
         return result
 
