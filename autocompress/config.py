@@ -260,12 +260,14 @@ class LatencyConfig(_Strict):
     measure:   true = always measure; false = always predict (this machine's profile); unset (default) = predict
                when this machine has a profile (``autocompress profile``), otherwise measure
     fallback:  what to do with a candidate needing a kernel the profile has not measured: ``error`` or ``measure``
+    backend:   ``onnxruntime`` (default) or ``torch`` (eager PyTorch on CPU: float kernels only, so quantized and
+               sparse layers run as float; predicted from an ``autocompress profile --backend torch`` profile)
     """
 
     measure: bool | None = None
     predictor: str | None = None
     fallback: Literal["error", "measure"] = "error"
-    backend: Literal["onnxruntime"] = "onnxruntime"
+    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
     threads: int = Field(default=1, ge=1, le=256)
     batch_size: int = Field(default=1, ge=1)
     warmup: int = Field(default=20, ge=0)

@@ -43,6 +43,7 @@ class _Latest:
 
 class DashboardServer(ThreadingHTTPServer):
     daemon_threads = True
+    block_on_close = False  # Ctrl-C stops at once, without waiting for a request still reading the study
 
     def __init__(self, address: tuple[str, int], produce: Callable[[], dict[str, Any]], refresh_s: float,
                  min_interval_s: float = 1.0) -> None:

@@ -174,15 +174,16 @@ def lower(cm: CompressedModel, example_input: torch.Tensor, calibration: list[to
         int8_nodes, int4_modules = [], []
         for name, mod in modules.items():
             bits, act = cm.weight_bits.get(name, 32), cm.act_bits.get(layer_of[name], 32)
+            planned_int8 = cm.plan.layer(layer_of[name]).int8_kernel  # the one predicate (see LayerPlan)
             node = nodes.get(name)
             if cm.weight_sharing.get(name, False):
                 report.float.append(name)
                 report.notes[name] = (f"k-means shared {bits}-bit weights run as float32 (a codebook, not a uniform "
                                       "grid: smaller on disk only)")
-            elif bits <= 8 and act == 8 and not int8:
+            elif planned_int8 and not int8:
                 report.float.append(name)
                 report.notes[name] = "int8 planned, run as float32 (int8 lowering off)"
-            elif bits <= 8 and act == 8:
+            elif planned_int8:
                 if node is None:
                     report.float.append(name)
                     report.notes[name] = "int8 planned, but its node was not found in the ONNX graph: kept float"
