@@ -455,6 +455,14 @@ def test_study_predicts_records_and_checks_the_front(tmp_path, digits_task):
         assert record["error"] == pytest.approx((record["predicted_ms"] - record["measured_ms"])
                                                 / record["measured_ms"])
     assert study.user_attrs["latency_check_summary"]["n"] == len(check)
+    # the teacher is predicted like the candidates (ratios never mix prediction and measurement), measured beside
+    teacher = study.user_attrs["teacher"]
+    assert teacher["latency_source"] == "predicted" and teacher["latency_measured_ms"] > 0
+    from autocompress.latency.study import predicted_latency
+    from autocompress.plan import CompressionPlan
+
+    expected = predicted_latency(digits_task, CompressionPlan(), loaded.config.latency).latency_ms
+    assert teacher["latency_ms"] == pytest.approx(expected)
 
 
 @pytest.mark.slow

@@ -57,6 +57,8 @@ class TeacherReference:
     test_accuracy: float | None
     latency_ms: float
     size_bytes: int
+    latency_source: str = "measured"           # "predicted" when the study predicts candidates' latency
+    latency_measured_ms: float | None = None   # the measurement, also kept when latency_ms is predicted
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -67,8 +69,18 @@ def measure_teacher(task: Task, latency: LatencyConfig) -> TeacherReference:
                           warmup=latency.warmup, repeats=latency.repeats,
                           backend=getattr(latency, "backend", "onnxruntime"))
     test = evaluate(task.model, task.test, task.metric) if task.test is not None else None
-    return TeacherReference(accuracy=evaluate(task.model, task.val, task.metric), test_accuracy=test,
-                            latency_ms=lat.latency_ms, size_bytes=dense_size_bytes(task.model))
+    ref = TeacherReference(accuracy=evaluate(task.model, task.val, task.metric), test_accuracy=test,
+                           latency_ms=lat.latency_ms, size_bytes=dense_size_bytes(task.model),
+                           latency_measured_ms=lat.latency_ms)
+    from ..latency.study import predicted_latency
+
+    # Candidates' latencies are compared with the teacher's (ratios, hypervolume): when they are predicted, the
+    # teacher is predicted too (the empty plan), so a ratio never mixes a prediction with a measurement taken
+    # under whatever load the machine had at that moment.
+    predicted = predicted_latency(task, CompressionPlan(), latency)
+    if predicted is not None:
+        ref.latency_ms, ref.latency_source = predicted.latency_ms, "predicted"
+    return ref
 
 
 @torch.no_grad()
