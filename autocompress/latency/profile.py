@@ -313,20 +313,51 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
     if backend == "torch":
-        return _build_torch_profile(threads, settings, say, start, rng)
+        # eager PyTorch (see :mod:`autocompress.latency.torch_backend`): the same micro specs and calibration
+        # architectures, materialized and timed in eager mode; float kernels only
+        from .torch_backend import TorchLowerer, measure_plan_torch
+
+        samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, TorchLowerer,
+                                                          measure_plan_torch)
+        return _fitted_profile("torch", threads, 0, 1, settings, start, samples, calibration, failures,
+                               note="eager PyTorch runs quantized and sparse layers as float kernels (no int8 "
+                                    "kernels here)")
     block, align = detect_nchwc()
     say(f"NCHWc block size {block}, input channel alignment {align}")
-    from . import micro
-    from .analysis import TeacherAnalysis
     from .lowering import Lowerer
     from .measure import measure_plan
 
     lowerer = Lowerer(block=block, align=align)
+
+    def other_precisions() -> list[Sample]:
+        say(f"other precisions: dynamic int8 and int4 MatMul ({settings.extra_precisions} shapes)")
+        try:
+            return _matmul_samples(settings.extra_precisions, rng, settings, threads, block)
+        except Exception as e:  # e.g. a runtime without these contrib kernels
+            log.warning("dynamic int8 / int4 MatMul micro-benchmarks skipped: %s: %s", type(e).__name__, e)
+            return []
+
+    samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, lambda _: lowerer,
+                                                      measure_plan, extra=other_precisions)
+    return _fitted_profile(backend, threads, block, align, settings, start, samples, calibration, failures)
+
+
+def _measure_samples(settings: ProfileSettings, say: Callable[[str], None], start: float, rng: np.random.Generator,
+                     threads: int, lowerer_for: Callable, measure: Callable,
+                     extra: Callable[[], list[Sample]] | None = None) -> tuple[list[Sample], list[Sample], int]:
+    """Micro-benchmarks, then ``extra`` samples, then the calibration models, for any backend:
+    ``lowerer_for(analysis)`` gives the backend's lowerer, ``measure(model, plan, x, ...)`` times a plan.
+    Returns ``(micro samples, calibration samples, failures)``."""
+    from ..plan import CompressionPlan
+    from . import micro
+    from .analysis import TeacherAnalysis
+
     samples: list[Sample] = []
     failures = 0
     specs = micro.sample_specs(settings.micro, seed=settings.seed)
     calib_budget = settings.time_budget_s * 0.25
     micro_budget = settings.time_budget_s - calib_budget
+    timing = dict(threads=threads, warmup=settings.warmup, runs=settings.runs, rounds=settings.rounds)
     for i, spec in enumerate(specs):
         if time.perf_counter() - start > micro_budget * 0.85:
             say(f"time budget: stopping micro-benchmarks after {i} of {len(specs)}")
@@ -335,9 +366,8 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
             module, x = micro.build(spec)
             plan = micro.random_plan(module, x, rng)
             analysis = TeacherAnalysis(module, x, prune_probes=False)
-            lowered = lowerer.lower(analysis.resolve(plan))
-            m = measure_plan(module, plan, x, threads=threads, warmup=settings.warmup, runs=settings.runs,
-                             rounds=settings.rounds)
+            lowered = lowerer_for(analysis).lower(analysis.resolve(plan))
+            m = measure(module, plan, x, **timing)
         except Exception as e:  # a micro-benchmark the exporter or runtime refuses: skip it, say so
             failures += 1
             log.info("micro-benchmark %s skipped: %s: %s", spec.get("family"), type(e).__name__, e)
@@ -346,96 +376,21 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
                                            spec={**spec, "plan": plan.to_dict(), "rounds_ms": m.rounds_ms}))
         if (i + 1) % 25 == 0:
             say(f"micro-benchmarks: {i + 1}/{len(specs)} ({time.perf_counter() - start:.0f} s)")
-    say(f"other precisions: dynamic int8 and int4 MatMul ({settings.extra_precisions} shapes)")
-    try:
-        samples.extend(_matmul_samples(settings.extra_precisions, rng, settings, threads, block))
-    except Exception as e:  # e.g. a runtime without these contrib kernels
-        log.warning("dynamic int8 / int4 MatMul micro-benchmarks skipped: %s: %s", type(e).__name__, e)
+    if extra is not None:
+        samples.extend(extra())
     calibration: list[Sample] = []
     for name, ctor, shape, prunable in _calibration_models()[:settings.calibration_models]:
         torch.manual_seed(settings.seed)
         model = ctor().eval()
         x = torch.randn(*shape)
         analysis = TeacherAnalysis(model, x)
-        from ..plan import CompressionPlan
-
-        plans = [CompressionPlan()] + [_calibration_plan(model, x, rng, prunable) for _ in range(settings.calibration_plans)]
-        for plan in plans:
-            try:
-                lowered = lowerer.lower(analysis.resolve(plan))
-                m = measure_plan(model, plan, x, threads=threads, warmup=settings.warmup, runs=settings.runs,
-                                 rounds=settings.rounds)
-            except Exception as e:
-                failures += 1
-                log.info("calibration model %s skipped: %s: %s", name, type(e).__name__, e)
-                continue
-            calibration.append(Sample.from_lowered(lowered, m.latency_ms, tag=name, group="calibration",
-                                                   spec={"model": name, "plan": plan.to_dict(),
-                                                         "rounds_ms": m.rounds_ms}))
-        say(f"calibration: {name} ({time.perf_counter() - start:.0f} s)")
-    if not samples:
-        raise ProfileError("no micro-benchmark could be measured on this machine")
-    model = fit(samples, calibration=calibration)
-    err_micro = errors(model, samples)
-    info: dict[str, Any] = {
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - start, 1),
-        "settings": settings.__dict__, "failed_samples": failures,
-        "fit": {"micro": _summary(err_micro), "calibration": _summary(errors(model, calibration))
-                if calibration else None},
-        "kinds": model.kinds,
-    }
-    return LatencyProfile(backend=backend, threads=threads, batch_size=1, nchwc_block=block, nchwc_align=align,
-                          fingerprint=fingerprint(threads=threads, backend=backend), model=model,
-                          samples=samples + calibration, info=info)
-
-
-def _build_torch_profile(threads: int, settings: ProfileSettings, say: Callable[[str], None], start: float,
-                         rng: np.random.Generator) -> LatencyProfile:
-    """The ``torch`` backend (eager PyTorch, see :mod:`autocompress.latency.torch_backend`): the same micro specs
-    and calibration architectures, materialized and timed in eager mode; float kernels only."""
-    from ..plan import CompressionPlan
-    from . import micro
-    from .analysis import TeacherAnalysis
-    from .torch_backend import TorchLowerer, measure_plan_torch
-
-    samples: list[Sample] = []
-    failures = 0
-    specs = micro.sample_specs(settings.micro, seed=settings.seed)
-    calib_budget = settings.time_budget_s * 0.25
-    micro_budget = settings.time_budget_s - calib_budget
-    for i, spec in enumerate(specs):
-        if time.perf_counter() - start > micro_budget * 0.85:
-            say(f"time budget: stopping micro-benchmarks after {i} of {len(specs)}")
-            break
-        try:
-            module, x = micro.build(spec)
-            plan = micro.random_plan(module, x, rng)
-            analysis = TeacherAnalysis(module, x, prune_probes=False)
-            lowered = TorchLowerer(analysis).lower(analysis.resolve(plan))
-            m = measure_plan_torch(module, plan, x, threads=threads, warmup=settings.warmup, runs=settings.runs,
-                                   rounds=settings.rounds)
-        except Exception as e:
-            failures += 1
-            log.info("micro-benchmark %s skipped: %s: %s", spec.get("family"), type(e).__name__, e)
-            continue
-        samples.append(Sample.from_lowered(lowered, m.latency_ms, tag=spec["family"], group="micro",
-                                           spec={**spec, "plan": plan.to_dict(), "rounds_ms": m.rounds_ms}))
-        if (i + 1) % 25 == 0:
-            say(f"micro-benchmarks: {i + 1}/{len(specs)} ({time.perf_counter() - start:.0f} s)")
-    calibration: list[Sample] = []
-    for name, ctor, shape, prunable in _calibration_models()[:settings.calibration_models]:
-        torch.manual_seed(settings.seed)
-        model = ctor().eval()
-        x = torch.randn(*shape)
-        analysis = TeacherAnalysis(model, x)
-        lowerer = TorchLowerer(analysis)
+        lowerer = lowerer_for(analysis)
         plans = [CompressionPlan()] + [_calibration_plan(model, x, rng, prunable)
                                        for _ in range(settings.calibration_plans)]
         for plan in plans:
             try:
                 lowered = lowerer.lower(analysis.resolve(plan))
-                m = measure_plan_torch(model, plan, x, threads=threads, warmup=settings.warmup, runs=settings.runs,
-                                       rounds=settings.rounds)
+                m = measure(model, plan, x, **timing)
             except Exception as e:
                 failures += 1
                 log.info("calibration model %s skipped: %s: %s", name, type(e).__name__, e)
@@ -444,19 +399,27 @@ def _build_torch_profile(threads: int, settings: ProfileSettings, say: Callable[
                                                    spec={"model": name, "plan": plan.to_dict(),
                                                          "rounds_ms": m.rounds_ms}))
         say(f"calibration: {name} ({time.perf_counter() - start:.0f} s)")
+    return samples, calibration, failures
+
+
+def _fitted_profile(backend: str, threads: int, block: int, align: int, settings: ProfileSettings, start: float,
+                    samples: list[Sample], calibration: list[Sample], failures: int,
+                    note: str | None = None) -> LatencyProfile:
+    """Fit the model on the measured samples and wrap everything as a profile."""
     if not samples:
         raise ProfileError("no micro-benchmark could be measured on this machine")
-    model_fit = fit(samples, calibration=calibration)
+    model = fit(samples, calibration=calibration)
     info: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - start, 1),
         "settings": settings.__dict__, "failed_samples": failures,
-        "fit": {"micro": _summary(errors(model_fit, samples)),
-                "calibration": _summary(errors(model_fit, calibration)) if calibration else None},
-        "kinds": model_fit.kinds,
-        "note": "eager PyTorch runs quantized and sparse layers as float kernels (no int8 kernels here)",
+        "fit": {"micro": _summary(errors(model, samples)),
+                "calibration": _summary(errors(model, calibration)) if calibration else None},
+        "kinds": model.kinds,
     }
-    return LatencyProfile(backend="torch", threads=threads, batch_size=1, nchwc_block=0, nchwc_align=1,
-                          fingerprint=fingerprint(threads=threads, backend="torch"), model=model_fit,
+    if note:
+        info["note"] = note
+    return LatencyProfile(backend=backend, threads=threads, batch_size=1, nchwc_block=block, nchwc_align=align,
+                          fingerprint=fingerprint(threads=threads, backend=backend), model=model,
                           samples=samples + calibration, info=info)
 
 
