@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import faulthandler
 import importlib
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -174,6 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) == signal.SIG_DFL:
+        # `kill -USR1 PID` prints every thread's stack to stderr: what a long or stuck command is doing.
+        with contextlib.suppress(OSError, ValueError):  # stderr without a file descriptor (captured): skip
+            faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="autocompress: %(message)s")
     try:

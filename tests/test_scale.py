@@ -327,3 +327,34 @@ def test_ray_backend_time_budget(tmp_path):
     finished, running = workers.count_trials(trials)
     assert finished >= 2 and running == 0
     assert time.perf_counter() - start < 25 + 90
+
+
+def test_ctrl_c_inside_a_storage_write_waits_for_it(tmp_path):
+    """SIGINT arriving in the middle of a storage write is raised once the write is committed: no transaction is
+    left open holding the database's lock (the next write, from another process, goes through at once)."""
+    import signal
+
+    import sqlalchemy
+
+    url = f"sqlite:///{tmp_path}/s.db"
+    storage = workers.make_storage(url)
+    study = optuna.create_study(storage=storage, study_name="s")
+    trial = study.ask()
+    fired = []
+
+    @sqlalchemy.event.listens_for(storage.engine, "before_cursor_execute")
+    def interrupt(conn, cursor, statement, *args):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE")) and not fired:
+            fired.append(statement)
+            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at its next instruction
+
+    with pytest.raises(KeyboardInterrupt):
+        trial.set_user_attr("k", 1)
+    assert fired
+    sqlalchemy.event.remove(storage.engine, "before_cursor_execute", interrupt)
+    assert study.trials[0].user_attrs == {"k": 1}  # the interrupted write was completed
+    other = subprocess.run([sys.executable, "-c",
+                            "import sqlite3, sys; con = sqlite3.connect(sys.argv[1], timeout=2); "
+                            "con.execute('CREATE TABLE probe (x)'); con.commit()", str(tmp_path / "s.db")],
+                           capture_output=True, text=True, timeout=60)
+    assert other.returncode == 0, other.stderr  # "database is locked" when a write transaction was left open

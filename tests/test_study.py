@@ -150,7 +150,13 @@ def test_ctrl_c_stops_cleanly_then_resumes(tmp_path):
         proc.kill()
         raise AssertionError("study did not make progress: " + proc.communicate()[1][-1500:])
     proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=60)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGUSR1)  # the CLI prints every thread's stack: where it is stuck
+        time.sleep(3)
+        proc.kill()
+        raise AssertionError("no exit 60 s after Ctrl-C:\n" + proc.communicate()[1][-6000:]) from None
     assert proc.returncode == 130, err
     assert "every completed trial is kept" in err
     study, kept = _complete(loaded)

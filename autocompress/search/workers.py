@@ -58,7 +58,8 @@ class StudyStorage(optuna.storages.RDBStorage):
     fails them, so the front's list of failed trials says why."""
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        ids = super()._get_stale_trial_ids(study_id)
+        with _signals_deferred():  # a storage call like the public ones wrapped below
+            ids = super()._get_stale_trial_ids(study_id)
         for trial_id in ids:
             _set_reason(self, trial_id, f"its worker sent no heartbeat for more than {self.grace_period} s "
                                         "(process killed, out of memory, or its machine lost)")
@@ -394,18 +395,58 @@ class TrialBudget:
             time.sleep(self.poll_s)
 
 
+_HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_deferring = threading.local()
+
+
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Hold SIGINT/SIGTERM off for the block (main thread only); a signal that came meanwhile is raised after."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    """Hold Ctrl-C and SIGTERM off for the block (main thread only): a signal that comes meanwhile is handed to the
+    handler that was in place once the outermost block ends.
+
+    Used around every storage call: a ``KeyboardInterrupt`` raised inside SQLAlchemy/sqlite3 can leave a write
+    transaction open, and the next write (even this process's own) then waits out the 60 s lock timeout. Done in
+    Python, not with ``pthread_sigmask``: the kernel hands a process-wide signal to any thread that does not block
+    it (torch's, ONNX Runtime's, the heartbeat thread), and Python then runs the handler in the main thread anyway.
+    """
+    if threading.current_thread() is not threading.main_thread() or getattr(_deferring, "active", False):
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    pending: list[int] = []
+
+    def record(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {s: signal.signal(s, record) for s in _HELD_SIGNALS}
+    _deferring.active = True
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        _deferring.active = False
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        for s in dict.fromkeys(pending):  # each signal once, in the order they came
+            handler = previous[s]
+            if callable(handler):
+                handler(s, None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), s)  # the default action (e.g. terminate), now that the block is done
+
+
+def _deferring_signals(method: Callable) -> Callable:
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        with _signals_deferred():
+            return method(*args, **kwargs)
+
+    wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = method.__name__, method.__doc__, method  # type: ignore[attr-defined]
+    return wrapped
+
+
+# Every public storage method runs with signals deferred (see _signals_deferred); Optuna's cache and the trial
+# API call these, so a Ctrl-C during a trial is raised between storage calls, never inside one.
+for _name, _method in vars(optuna.storages.RDBStorage).items():
+    if not _name.startswith("_") and callable(_method) and _name not in vars(StudyStorage):
+        setattr(StudyStorage, _name, _deferring_signals(_method))
 
 
 # --- trial time limit ----------------------------------------------------------------------------------------
