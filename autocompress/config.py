@@ -19,7 +19,7 @@ from .errors import ConfigError
 WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
 ACTIVATION_BITS = (8, 16, 32)
 OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"}
-SAMPLERS = ("nsga2", "tpe", "random")
+SAMPLERS = ("nsga2", "tpe", "gp", "random")
 LAYER_TYPES = ("Conv1d", "Conv2d", "Linear")
 
 
@@ -295,7 +295,7 @@ class StudyConfig(_Strict):
     objectives: dict[str, Literal["maximize", "minimize"]] = Field(
         default_factory=lambda: dict(OBJECTIVES))
     constraints: Constraints = Field(default_factory=Constraints)
-    sampler: Literal["nsga2", "tpe", "random"] = "nsga2"
+    sampler: Literal["nsga2", "tpe", "gp", "random"] = "tpe"
     population_size: int | None = Field(default=None, ge=2)
     n_trials: int | None = Field(default=30, ge=1)
     timeout_s: float | None = Field(default=None, gt=0)
@@ -325,6 +325,9 @@ class StudyConfig(_Strict):
     def _budget(self) -> StudyConfig:
         if self.n_trials is None and self.timeout_s is None:
             raise ValueError("set `n_trials` or `timeout_s` (or both), otherwise the study never ends")
+        if self.population_size is not None and self.sampler != "nsga2":
+            raise ValueError(f"`population_size` is only used by `sampler: nsga2` (this config has `sampler: "
+                             f"{self.sampler}`); remove it or set `sampler: nsga2`")
         return self
 
 

@@ -5,15 +5,16 @@
 
 Strategies (same task, same search space, same fine-tuning, same hypervolume reference point):
 
-- default:      the config as it is (NSGA-II, warm start, fidelity ladder with successive halving)
+- default:      the config as it is (TPE, warm start, fidelity ladder with successive halving)
 - random:       random sampling, no warm start
 - uniform grid: one sparsity and one bit-width for every layer (every combination the space allows, up to the
                 budget), each scored at the proxy level (no successive halving); deterministic, so it runs once
 - sparsity-only / bits-only: the default search restricted to one axis (other knobs fixed at the teacher's)
+- nsga2 / tpe / gp: the default with that sampler (run only when named in ``--strategies``)
 
 Each strategy and seed runs one study of the largest budget; the hypervolume at a smaller budget b is that of
-its first b trials (sampling and successive halving look only at earlier trials, and the NSGA-II population is
-fixed at 16, what a 50-trial default study uses, so those b trials are exactly a b-trial study). With
+its first b trials (sampling and successive halving look only at earlier trials, and an NSGA-II population is
+fixed at 16, what a 50-trial study uses, so those b trials are exactly a b-trial study). With
 ``--latency-profile`` latency is predicted from the profile in every study: the strategies are then compared on
 the same deterministic latency objective, unaffected by what else runs on the machine (front members are still
 measured at the end of each study, as always). Finished runs are appended to ``--results`` (JSON lines) and not
@@ -95,6 +96,8 @@ def run(base: dict, tmp: Path, name: str, budgets: list[int], seed: int, task,
 
 
 STRATEGIES = ("default", "random", "uniform-grid", "sparsity-only", "bits-only")
+# the default with another sampler (not run unless named in --strategies)
+SAMPLER_VARIANTS = ("nsga2", "tpe", "gp")
 
 
 def _done(path: Path) -> dict[tuple[str, str, int, int, str], dict]:
@@ -113,7 +116,8 @@ def main() -> None:
     ap.add_argument("--budgets", default="50,100")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--strategies", default=",".join(STRATEGIES),
-                    help=f"comma-separated subset of {','.join(STRATEGIES)}")
+                    help=f"comma-separated subset of {','.join(STRATEGIES + SAMPLER_VARIANTS)} (the last "
+                         "ones: the default with that sampler)")
     ap.add_argument("--results", default="benchmarks/out/search_quality.v2.jsonl",
                     help="one JSON line per finished run; runs already there are not repeated (resumable)")
     ap.add_argument("--latency-profile", default=None,
@@ -138,9 +142,6 @@ def main() -> None:
     space = yaml.safe_load(space_path.read_text())
     base["search_space"] = space
     base["fidelity"] = {**base.get("fidelity", {}), "self_check": 0}  # same cost for every strategy
-    # the population a 50-trial default study uses, for every budget: the first b trials of the longest run are
-    # then exactly a b-trial study (see run())
-    base.setdefault("population_size", 16)
     latency_source = "config"
     if args.latency_profile:
         profile = str(Path(args.latency_profile).resolve())
@@ -161,6 +162,12 @@ def main() -> None:
         "sparsity-only": ({**base, "search_space": _restrict(space, "sparsity")}, None),
         "bits-only": ({**base, "search_space": _restrict(space, "weight_bits")}, None),
     }
+    strategies.update({s: ({**base, "sampler": s}, None) for s in SAMPLER_VARIANTS})
+    for cfg, _ in strategies.values():
+        if cfg.get("sampler", "tpe") == "nsga2":
+            # the population a 50-trial NSGA-II study uses, for every budget: the first b trials of the longest
+            # run are then exactly a b-trial study (see run())
+            cfg.setdefault("population_size", 16)
     strategies = {n: v for n, v in strategies.items() if n in args.strategies.split(",")}
     results_path = Path(args.results)
     results_path.parent.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ def _space(**group):
 BAD_STUDIES = [
     # (overrides, words that must appear in the message)
     ({"sampler": "grid"}, ["sampler", "'grid'"]),
+    ({"sampler": "tpe", "population_size": 8}, ["population_size", "nsga2", "tpe"]),
     ({"n_trials": 0}, ["n_trials", "0"]),
     ({"n_trials": None}, ["n_trials", "timeout_s"]),
     ({"objectives": {"accuracy": "minimize"}}, ["objectives", "maximize"]),

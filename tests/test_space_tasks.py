@@ -105,3 +105,28 @@ def test_user_task_forms():
 def test_bad_user_tasks(spec, match):
     with pytest.raises(TaskError, match=match):
         load_task(spec)
+
+
+@pytest.mark.parametrize("name", ["nsga2", "tpe", "gp", "random"])
+def test_every_sampler_drives_the_default_space_past_its_startup_trials(name):
+    """Each configurable sampler proposes valid plans over the default space (categorical knobs, constraints,
+    three objectives) after its random start-up trials too."""
+    from types import SimpleNamespace
+
+    from autocompress.config import SAMPLERS, load_search_space
+    from autocompress.search.driver import _sampler
+
+    assert name in SAMPLERS
+    loaded = SimpleNamespace(config=SimpleNamespace(seed=0, sampler=name, population_size=4, n_trials=14))
+    space = SearchSpace(load_search_space("search_spaces/default.yaml"), _layers())
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"], sampler=_sampler(loaded, 0))
+    for _ in range(14):
+        trial = study.ask()
+        plan = space.suggest(trial)
+        bits = [lp.weight_bits for lp in plan.layers.values()]
+        keep = [lp.channel_keep for lp in plan.layers.values()]
+        accuracy = 1.0 - 0.02 * sum(b < 4 for b in bits) - 0.1 * (1 - min(keep))
+        trial.set_constraint("min_accuracy", 0.9 - accuracy)
+        study.tell(trial, (accuracy, sum(keep), sum(bits)))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.best_trials  # a front over the three objectives

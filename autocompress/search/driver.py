@@ -110,6 +110,11 @@ def _sampler(loaded: LoadedStudy, n_existing: int) -> optuna.samplers.BaseSample
         return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
     if cfg.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if cfg.sampler == "gp":
+        # Gaussian-process sampler: constrained expected hypervolume improvement over the completed trials
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10, warn_independent_sampling=False)
     return optuna.samplers.RandomSampler(seed=seed)
 
 
