@@ -6,6 +6,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 
 import optuna
 import pytest
@@ -151,12 +152,18 @@ def test_ctrl_c_stops_cleanly_then_resumes(tmp_path):
         raise AssertionError("study did not make progress: " + proc.communicate()[1][-1500:])
     proc.send_signal(signal.SIGINT)
     try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGUSR1)  # the CLI prints every thread's stack: where it is stuck
-        time.sleep(3)
-        proc.kill()
-        raise AssertionError("no exit 60 s after Ctrl-C:\n" + proc.communicate()[1][-6000:]) from None
+        out, err = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:  # slow to stop: its stacks say where (the CLI prints them on SIGUSR1)
+        proc.send_signal(signal.SIGUSR1)
+        try:
+            out, err = proc.communicate(timeout=100)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(3)
+            proc.kill()
+            raise AssertionError("no exit 120 s after Ctrl-C:\n" + proc.communicate()[1][-8000:]) from None
+        warnings.warn("`autocompress search` took over 20 s to stop after Ctrl-C; its stacks then:\n" + err[-8000:],
+                      stacklevel=1)
     assert proc.returncode == 130, err
     assert "every completed trial is kept" in err
     study, kept = _complete(loaded)
