@@ -45,7 +45,8 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
           "--full-steps", "300"]],
     ),
     "search_quality": (
-        [["benchmarks/search_quality.py", "--budgets", "50,100", "--seeds", "0,1,2", "--latency-profile", PROFILE]],
+        [["benchmarks/search_quality.py", "--budgets", "50,100", "--seeds", "0,1,2", "--latency-profile", PROFILE,
+          "--strategies", "default,random,uniform-grid,sparsity-only,bits-only,nsga2,gp"]],
         [["benchmarks/search_quality.py", "--quick", "--latency-profile", QUICK_PROFILE,
           "--results", "benchmarks/out/search_quality.quick.jsonl"]],
     ),

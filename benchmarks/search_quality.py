@@ -118,7 +118,7 @@ def main() -> None:
     ap.add_argument("--strategies", default=",".join(STRATEGIES),
                     help=f"comma-separated subset of {','.join(STRATEGIES + SAMPLER_VARIANTS)} (the last "
                          "ones: the default with that sampler)")
-    ap.add_argument("--results", default="benchmarks/out/search_quality.v2.jsonl",
+    ap.add_argument("--results", default="benchmarks/out/search_quality.v3.jsonl",
                     help="one JSON line per finished run; runs already there are not repeated (resumable)")
     ap.add_argument("--latency-profile", default=None,
                     help="predict latency from this profile (`autocompress profile -o PATH`) in every study, so "
