@@ -346,10 +346,16 @@ def test_ctrl_c_inside_a_storage_write_waits_for_it(tmp_path):
     def interrupt(conn, cursor, statement, *args):
         if statement.lstrip().upper().startswith(("INSERT", "UPDATE")) and not fired:
             fired.append(statement)
-            os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler at its next instruction
+            # to this (the main) thread: a process-wide signal may be taken by another thread of the test process
+            # and reach Python's handler only later
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
 
-    with pytest.raises(KeyboardInterrupt):
-        trial.set_user_attr("k", 1)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever earlier tests left installed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            trial.set_user_attr("k", 1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert fired
     sqlalchemy.event.remove(storage.engine, "before_cursor_execute", interrupt)
     assert study.trials[0].user_attrs == {"k": 1}  # the interrupted write was completed
