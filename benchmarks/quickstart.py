@@ -45,7 +45,9 @@ def main() -> None:
     wall = time.perf_counter() - start
     front, teacher = outcome.front, outcome.front.teacher
     print(f"\nmachine: {platform.processor() or platform.machine()}, python {platform.python_version()}")
-    print(f"study: {src} ({len(front.trials)} completed, {len(front.failed)} failed) in {wall:.0f} s wall "
+    stopped = int((front.failed["state"] == "PRUNED").sum())
+    print(f"study: {src} ({len(front.trials)} completed, {stopped} stopped by the fidelity ladder, "
+          f"{len(front.failed) - stopped} failed) in {wall:.0f} s wall "
           "(includes teacher training on first use)")
     print(f"teacher: val {teacher['accuracy']:.4f}, test {teacher['test_accuracy']:.4f}, "
           f"{teacher['size_bytes']} B, {teacher['latency_ms']:.4f} ms")
