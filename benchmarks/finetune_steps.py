@@ -27,15 +27,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", required=True, help="comma-separated trial numbers")
     ap.add_argument("--steps", default="1500,3000", help="comma-separated fine-tuning step counts")
     args = ap.parse_args(argv)
+    try:
+        numbers = [int(t) for t in args.trials.split(",")]
+        step_counts = [int(s) for s in args.steps.split(",")]
+    except ValueError:
+        ap.error(f"--trials and --steps take comma-separated whole numbers, got {args.trials!r} / {args.steps!r}")
     loaded = load_study_config(args.config)
     cfg = loaded.config
     study = open_study(loaded, create=False)
+    plans = {}
+    for number in numbers:
+        if not 0 <= number < len(study.trials) or "plan" not in study.trials[number].user_attrs:
+            ap.error(f"--trials: study {loaded.study_name!r} has no trial {number} with a plan "
+                     f"({len(study.trials)} trials)")
+        plans[number] = CompressionPlan.from_dict(study.trials[number].user_attrs["plan"])
     task = load_task(cfg.task, cfg.task_options)
     teacher_bytes = study.user_attrs["teacher"]["size_bytes"]
     print(f"{'trial':>5} {'steps':>6} {'val':>6} {'test':>6} {'ratio':>7} {'seconds':>7}")
-    for number in (int(t) for t in args.trials.split(",")):
-        plan = CompressionPlan.from_dict(study.trials[number].user_attrs["plan"])
-        for steps in (int(s) for s in args.steps.split(",")):
+    for number, plan in plans.items():
+        for steps in step_counts:
             t0 = time.perf_counter()
             ft = cfg.finetune.model_copy(update={"steps": steps, "full_steps": steps})
             cand = Candidate(task, plan, ft, seed=cfg.seed + number)

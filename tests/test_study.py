@@ -127,6 +127,18 @@ def test_help_everywhere(cmd, capsys):
     assert "usage: autocompress" in capsys.readouterr().out
 
 
+def test_sigusr1_prints_every_thread_stack(tmp_path):
+    """After the CLI has started, `kill -USR1` makes the process print its threads' stacks (and go on running)."""
+    path = write_study(tmp_path)
+    code = ("import os, signal, sys, time; from autocompress.cli import main; main(['validate', sys.argv[1]]); "
+            "os.kill(os.getpid(), signal.SIGUSR1); time.sleep(0.2); print('still running')")
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "still running" in proc.stdout
+    assert "Current thread" in proc.stderr and "most recent call first" in proc.stderr
+
+
 def test_ctrl_c_stops_cleanly_then_resumes(tmp_path):
     """A real SIGINT to a running `autocompress search`: exit 130, completed trials kept, the rerun continues."""
     path = write_study(tmp_path, n_trials=200)

@@ -122,10 +122,10 @@ def inline_constant_identities(model: onnx.ModelProto) -> int:
     done = 0
     for node in list(graph.node):
         if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
-            copy = onnx.TensorProto()
-            copy.CopyFrom(inits[node.input[0]])
-            copy.name = node.output[0]
-            graph.initializer.append(copy)
+            dup = onnx.TensorProto()
+            dup.CopyFrom(inits[node.input[0]])
+            dup.name = node.output[0]
+            graph.initializer.append(dup)
             graph.node.remove(node)
             done += 1
     return done

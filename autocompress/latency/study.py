@@ -33,12 +33,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 CHECK_ATTR, CHECK_SUMMARY_ATTR = "latency_check", "latency_check_summary"
-PREDICTED_BACKEND = "onnxruntime (predicted)"
 PREDICTED_SUFFIX = " (predicted)"
-
-
-def _backend(cfg) -> str:
-    return str(getattr(cfg, "backend", "onnxruntime"))
 
 
 @dataclass
@@ -59,7 +54,7 @@ _MODES: dict[tuple, LatencyMode] = {}
 def _key(task, cfg) -> tuple:
     from .profile import default_profile_path
 
-    path = default_profile_path(threads=cfg.threads, backend=_backend(cfg))  # a profile written since changes it
+    path = default_profile_path(threads=cfg.threads, backend=cfg.backend)  # a profile written since changes it
     stamp = path.stat().st_mtime_ns if path.is_file() else None
     return (id(task.model), cfg.model_dump_json(), str(path), stamp)
 
@@ -99,10 +94,10 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
             profile = load_profile(path)
         except ProfileError as e:
             raise ConfigError(str(e), file=config_file, field="latency.predictor") from None
-        if profile.backend != _backend(cfg):
+        if profile.backend != cfg.backend:
             raise ConfigError(f"the profile {path} was measured for backend {profile.backend!r} but the study's "
-                              f"latency backend is {_backend(cfg)!r}; run `autocompress profile --backend "
-                              f"{_backend(cfg)}`", file=config_file, field="latency.predictor")
+                              f"latency backend is {cfg.backend!r}; run `autocompress profile --backend "
+                              f"{cfg.backend}`", file=config_file, field="latency.predictor")
         if profile.threads != cfg.threads:
             raise ConfigError(f"the profile {path} was measured at {profile.threads} thread(s) but the study times "
                               f"at {cfg.threads}; run `autocompress profile --threads {cfg.threads}`",
@@ -120,7 +115,7 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
             raise ConfigError(f"the latency predictor cannot follow this model: {e}. Use `latency: {{measure: "
                               f"true}}` or `fallback: measure`", file=config_file, field="latency.predictor") from None
         return LatencyMode("predicted", f"profile {path}", predictor, path, fallback)
-    path = default_profile_path(threads=cfg.threads, backend=_backend(cfg))
+    path = default_profile_path(threads=cfg.threads, backend=cfg.backend)
     if measure is False and not path.is_file():
         raise ConfigError(f"`latency.measure: false` needs a latency profile, but this machine has none at {path}; "
                           f"run `autocompress profile` or set `latency.predictor`", file=config_file,
@@ -130,7 +125,7 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
     try:
         profile = load_profile(path)
         predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size,
-                                     backend=_backend(cfg))
+                                     backend=cfg.backend)
         predictor.analysis.variant(1.0)
     except (ProfileError, AnalysisError) as e:
         if measure is False:
@@ -172,7 +167,7 @@ def predicted_latency(task, plan, cfg):
         return None
     return LatencyResult(latency_ms=ms, p10_ms=ms, p90_ms=ms, runs=0, threads=cfg.threads,
                          batch_size=cfg.batch_size, int8_nodes=lowered.int8_nodes,
-                         backend=_backend(cfg) + PREDICTED_SUFFIX)
+                         backend=cfg.backend + PREDICTED_SUFFIX)
 
 
 def latency_attrs(task, plan, lat, cfg) -> dict[str, Any]:

@@ -53,6 +53,7 @@ class TorchLowerer:
         self.analysis = analysis
         self._calls: dict[int, int] = {}
         self._static: dict[int, set[str]] = {}
+        self._gelu: dict[int, dict[str, tuple[str, str] | None]] = {}
 
     def _variant_calls(self, res: Resolved) -> int:
         v = res.variant
@@ -74,8 +75,10 @@ class TorchLowerer:
 
     def _gelus(self, res: Resolved) -> dict[str, tuple[str, str] | None]:
         """The exporter writes ``nn.GELU`` as Div -> Erf -> Add -> Mul -> Mul: node name -> (input, output) of the
-        one eager GELU kernel for the Erf node, None for the other nodes of the pattern."""
+        one eager GELU kernel for the Erf node, None for the other nodes of the pattern (per student depth)."""
         v = res.variant
+        if v.uid in self._gelu:
+            return self._gelu[v.uid]
         out: dict[str, tuple[str, str] | None] = {}
         producers, consumers = v.graph.producers(), v.graph.consumers()
         nodes = v.graph.nodes
@@ -95,6 +98,7 @@ class TorchLowerer:
             out[n.name] = (div.inputs[0], chain[-1].outputs[0])
             for m in (div, *chain):
                 out[m.name] = None
+        self._gelu[v.uid] = out
         return out
 
     def ops(self, res: Resolved) -> list[Op]:
@@ -102,6 +106,7 @@ class TorchLowerer:
         static = self._static_tensors(res)
         layer_of_node = {ln.node: ln for ln in v.layers.values()}
         bias_adds = {ln.bias_add for ln in v.layers.values() if ln.bias_add}
+        add_nodes = {n.name: n for n in v.graph.nodes if n.name in bias_adds}
         gelus = self._gelus(res)
         ops: list[Op] = []
         for n in v.graph.nodes:
@@ -122,8 +127,7 @@ class TorchLowerer:
             kind = "Conv" if ln.is_conv else "Linear"
             out = n.outputs[0]
             if ln.bias_add:  # a Linear on 3-D input: MatMul + Add in the graph, one F.linear in eager
-                add = next(g for g in v.graph.nodes if g.name == ln.bias_add)
-                out = add.outputs[0]
+                out = add_nodes[ln.bias_add].outputs[0]
             if layer in res.rank:
                 mid = f"{layer}::rank"
                 res.shapes.rank_tensor(mid, layer, n.outputs[0], ln.is_conv)

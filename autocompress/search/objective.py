@@ -67,7 +67,7 @@ class TeacherReference:
 def measure_teacher(task: Task, latency: LatencyConfig) -> TeacherReference:
     lat = measure_latency(task.model, task.example_input, threads=latency.threads, batch_size=latency.batch_size,
                           warmup=latency.warmup, repeats=latency.repeats,
-                          backend=getattr(latency, "backend", "onnxruntime"))
+                          backend=latency.backend)
     test = evaluate(task.model, task.test, task.metric) if task.test is not None else None
     ref = TeacherReference(accuracy=evaluate(task.model, task.val, task.metric), test_accuracy=test,
                            latency_ms=lat.latency_ms, size_bytes=dense_size_bytes(task.model),
@@ -174,7 +174,7 @@ class Candidate:
         result = measure_latency(cm.model, self.task.example_input, int8_modules=int8_modules(cm, self.plan),
                                  calibration=self.calib, threads=latency.threads, batch_size=latency.batch_size,
                                  warmup=latency.warmup, repeats=latency.repeats,
-                                 backend=getattr(latency, "backend", "onnxruntime"))
+                                 backend=latency.backend)
         self._add_time("latency", t0)
         return result
 

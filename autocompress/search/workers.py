@@ -404,8 +404,9 @@ def _signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM off for the block (main thread only): a signal that comes meanwhile is handed to the
     handler that was in place once the outermost block ends.
 
-    Used around every storage call: a ``KeyboardInterrupt`` raised inside SQLAlchemy/sqlite3 can leave a write
-    transaction open, and the next write (even this process's own) then waits out the 60 s lock timeout. Done in
+    Used around every storage call: a ``KeyboardInterrupt`` raised inside SQLAlchemy/sqlite3 cuts the call short
+    (a trial attribute being written is silently lost, ``tests/test_scale.py`` shows it), and the session it
+    interrupts is left to SQLAlchemy's clean-up under an exception. Done in
     Python, not with ``pthread_sigmask``: the kernel hands a process-wide signal to any thread that does not block
     it (torch's, ONNX Runtime's, the heartbeat thread), and Python then runs the handler in the main thread anyway.
     """
