@@ -13,14 +13,14 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import AutocompressError, StudyNotFoundError
+from .errors import AutocompressError, ConfigError, StudyNotFoundError
 
 # Modules adding their own sub-commands (kept light at import: heavy imports go inside the command).
 COMMAND_MODULES: list[str] = ["autocompress.dashboard.cli", "autocompress.export.cli", "autocompress.latency.cli"]
 
 
 def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
-    from .search.front import COLUMNS
+    from .front import COLUMNS
 
     df = front.trials if all_trials else front.front
     if fmt == "csv":
@@ -58,7 +58,7 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
 def _resolve_front(target: str, study: str | None):
     """A config file, a study folder (holding study.db) or a storage URL -> Front."""
     from .config import load_study_config
-    from .search.front import load_front
+    from .front import load_front
 
     path = Path(target)
     if "://" in target:
@@ -114,9 +114,14 @@ def cmd_front(args: argparse.Namespace) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     from .config import load_study_config
+    from .runtime import BackendError, backend_for  # lazy: keeps `autocompress --help` fast
 
     for cfg in args.configs:
         loaded = load_study_config(cfg)
+        try:
+            backend_for(loaded.config.latency)
+        except BackendError as e:
+            raise ConfigError(str(e), file=cfg, field="latency.backend") from None
         groups = ", ".join(g.name for g in loaded.space.groups)
         print(f"{cfg}: OK (study {loaded.study_name!r}, task {loaded.config.task}, groups: {groups}, "
               f"objectives: {', '.join(loaded.config.objectives)})")

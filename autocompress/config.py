@@ -260,14 +260,19 @@ class LatencyConfig(_Strict):
     measure:   true = always measure; false = always predict (this machine's profile); unset (default) = predict
                when this machine has a profile (``autocompress profile``), otherwise measure
     fallback:  what to do with a candidate needing a kernel the profile has not measured: ``error`` or ``measure``
-    backend:   ``onnxruntime`` (default) or ``torch`` (eager PyTorch on CPU: float kernels only, so quantized and
-               sparse layers run as float; predicted from an ``autocompress profile --backend torch`` profile)
+    backend:   a runtime of :mod:`autocompress.runtime` (checked against its registry when a study starts):
+               ``onnxruntime`` (default; int8 QDQ, int4 MatMulNBits and float kernels), ``openvino`` (OpenVINO's CPU
+               plugin, int8 and float; ``pip install autocompress[openvino]``) or ``torch`` (eager PyTorch on CPU:
+               float kernels only; predicted from an ``autocompress profile --backend torch`` profile)
+    device:    onnxruntime: an execution provider (default ``CPUExecutionProvider``; ``CUDAExecutionProvider``,
+               ``TensorrtExecutionProvider`` where installed); openvino: a device (default ``CPU``)
     """
 
     measure: bool | None = None
     predictor: str | None = None
     fallback: Literal["error", "measure"] = "error"
-    backend: Literal["onnxruntime", "torch"] = "onnxruntime"
+    backend: str = Field(default="onnxruntime", pattern=r"^[a-z0-9_]+$")
+    device: str | None = None
     threads: int = Field(default=1, ge=1, le=256)
     batch_size: int = Field(default=1, ge=1)
     warmup: int = Field(default=20, ge=0)

@@ -36,8 +36,8 @@ import yaml
 
 from autocompress.config import load_study_config
 from autocompress.export.artifact import export_from_study
+from autocompress.front import load_front
 from autocompress.search.driver import run_study
-from autocompress.search.front import load_front
 from autocompress.tasks import load_task
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,10 +36,12 @@ import yaml
 
 from autocompress.config import load_study_config
 from autocompress.errors import AutocompressError
+from autocompress.evaluate.candidate import Candidate
 from autocompress.export.artifact import export_from_study
-from autocompress.export.measure import latency_rounds
+from autocompress.latency.study import candidate_latency
+from autocompress.runtime import TimingSpec, backend_for
+from autocompress.runtime.onnx import export_onnx
 from autocompress.search.driver import run_study
-from autocompress.search.objective import Candidate
 from autocompress.tasks import load_task
 
 PICKS = {"fastest-1pt": ("latency_ms", 0.01), "smallest-1pt": ("size_bytes", 0.01), "fastest-3pt": ("latency_ms", 0.03),
@@ -110,19 +112,19 @@ def main() -> None:
             lat_cfg = loaded.config.latency
             teacher_onnx = tmp / f"{src.stem}-teacher.onnx"
             if not teacher_onnx.exists():
-                from autocompress.evaluate.latency import export_onnx
 
                 export_onnx(task.model, task.example_input, teacher_onnx)
             meas = [card["metrics"]["latency"]]
             for _ in range(args.repeat - 1):
-                got = latency_rounds({"teacher": teacher_onnx, "export": out / "model.onnx"}, task.example_input,
-                                     lat_cfg, rounds=args.rounds)
-                meas.append({"teacher_ms": got["teacher"]["median_ms"], "export_ms": got["export"]["median_ms"],
-                             "speedup": got["teacher"]["median_ms"] / got["export"]["median_ms"]})
+                got = backend_for(lat_cfg).time({"teacher": teacher_onnx, "export": out / "model.onnx"},
+                                                task.example_input,
+                                                TimingSpec.of(lat_cfg, rounds=args.rounds, min_runs=200))
+                meas.append({"teacher_ms": got["teacher"].latency_ms, "export_ms": got["export"].latency_ms,
+                             "speedup": got["teacher"].latency_ms / got["export"].latency_ms})
             # the search's own latency code on the same plan, now: separates lowering differences from noise
             cand = Candidate(task, front.plans[number], loaded.config.finetune, seed=loaded.config.seed + number)
             search_cfg = lat_cfg.model_copy(update={"repeats": max(lat_cfg.repeats, 200)})
-            search_now = [cand.latency(search_cfg).latency_ms for _ in range(args.repeat)]
+            search_now = [candidate_latency(cand, search_cfg).latency_ms for _ in range(args.repeat)]
             rows.append({"study": src.stem, "pick": label, "card": card, "meas": meas, "export_s": export_s,
                          "path": out, "search_now": search_now})
             _print_pick(rows[-1])

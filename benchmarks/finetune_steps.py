@@ -15,9 +15,9 @@ import argparse
 import time
 
 from autocompress.config import load_study_config
+from autocompress.evaluate.candidate import Candidate
 from autocompress.plan import CompressionPlan
 from autocompress.search.driver import open_study
-from autocompress.search.objective import Candidate
 from autocompress.tasks import load_task
 
 

@@ -49,11 +49,11 @@ from torch import nn
 from autocompress.compress.layers import discover_layers
 from autocompress.latency.analysis import AnalysisError
 from autocompress.latency.graph import optimized_graph
-from autocompress.latency.measure import export_plan, feed_for, time_onnx
+from autocompress.latency.measure import Measurement, lower_plan
 from autocompress.latency.model import UnsupportedOpError
 from autocompress.latency.predictor import LatencyPredictor, resolve_profile
-from autocompress.latency.torch_backend import measure_plan_torch
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
+from autocompress.runtime import TimingSpec, get_backend
 from autocompress.tasks.models import LeNet5, SmallResNet, mlp
 
 # --- families -----------------------------------------------------------------------------------------------
@@ -163,13 +163,11 @@ BACKEND = "onnxruntime"
 
 def measure(model: nn.Module, plan: CompressionPlan, x: torch.Tensor, calib, *, runs: int, rounds: int,
             with_ops: bool = False):
-    if BACKEND == "torch":
-        return measure_plan_torch(model, plan, x, calibration=calib, threads=1, warmup=20, runs=runs,
-                                  rounds=rounds), None
+    spec = TimingSpec(threads=1, warmup=20, runs=runs, rounds=rounds)
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
-        path, n_int8 = export_plan(model, plan, x, Path(tmp), calibration=calib)
-        m = time_onnx(path, feed_for(x), threads=1, warmup=20, runs=runs, rounds=rounds)
-        m.int8_nodes = n_int8
+        path, kernels = lower_plan(model, plan, x, Path(tmp), calibration=calib, backend=BACKEND)
+        t = get_backend(BACKEND).time({"m": path}, x, spec)["m"]
+        m = Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8))
         ops = None
         if with_ops:
             import onnx

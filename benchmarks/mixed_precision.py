@@ -39,9 +39,9 @@ import yaml
 from autocompress.compress.layers import discover_layers
 from autocompress.config import load_study_config
 from autocompress.errors import AutocompressError
-from autocompress.evaluate.latency import export_onnx
 from autocompress.export.artifact import export_from_study
-from autocompress.export.measure import latency_rounds
+from autocompress.runtime import TimingSpec, backend_for
+from autocompress.runtime.onnx import export_onnx
 from autocompress.search.driver import open_study, run_study
 from autocompress.space import SearchSpace
 from autocompress.tasks import load_task
@@ -120,24 +120,25 @@ def main() -> None:
             exports[label] = next(e for e in exports.values() if e["trial"] == number)
             continue
         out = tmp / "exports" / f"trial{number}"
-        res = export_from_study(str(path), out, trial=number, task=task, int8=True, int4=False, rounds=3)
+        res = export_from_study(str(path), out, trial=number, task=task, rounds=3)
         exports[label] = {"trial": number, "card": res.card, "onnx": out / "model.onnx"}
     teacher_onnx = tmp / "teacher.onnx"
     export_onnx(task.model, task.example_input, teacher_onnx)
     files = {"teacher": teacher_onnx, **{f"trial{e['trial']}": e["onnx"] for e in exports.values()}}
-    lat = latency_rounds(files, task.example_input, loaded.config.latency, rounds=args.rounds)
+    cfg = loaded.config.latency
+    lat = backend_for(cfg).time(files, task.example_input, TimingSpec.of(cfg, rounds=args.rounds, min_runs=200))
 
     base = exports["fixed-8bit"]
-    base_ms = lat[f"trial{base['trial']}"]["median_ms"]
+    base_ms = lat[f"trial{base['trial']}"].latency_ms
     base_bytes = base["card"]["metrics"]["size"]["weights_bin_bytes"]
     base_search = trials.loc[base["trial"]]
     print(f"\nlatency: ONNX Runtime, {loaded.config.latency.threads} thread, batch {loaded.config.latency.batch_size}, "
-          f"{args.rounds} interleaved rounds; teacher fp32 {lat['teacher']['median_ms']:.4f} ms")
+          f"{args.rounds} interleaved rounds; teacher fp32 {lat['teacher'].latency_ms:.4f} ms")
     print(f"{'pick':<11} {'trial':>5} {'val(search)':>11} {'test':>7} {'weights.bin B':>13} {'size vs 8b':>10} "
           f"{'ms':>8} {'lat vs 8b':>9} {'search ms':>9} {'search vs 8b':>12}  plan")
     for label, e in exports.items():
         m, n = e["card"]["metrics"], e["trial"]
-        ms = lat[f"trial{n}"]["median_ms"]
+        ms = lat[f"trial{n}"].latency_ms
         size = m["size"]["weights_bin_bytes"]
         row = trials.loc[n]
         print(f"{label:<11} {n:>5} {row['accuracy']:>11.4f} {m['accuracy']['onnx_test']:>7.4f} {size:>13} "

@@ -23,7 +23,7 @@ from scipy import stats
 from autocompress.compress.layers import discover_layers
 from autocompress.config import FinetuneConfig, load_search_space
 from autocompress.evaluate import zero_cost
-from autocompress.search.objective import Candidate
+from autocompress.evaluate.candidate import Candidate
 from autocompress.space import SearchSpace
 from autocompress.tasks import load_task
 

@@ -40,8 +40,8 @@ import optuna
 import yaml
 
 from autocompress.config import load_search_space, load_study_config
+from autocompress.front import hypervolume
 from autocompress.search.driver import run_study
-from autocompress.search.front import hypervolume
 from autocompress.tasks import load_task
 
 

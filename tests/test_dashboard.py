@@ -41,8 +41,8 @@ from autocompress.dashboard.html import plotly_js, render_html, to_json, write_a
 from autocompress.dashboard.server import make_server
 from autocompress.dashboard.source import read_study, study_version
 from autocompress.dashboard.synthetic import make_synthetic_study
+from autocompress.front import COLUMNS, Front
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search.front import COLUMNS, Front
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

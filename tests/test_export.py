@@ -23,11 +23,12 @@ from autocompress.export import gate as gate_module
 from autocompress.export.artifact import export_plan, verify
 from autocompress.export.card import ArtifactError, ExportError, safe_path
 from autocompress.export.loader import load
-from autocompress.export.lower import graph_ops, runtime_ops
 from autocompress.export.pack import pack_bits, pack_weight, unpack_bits, unpack_state
+from autocompress.front import DEPLOY_ATTR, Front, load_front
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
+from autocompress.runtime.onnx import graph_ops
+from autocompress.runtime.onnxruntime import OnnxRuntimeBackend
 from autocompress.search.driver import run_study
-from autocompress.search.front import DEPLOY_ATTR, Front, load_front
 
 FAST_LATENCY = LatencyConfig(warmup=2, repeats=5)
 # digits-mlp layers: "1" (64->64), "3" (64->32), "5" (32->10, output)
@@ -41,8 +42,7 @@ MIXED = CompressionPlan(layers={
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, digits_task):
     out = tmp_path_factory.mktemp("exports") / "mixed"
-    result = export_plan(digits_task, MIXED, out, finetune=30, latency_cfg=FAST_LATENCY, rounds=1, int4=True,
-                         int8=True)
+    result = export_plan(digits_task, MIXED, out, finetune=30, latency_cfg=FAST_LATENCY, rounds=1)
     return result
 
 
@@ -114,7 +114,7 @@ def test_onnx_runs_int8_and_int4_kernels(exported):
     ops = graph_ops(path)
     assert ops.get("QuantizeLinear", 0) >= 1 and ops.get("DequantizeLinear", 0) >= 1
     assert ops.get("MatMulNBits") == 2 and "Gemm" in ops  # the int8 Gemm sits between its Q/DQ nodes
-    assert runtime_ops(path).get("QGemm") == 1  # ONNX Runtime fuses the QDQ Gemm into its int8 kernel
+    assert OnnxRuntimeBackend().runtime_ops(path).get("QGemm") == 1  # ONNX Runtime fuses the QDQ Gemm into its int8 kernel
     model = onnx.load(str(path))
     dtypes = {i.name: i.data_type for i in model.graph.initializer}
     assert onnx.TensorProto.INT8 in dtypes.values()  # int8 weights stored as int8
@@ -124,25 +124,13 @@ def test_onnx_runs_int8_and_int4_kernels(exported):
                    for name, d in dtypes.items())
 
 
-@pytest.mark.parametrize("slower,kept", [("int4=on", "int8=on,int4=off"), ("int8=on", "int8=off,int4=on"),
-                                          ("none", "int8=on,int4=on")])
-def test_auto_lowering_keeps_the_fastest(digits_task, tmp_path, monkeypatch, slower, kept):
-    def timed(paths, *args, **kwargs):  # fake timings: the variants named `slower` take 1 ms more
-        fake = {k: 0.6 + (1.0 if slower in k else 0.0) for k in paths}
-        return {k: {"median_ms": v, "rounds_ms": [v], "spread": 0.0, "p10_ms": v, "p90_ms": v, "repeats": 1}
-                for k, v in fake.items()}
-
-    monkeypatch.setattr("autocompress.export.artifact.latency_rounds", timed)
-    res = export_plan(digits_task, MIXED, tmp_path / "a", finetune="none", latency_cfg=FAST_LATENCY, rounds=1)
+def test_predicted_kinds_lower_int4_layers_as_float(digits_task, tmp_path):
+    """A study that predicts latency scores <= 4-bit weight-only layers as float (its predictor has no int4 costs):
+    exported with the study's kernel kinds, they run float, as scored."""
+    res = export_plan(digits_task, MIXED, tmp_path / "a", finetune="none", measure=False, kinds=["int8", "float"])
     low = res.card["lowering"]
-    assert low["decision"]["kept"] == kept and len(low["decision"]["variants_ms"]) == 4
-    ops = graph_ops(tmp_path / "a" / "model.onnx")
-    assert ("MatMulNBits" in ops) == ("int4=on" in kept) == bool(low["int4"])
-    assert ("QuantizeLinear" in ops) == ("int8=on" in kept) == bool(low["int8"])
-    if kept == "int8=on,int4=off":
-        assert "measured faster without int4" in low["notes"]["3"] and sorted(low["float"]) == ["3", "5"]
-    if kept == "int8=off,int4=on":
-        assert "measured faster without int8" in low["notes"]["1"]
+    assert low["int8"] == ["1"] and low["int4"] == [] and sorted(low["float"]) == ["3", "5"]
+    assert "MatMulNBits" not in graph_ops(tmp_path / "a" / "model.onnx")
     assert load(tmp_path / "a", runtime="onnx")(digits_task.example_input).shape == (1, 10)
 
 
@@ -218,14 +206,14 @@ def test_failed_export_leaves_nothing(digits_task, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("lowering exploded")
 
-    monkeypatch.setattr("autocompress.export.artifact.lower", broken)
+    monkeypatch.setattr("autocompress.runtime.onnxruntime.OnnxRuntimeBackend.lower", broken)
     with pytest.raises(RuntimeError, match="lowering exploded"):
         export_plan(digits_task, MIXED, tmp_path / "new", finetune="none", measure=False)
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
     export_plan(digits_task, MIXED, tmp_path / "old", finetune="none", measure=False)
     before = (tmp_path / "old" / "SHA256SUMS").read_text()
-    monkeypatch.setattr("autocompress.export.artifact.lower", broken)
+    monkeypatch.setattr("autocompress.runtime.onnxruntime.OnnxRuntimeBackend.lower", broken)
     with pytest.raises(RuntimeError):
         export_plan(digits_task, CompressionPlan(), tmp_path / "old", finetune="none", measure=False, force=True)
     assert (tmp_path / "old" / "SHA256SUMS").read_text() == before  # the earlier export is untouched
@@ -248,7 +236,7 @@ def test_bn_fused_convolutions_are_lowered_to_int8(tmp_path):
     res = export_plan(task, plan, tmp_path / "rn", finetune="none", measure=False)
     assert sorted(res.card["lowering"]["int8"]) == sorted(names)
     assert res.card["architecture"]["kind"] == "unknown"
-    assert runtime_ops(tmp_path / "rn" / "model.onnx").get("QLinearConv") == 9
+    assert OnnxRuntimeBackend().runtime_ops(tmp_path / "rn" / "model.onnx").get("QLinearConv") == 9
     with pytest.raises(ArtifactError, match="architecture="):
         load(tmp_path / "rn")
     rebuilt = load(tmp_path / "rn", architecture=SmallResNet(width=4, blocks=(1, 1, 1)))
@@ -278,11 +266,11 @@ def test_gate_marks_a_failing_member_not_deployable(tmp_path, digits_task, monke
     real = gate_module.check_deployable
     failed = []
 
-    def flaky(task, plan, *, finetune_cfg=None, seed=0):
+    def flaky(task, plan, *, seed=0, **kwargs):
         if not failed:
             failed.append(seed)  # the study's seed is 0: seed == trial number
             raise RuntimeError("simulated unsupported op")
-        return real(task, plan, finetune_cfg=finetune_cfg, seed=seed)
+        return real(task, plan, seed=seed, **kwargs)
 
     monkeypatch.setattr(gate_module, "check_deployable", flaky)
     loaded = load_study_config(write_study(tmp_path, n_trials=4, fidelity={"promotion": False, "self_check": 0}))
@@ -355,8 +343,8 @@ def test_lenet5_export_runs_qlinearconv(tmp_path):
     task = load_task("mnist-lenet5")
     plan = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8)
                                    for n in ("features.0", "features.3", "classifier.1", "classifier.3")})
-    res = export_plan(task, plan, tmp_path / "lenet", finetune=50, latency_cfg=FAST_LATENCY, rounds=2, int8=True)
-    ops = runtime_ops(tmp_path / "lenet" / "model.onnx")
+    res = export_plan(task, plan, tmp_path / "lenet", finetune=50, latency_cfg=FAST_LATENCY, rounds=2)
+    ops = OnnxRuntimeBackend().runtime_ops(tmp_path / "lenet" / "model.onnx")
     assert ops.get("QLinearConv") == 2 and ops.get("QGemm", 0) >= 1
     acc = res.card["metrics"]["accuracy"]
     assert acc["onnx_test"] >= acc["teacher_test"] - 0.02 and acc["onnx_torch_agreement"] >= 0.98

@@ -56,8 +56,8 @@ def test_rank_agreement():
 
 def test_candidate_training_is_cumulative(digits_task):
     from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
     from autocompress.plan import CompressionPlan, LayerPlan
-    from autocompress.search.objective import Candidate
 
     plan = CompressionPlan(layers={"1": LayerPlan(weight_bits=2, sparsity=0.8)})
     cand = Candidate(digits_task, plan, FinetuneConfig(steps=20))

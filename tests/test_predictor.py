@@ -23,7 +23,7 @@ from autocompress.config import LatencyConfig
 from autocompress.latency.analysis import TeacherAnalysis
 from autocompress.latency.graph import optimized_graph
 from autocompress.latency.lowering import FEATURES, Kernel, Lowerer, lower_ops
-from autocompress.latency.measure import export_plan
+from autocompress.latency.measure import lower_plan
 from autocompress.latency.model import CostModel, Sample, UnsupportedOpError, fit
 from autocompress.latency.predictor import LatencyPredictor, predict
 from autocompress.latency.profile import (
@@ -119,7 +119,7 @@ def test_channel_counts_and_ranks_match_apply(name, analyses):
 
 def _runtime_ops(teacher, plan) -> collections.Counter:
     with tempfile.TemporaryDirectory() as tmp:
-        path, _ = export_plan(teacher, plan, X, Path(tmp), calibration=[torch.randn(8, 1, 28, 28)])
+        path, _ = lower_plan(teacher, plan, X, Path(tmp), calibration=[torch.randn(8, 1, 28, 28)])
         graph = optimized_graph(onnx.load(str(path)), "all")
     return collections.Counter(NORM.get(n.op, n.op) for n in graph.nodes)
 
@@ -169,11 +169,11 @@ def test_int8_conv_with_folded_batchnorm_runs_int8_and_predictor_agrees(analyses
     plan = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8, rank_ratio=ratio)
                                    for n in ("stem.0", "layer1.0.conv1", "layer2.0.conv2", "fc")})
     with tempfile.TemporaryDirectory() as tmp:
-        path, n_int8 = export_plan(teacher, plan, X, Path(tmp), calibration=[torch.randn(8, 1, 28, 28)])
+        path, kernels = lower_plan(teacher, plan, X, Path(tmp), calibration=[torch.randn(8, 1, 28, 28)])
         runtime = collections.Counter(NORM.get(n.op, n.op) for n in optimized_graph(onnx.load(str(path)), "all").nodes)
     lowered = Lowerer(block=16).lower(an.resolve(plan))
     predicted = collections.Counter(NORM.get(op.op, op.op) for op in lower_ops(an.resolve(plan), block=16))
-    assert runtime["QLinearConv"] >= 3 and n_int8 == lowered.int8_nodes >= 4
+    assert runtime["QLinearConv"] >= 3 and len(kernels.int8) == lowered.int8_nodes >= 4
     assert predicted["QLinearConv"] == runtime["QLinearConv"] and predicted["QGemm"] + predicted["QLinearMatMul"] \
         == runtime["QGemm"] + runtime["QLinearMatMul"]
 
@@ -185,10 +185,10 @@ def test_int8_linear_on_3d_input_runs_qlinearmatmul_and_predictor_agrees():
     an = TeacherAnalysis(teacher, x)
     plan = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8) for n in ("0", "2")})
     with tempfile.TemporaryDirectory() as tmp:
-        path, n_int8 = export_plan(teacher, plan, x, Path(tmp), calibration=[torch.randn(8, 6, 16)])
+        path, kernels = lower_plan(teacher, plan, x, Path(tmp), calibration=[torch.randn(8, 6, 16)])
         runtime = collections.Counter(NORM.get(n.op, n.op) for n in optimized_graph(onnx.load(str(path)), "all").nodes)
     predicted = collections.Counter(NORM.get(op.op, op.op) for op in lower_ops(an.resolve(plan), block=16))
-    assert n_int8 == 2 and runtime["QLinearMatMul"] == 2 and predicted == runtime
+    assert len(kernels.int8) == 2 and runtime["QLinearMatMul"] == 2 and predicted == runtime
 
 
 def test_structure_cache_gives_the_same_kernels(analyses):
@@ -333,7 +333,7 @@ def test_quick_profile_measures_and_predicts(tmp_path):
     settings.micro, settings.extra_precisions, settings.runs, settings.calibration_plans = 12, 1, 20, 0
     profile = build_profile(settings=settings)
     assert profile.samples and profile.model.kinds and profile.nchwc_block in (0, 4, 8, 16)
-    assert {"matmul_float", "matmul_dynamic_int8", "matmul_int4"} <= {s.tag for s in profile.samples}
+    assert {"matmul_float", "matmul_int4"} <= {s.tag for s in profile.samples}
     path = profile.save(tmp_path / "quick.json")
     assert load_profile(path).model.to_dict() == profile.model.to_dict()
 
@@ -359,15 +359,18 @@ def test_torch_backend_profile_predicts_eager_and_backends_do_not_mix(tmp_path):
         LatencyPredictor(teacher, X, ort_path, backend="torch")
 
 
-def test_torch_lowering_runs_batchnorm_unfolded(analyses):
-    from autocompress.latency.torch_backend import TorchLowerer, materialize, module_calls
+def test_torch_lowering_runs_batchnorm_unfolded(analyses, tmp_path):
+    from autocompress.latency.measure import default_calibration, materialize_plan
+    from autocompress.latency.torch_backend import TorchLowerer, module_calls
+    from autocompress.runtime import get_backend
 
     an = analyses["resnet"]
     kinds = collections.Counter(k.kind for k in TorchLowerer(an).lower(an.resolve(CompressionPlan())).kernels)
     n_bn = sum(isinstance(m, nn.BatchNorm2d) for m in _teacher("resnet").modules())
     assert kinds["BatchNormalization"] == n_bn and "Shape" not in kinds and "Gather" not in kinds
     plan = CompressionPlan(layers={"stem.0": LayerPlan(rank_ratio=0.5, weight_bits=4, activation_bits=8)})
-    model = materialize(_teacher("resnet"), plan, X)
+    cm = materialize_plan(_teacher("resnet"), plan, X, default_calibration(X))
+    model = get_backend("torch").lower(cm, X, [], tmp_path).artifact
     assert not any(m._forward_pre_hooks for m in model.modules())  # activation quantizers removed
     calls = TorchLowerer(an).lower(an.resolve(plan)).kernels[-1]
     assert calls.kind == "ModuleCall" and calls.features[0] == module_calls(model, X)

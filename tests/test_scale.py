@@ -18,9 +18,9 @@ from conftest import ROOT, write_study
 
 from autocompress.cli import main
 from autocompress.config import load_study_config
+from autocompress.evaluate.candidate import Candidate
 from autocompress.search import workers
 from autocompress.search.driver import run_study
-from autocompress.search.objective import Candidate
 
 # Cheap, uniform trials: one fidelity level, no self-check, no post-study export gate.
 FAST = {"fidelity": {"promotion": False, "self_check": 0}, "deployability_gate": False}

@@ -85,7 +85,7 @@ def test_teacher_cache_checksum_retrains(digits_task, tmp_path, monkeypatch):
     t = load_task("digits-mlp")  # retrained, not crashed
     assert json.loads(weights.with_suffix(".json").read_text())["sha256"] != "x"
     assert weights.read_bytes() != b"corrupt"
-    from autocompress.evaluate.accuracy import evaluate
+    from autocompress.tasks.metric import evaluate
 
     assert evaluate(t.model, t.val) == pytest.approx(meta["val_accuracy"], abs=0.03)  # retrained just as well
 

@@ -14,10 +14,10 @@ from conftest import ROOT, write_study
 
 from autocompress.cli import main
 from autocompress.config import load_study_config
+from autocompress.front import load_front
 from autocompress.plan import CompressionPlan
-from autocompress.search import objective as objective_module
+from autocompress.search import trial as trial_module
 from autocompress.search.driver import run_study
-from autocompress.search.front import load_front
 
 
 def _complete(loaded):
@@ -62,7 +62,7 @@ def test_resume_keeps_completed_trials(tmp_path, digits_task):
 
 
 def test_failing_trial_is_recorded_and_study_goes_on(tmp_path, digits_task, monkeypatch):
-    real = objective_module.Candidate.latency
+    real = trial_module.candidate_latency
     calls = {"n": 0}
 
     def flaky(self, *args, **kwargs):
@@ -71,7 +71,7 @@ def test_failing_trial_is_recorded_and_study_goes_on(tmp_path, digits_task, monk
             raise RuntimeError("simulated out-of-memory")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(objective_module.Candidate, "latency", flaky)
+    monkeypatch.setattr(trial_module, "candidate_latency", flaky)
     loaded = load_study_config(write_study(tmp_path, n_trials=3))
     run_study(loaded, progress=False, task=digits_task)
     front = load_front(loaded.storage_url)

@@ -18,12 +18,12 @@ from autocompress.compress.quantize import SharedWeight, kmeans_1d, magnitude_ma
 from autocompress.config import FinetuneConfig, SearchSpaceConfig, load_search_space
 from autocompress.errors import ConfigError
 from autocompress.evaluate import entropy
+from autocompress.evaluate.candidate import Candidate
 from autocompress.evaluate.size import compressed_size, weight_storage_bits
 from autocompress.export.artifact import export_plan
 from autocompress.export.loader import load
 from autocompress.export.pack import pack_state, pack_weight, unpack_state
 from autocompress.plan import CompressionPlan, LayerPlan
-from autocompress.search.objective import Candidate
 from autocompress.space import SearchSpace
 from autocompress.tasks.models import LeNet5, lenet300
 

@@ -18,6 +18,7 @@ bits symmetric) with a range calibrated on training batches, then frozen.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +37,34 @@ def quantize_weight(w: torch.Tensor, bits: int) -> torch.Tensor:
     shape = (-1,) + (1,) * (w.dim() - 1)
     q = torch.clamp(_ste_round(w / scale.reshape(shape)), -qmax, qmax)
     return q * scale.reshape(shape)
+
+
+def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Per-output-channel scale of symmetric ``bits``-bit quantization (as :func:`quantize_weight`)."""
+    qmax = 2 ** (bits - 1) - 1
+    flat = w.detach().reshape(w.shape[0], -1)
+    return (flat.abs().amax(dim=1) / qmax).clamp_min(1e-12)
+
+
+def weight_codes(w: torch.Tensor, bits: int,
+                 scale: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(codes q as int64 of w's shape, float32 scales)`` of a baked weight, with ``q * scale == w`` exactly
+    (checked; ``scale``: the fake quantizer's own, else derived from the weight). Raises ValueError off-grid."""
+    shape = (-1,) + (1,) * (w.dim() - 1)
+    candidates = [scale] if scale is not None else []
+    candidates.append(weight_scale(w, bits))  # derived from the baked weight: exact up to rounding of the scale
+    qmax = 2 ** (bits - 1) - 1
+    last_err = 0.0
+    for i, candidate in enumerate(candidates):
+        s = candidate.detach().to(torch.float32)
+        q = torch.clamp(torch.round(w.detach() / s.reshape(shape)), -qmax, qmax)
+        rebuilt = q * s.reshape(shape)
+        if torch.equal(rebuilt, w.detach()):
+            return q.to(torch.int64).numpy(), s.numpy()
+        last_err = float((rebuilt - w.detach()).abs().max())
+        if i == len(candidates) - 1 and last_err <= 1e-6 * (float(w.detach().abs().max()) or 1.0):
+            return q.to(torch.int64).numpy(), s.numpy()
+    raise ValueError(f"weight is not on a {bits}-bit per-channel grid (max error {last_err:.3g}); was it baked?")
 
 
 def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..front import HV_REFERENCE, Front, hypervolume
 from ..plan import CompressionPlan
-from ..search.front import HV_REFERENCE, Front, hypervolume
 
 # The three measured objectives, recorded on every completed trial whatever the study optimises.
 METRICS = ("accuracy", "latency_ms", "size_bytes")

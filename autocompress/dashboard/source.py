@@ -12,7 +12,7 @@ import optuna
 import pandas as pd
 
 from ..errors import AutocompressError, StudyNotFoundError
-from ..search.front import Front, study_names
+from ..front import Front, study_names
 from .data import EXTRA_ATTRS, StudyData
 
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)

@@ -8,7 +8,7 @@
     onnx = autocompress.load("exports/lenet", runtime="onnx")   # the ONNX Runtime artifact as a module
 
 Modules: ``materialize`` (plan -> fine-tuned, baked model; what "full" fine-tuning means), ``pack`` (packed
-weights), ``lower`` (ONNX Runtime kernels: int8 QDQ, int4 MatMulNBits, float), ``card`` (model card, checksums),
+weights), ``card`` (model card, checksums; lowering and timing are :mod:`autocompress.runtime`),
 ``loader`` (load, rebuild), ``artifact`` (export, verify), ``gate`` (the study's deployability gate), ``cli``.
 Imported lazily so that ``autocompress --help`` stays fast.
 """

@@ -32,9 +32,10 @@ import torch
 
 from ..config import FinetuneConfig, LatencyConfig
 from ..errors import AutocompressError
-from ..evaluate.latency import export_onnx
 from ..evaluate.size import compressed_size, dense_size_bytes
 from ..plan import CompressionPlan
+from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for, get_backend
+from ..runtime.onnx import export_onnx, graph_ops
 from ..tasks import Task
 from .card import (
     ARTIFACT_FORMAT,
@@ -65,14 +66,15 @@ from .loader import (
     rebuild_torch,
     verify_files,
 )
-from .lower import graph_ops, lower, runtime_ops
 from .materialize import materialize
-from .measure import LATENCY_ROUNDS, accuracy, agreement, latency_rounds
-from .pack import pack_state, weight_codes
+from .measure import LATENCY_ROUNDS, MIN_REPEATS, accuracy, agreement
+from .pack import pack_state
 
 log = logging.getLogger(__name__)
 FORMATS = ("onnx", "torch")
-LOWERING_MARGIN = 0.03  # "auto" keeps int8/int4 kernels unless the model measures more than 3 % faster without
+# kernel kinds a study scored with when it did not record them (studies before the runtime layer measured and
+# predicted <= 4-bit weight-only layers as float)
+LEGACY_KINDS = ("int8", "float")
 
 
 @dataclass
@@ -151,30 +153,35 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
                 latency_cfg: LatencyConfig | None = None, seed: int = 0, force: bool = False, measure: bool = True,
                 source: dict[str, Any] | None = None, task_spec: str | None = None,
                 task_options: dict[str, Any] | None = None, rounds: int = LATENCY_ROUNDS,
-                int4: str | bool = "auto", int8: str | bool = "auto") -> ExportResult:
+                kinds: list[str] | tuple[str, ...] | None = None,
+                search_kernels: dict[str, Any] | None = None) -> ExportResult:
     """Materialize ``plan`` on ``task``'s teacher, fine-tune, pack, lower, measure and write ``out`` atomically.
 
     finetune: ``"full"`` (:data:`~.materialize.FULL_FINETUNE_STEPS`), ``"search"``, ``"none"`` or a step count
-    measure:  measure accuracy (test and validation), latency (ONNX Runtime, ``rounds`` interleaved rounds
-              against the fp32 teacher) and size; off for the deployability gate (export and run once only)
+    measure:  measure accuracy (test and validation), latency (the study's latency backend, ``rounds`` interleaved
+              rounds against the fp32 teacher) and size; off for the deployability gate (export and run once only)
     source:   where the plan came from (study, trial, pick, the trial's search-time figures) for the card
     task_spec / task_options: how to rebuild the task (a built-in name or ``package.module:function``)
-    int8:     lower layers with <= 8-bit weights and 8-bit inputs to int8 kernels (QDQ): ``"auto"`` (default)
-              times the model with and without them and keeps the faster (a quantized lowering is kept unless
-              more than :data:`LOWERING_MARGIN` slower; without measuring, it is kept); ``True`` always;
-              ``False`` never
-    int4:     the same for <= 4-bit weight-only Linear layers as MatMulNBits (``False``: float, as the search
-              measures them)
+    kinds:    kernel kinds the lowering may use (the study's ``kernel_kinds``: what its candidates were scored
+              with); default: every kind the latency backend runs. Which kind each layer gets is decided by
+              :func:`autocompress.runtime.resolve_kernels`, as in the search.
+    search_kernels: the kernels the trial was scored with (its ``kernels`` attribute); the card says whether
+              the export's are the same
     """
-    for name, value in (("int8", int8), ("int4", int4)):
-        if value not in ("auto", True, False):
-            raise ExportError(f"{name} must be 'auto', True or False, but got {value!r}")
     fmts = parse_formats(formats)
     out = Path(out)
     check_target(out, force)
     parent = out.resolve().parent
     parent.mkdir(parents=True, exist_ok=True)
     ft_cfg, lat_cfg = finetune_cfg or FinetuneConfig(), latency_cfg or LatencyConfig()
+    try:
+        backend = backend_for(lat_cfg)
+    except BackendError as e:
+        raise ExportError(str(e)) from None
+    # the ONNX artifact: lowered by the latency backend, or by ONNX Runtime (with the backend's kernel kinds)
+    # when the backend runs modules (eager PyTorch)
+    onnx_backend = backend if backend.files else get_backend("onnxruntime")
+    allowed = backend.kinds if kinds is None else backend.kinds & frozenset(kinds)
     spec = task_spec or (task.name if task.name in builtin_architectures() else None)
 
     mat = materialize(task, plan, finetune=finetune, finetune_cfg=ft_cfg, seed=seed)
@@ -199,21 +206,21 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
             safe_path(torch_dir, INDEX_FILE).write_text(json.dumps(meta, indent=1))
             safe_path(torch_dir, PLAN_FILE).write_text(plan.to_json(indent=2))
             # --- ONNX artifact: lowered to the runtime's kernels -------------------------------------------
-            codes = {n: weight_codes(cm.model.get_submodule(n).weight, b, mat.scales.get(n))[0]
-                     for n, b in cm.weight_bits.items() if b < 32 and not cm.weight_sharing.get(n, False)}
             onnx_path = safe_path(tmp if "onnx" in fmts else scratch, ONNX_FILE)
-            lowering = lower(cm, task.example_input, mat.calibration, onnx_path, codes=codes, int4=bool(int4),
-                             int8=bool(int8))
-            decision = None
-            if measure and ((int8 == "auto" and lowering.int8) or (int4 == "auto" and lowering.int4)):
-                lowering, decision = _choose_lowering(cm, task, mat.calibration, onnx_path, codes, lowering,
-                                                      scratch, lat_cfg, rounds, int8=int8, int4=int4)
-            low = {**lowering.to_dict(), "graph_ops": graph_ops(onnx_path), "runtime_ops": runtime_ops(onnx_path),
-                   "int8_mode": int8, "int4_mode": int4, "decision": decision}
+            lowered = onnx_backend.lower(cm, task.example_input, mat.calibration, scratch, kinds=allowed)
+            shutil.move(str(lowered.artifact), onnx_path)
+            kernels = lowered.kernels
+            low = {**kernels.to_dict(), "backend": onnx_backend.name, "kinds": sorted(allowed),
+                   "graph_ops": graph_ops(onnx_path), "runtime_ops": _runtime_ops(onnx_backend, onnx_path)}
+            if search_kernels is not None:
+                low["search_kernels_match"] = _same_kernels(kernels, Kernels.from_dict(search_kernels))
+                if not low["search_kernels_match"]:
+                    log.warning("the export's kernels differ from those the search scored this trial with: "
+                                "%s vs %s", kernels.to_dict(), search_kernels)
             metrics = None
             if measure:
-                metrics = _measure(task, cm, torch_dir, onnx_path, scratch, lat_cfg, rounds, source,
-                                   size_objective, len(data))
+                metrics = _measure(task, cm, torch_dir, onnx_path, scratch, lat_cfg, backend, rounds, source,
+                                   size_objective, len(data), mat.calibration)
         layers = {name: {"bits": cm.weight_bits.get(name), "sparsity": cm.sparsity.get(name),
                          "storage": s.storage, "numel": s.numel, "nnz": s.nnz, "objective_bits": s.size_bits,
                          "weight_sharing": s.shared, "entropy_coding": cm.entropy_coding.get(name, False)}
@@ -246,40 +253,30 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
     return ExportResult(path=out, card=card)
 
 
-def _choose_lowering(cm, task: Task, calibration, onnx_path: Path, codes, lowering, scratch: Path,
-                     lat_cfg: LatencyConfig, rounds: int, *, int8, int4):
-    """Time the model with int8 / int4 kernels on and off (where ``"auto"``); keep the fastest lowering.
+def _same_kernels(a: Kernels, b: Kernels) -> bool:
+    return all(sorted(getattr(a, k)) == sorted(getattr(b, k)) for k in ("int8", "int4", "float"))
 
-    A more quantized lowering (more int8/int4 layers) is kept unless another is more than LOWERING_MARGIN faster.
-    """
-    options8 = [True, False] if int8 == "auto" and lowering.int8 else [bool(int8)]
-    options4 = [True, False] if int4 == "auto" and lowering.int4 else [bool(int4)]
-    variants = {}
-    for on8 in options8:
-        for on4 in options4:
-            label = f"int8={'on' if on8 else 'off'},int4={'on' if on4 else 'off'}"
-            if on8 == bool(int8) and on4 == bool(int4):
-                variants[label] = (onnx_path, lowering)
-            else:
-                path = scratch / f"variant-{len(variants)}.onnx"
-                variants[label] = (path, lower(cm, task.example_input, calibration, path, codes=codes, int4=on4,
-                                               int8=on8))
-    got = latency_rounds({k: v[0] for k, v in variants.items()}, task.example_input, lat_cfg, rounds=max(1, rounds))
-    ms = {k: got[k]["median_ms"] for k in variants}
-    fastest = min(ms.values())
-    within = [k for k in variants if ms[k] <= fastest * (1 + LOWERING_MARGIN)]
-    kept = max(within, key=lambda k: (len(variants[k][1].int8) + len(variants[k][1].int4), -ms[k]))
-    decision = {"variants_ms": ms, "kept": kept, "margin": LOWERING_MARGIN}
-    path, chosen = variants[kept]
-    if path != onnx_path:
-        shutil.copyfile(path, onnx_path)
-        dropped = (set(lowering.int8) | set(lowering.int4)) - (set(chosen.int8) | set(chosen.int4))
-        first = next(iter(variants))
-        for name in dropped:
-            kind = "int8" if name in lowering.int8 else "int4"
-            chosen.notes[name] = (f"{kind} planned, runs float32: the model measured faster without {kind} kernels "
-                                  f"({ms[kept]:.4f} ms vs {ms[first]:.4f} ms with them)")
-    return chosen, decision
+
+def _runtime_ops(backend: Backend, path: Path) -> dict[str, int]:
+    """What the runtime really runs: fused operator counts (ONNX Runtime), layer precisions (OpenVINO)."""
+    if hasattr(backend, "runtime_ops"):
+        return backend.runtime_ops(path)
+    if hasattr(backend, "runtime_precisions"):
+        counts: dict[str, int] = {}
+        for kind, precision in backend.runtime_precisions(path).values():
+            key = f"{kind}/{precision}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+    return {}
+
+
+def teacher_artifact(task: Task, backend: Backend, folder: Path):
+    """The fp32 teacher lowered on ``backend`` (the reference every export and verify times against)."""
+    from ..compress import apply, bake
+
+    cm = bake(apply(task.model, CompressionPlan(), task.example_input))
+    folder.mkdir(parents=True, exist_ok=True)
+    return backend.lower(cm, task.example_input, [], folder).artifact
 
 
 def _json_default(o: Any) -> Any:
@@ -291,7 +288,8 @@ def _json_default(o: Any) -> Any:
 
 
 def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, lat_cfg: LatencyConfig,
-             rounds: int, source: dict[str, Any] | None, size_objective: int, weights_bytes: int) -> dict[str, Any]:
+             backend: Backend, rounds: int, source: dict[str, Any] | None, size_objective: int,
+             weights_bytes: int, calibration) -> dict[str, Any]:
     metric = task.metric
     rebuilt = rebuild_torch(torch_dir, architecture=task.model)
     onnx_model = OnnxModule(onnx_path, threads=lat_cfg.threads)
@@ -299,9 +297,14 @@ def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, la
     agree = agreement(rebuilt, onnx_model, data)
     with torch.no_grad():
         same = float((rebuilt(task.example_input) - cm.model(task.example_input)).abs().max())
+    teacher = teacher_artifact(task, backend, scratch / "teacher")
+    export = onnx_path if backend.files else backend.lower(cm, task.example_input, calibration, scratch).artifact
+    timed = backend.time({"teacher": teacher, "export": export}, task.example_input,
+                         TimingSpec.of(lat_cfg, rounds=rounds, min_runs=MIN_REPEATS))
+    lat = {k: {"median_ms": t.latency_ms, "rounds_ms": t.rounds_ms, "spread": t.spread, "p10_ms": t.p10_ms,
+               "p90_ms": t.p90_ms, "repeats": t.runs // max(1, len(t.rounds_ms))} for k, t in timed.items()}
     teacher_onnx = scratch / "teacher.onnx"
     export_onnx(task.model, task.example_input, teacher_onnx)
-    lat = latency_rounds({"teacher": teacher_onnx, "export": onnx_path}, task.example_input, lat_cfg, rounds=rounds)
     predicted = (source or {}).get("search", {}).get("latency_ms")
     teacher_bytes = dense_size_bytes(task.model)
     onnx_bytes = onnx_path.stat().st_size
@@ -318,7 +321,7 @@ def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, la
             "torch_artifact_vs_memory_max_abs_diff": same,
         },
         "latency": {
-            "backend": "onnxruntime", "threads": lat_cfg.threads, "batch_size": lat_cfg.batch_size,
+            "backend": backend.name, "threads": lat_cfg.threads, "batch_size": lat_cfg.batch_size,
             "rounds": rounds, "repeats_per_round": lat["export"]["repeats"],
             "teacher_ms": teacher_ms, "export_ms": export_ms, "speedup": teacher_ms / export_ms,
             "teacher_rounds_ms": lat["teacher"]["rounds_ms"], "export_rounds_ms": lat["export"]["rounds_ms"],
@@ -363,7 +366,7 @@ def open_study_source(target: str, study_name: str | None = None) -> StudySource
 
     from ..config import load_study_config
     from ..errors import StudyNotFoundError
-    from ..search.front import load_front
+    from ..front import load_front
 
     path = Path(target)
     loaded, notes = None, []
@@ -405,10 +408,10 @@ def open_study_source(target: str, study_name: str | None = None) -> StudySource
 def export_from_study(target: str, out: str | Path, *, trial: int | None = None, pick: str | None = None,
                       by: str = "accuracy", study_name: str | None = None, formats: str | list[str] = FORMATS,
                       finetune: str | int = "full", force: bool = False, task: Task | None = None,
-                      rounds: int = LATENCY_ROUNDS, measure: bool = True, int4: str | bool = "auto",
-                      int8: str | bool = "auto") -> ExportResult:
-    """Export trial ``trial``, or the front member ``pick`` selects (best by ``by``), of a study."""
-    from ..search.front import is_deployable
+                      rounds: int = LATENCY_ROUNDS, measure: bool = True) -> ExportResult:
+    """Export trial ``trial``, or the front member ``pick`` selects (best by ``by``), of a study, with the kernel
+    kinds the study scored its candidates with."""
+    from ..front import KINDS_ATTR, is_deployable
     from ..tasks import load_task
 
     if (trial is None) == (pick is None):
@@ -452,7 +455,8 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
     return export_plan(task, front.plans[number], out, formats=formats, finetune=finetune,
                        finetune_cfg=src.finetune, latency_cfg=src.latency, seed=src.seed + number, force=force,
                        measure=measure, source=source, task_spec=src.task_spec, task_options=src.task_options,
-                       rounds=rounds, int4=int4, int8=int8)
+                       rounds=rounds, kinds=study.user_attrs.get(KINDS_ATTR, LEGACY_KINDS),
+                       search_kernels=frozen.user_attrs.get("kernels"))
 
 
 # --- verify ----------------------------------------------------------------------------------------------------
@@ -525,13 +529,17 @@ def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_t
         absolute=acc_tol)
     if "onnx" in models:
         cfg = LatencyConfig(**card.get("latency_config", {}))
+        try:
+            backend = backend_for(cfg)
+        except BackendError as e:
+            raise ArtifactError(f"cannot re-measure latency: {e}") from None
         with tempfile.TemporaryDirectory(prefix="autocompress-verify-") as tmp:
-            teacher_onnx = Path(tmp) / "teacher.onnx"
-            export_onnx(task.model, task.example_input, teacher_onnx)
-            got = latency_rounds({"teacher": teacher_onnx, "export": folder / ONNX_FILE}, task.example_input, cfg,
-                                 rounds=rounds)
-        t_ms, e_ms = got["teacher"]["median_ms"], got["export"]["median_ms"]
-        row("latency ms (export, ONNX Runtime)", lat.get("export_ms"), e_ms, rel=latency_tol)
+            teacher = teacher_artifact(task, backend, Path(tmp) / "teacher")
+            export = folder / ONNX_FILE if backend.files else models.get("torch", models["onnx"])
+            got = backend.time({"teacher": teacher, "export": export}, task.example_input,
+                               TimingSpec.of(cfg, rounds=rounds, min_runs=MIN_REPEATS))
+        t_ms, e_ms = got["teacher"].latency_ms, got["export"].latency_ms
+        row(f"latency ms (export, {backend.name})", lat.get("export_ms"), e_ms, rel=latency_tol)
         row("latency ms (fp32 teacher)", lat.get("teacher_ms"), t_ms, rel=latency_tol)
         row("speedup over the teacher", lat.get("speedup"), t_ms / e_ms, rel=latency_tol)
     return VerifyReport(path=folder, rows=rows)

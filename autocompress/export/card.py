@@ -121,16 +121,15 @@ def render_readme(card: dict[str, Any]) -> str:
               "## Files", "", "| file | bytes | sha256 |", "|---|---:|---|"]
     for name, f in card["files"].items():
         lines.append(f"| `{name}` | {f['bytes']} | `{f['sha256'][:16]}…` |")
-    lines += ["", "## How it runs (ONNX Runtime)", "",
+    lines += ["", f"## How it runs ({low.get('backend', 'onnxruntime')})", "",
               f"- int8 kernels (QDQ, calibrated): {', '.join(low.get('int8', [])) or 'none'}",
               f"- int4 weight-only (MatMulNBits): {', '.join(low.get('int4', [])) or 'none'}",
               f"- float32: {', '.join(low.get('float', [])) or 'none'}"]
     for k, v in (low.get("notes") or {}).items():
         lines.append(f"  - `{k}`: {v}")
-    if low.get("decision"):
-        d = low["decision"]
-        lines.append("- kernels chosen by measurement (model latency, ms): "
-                     + ", ".join(f"{k} {v:.4f}" for k, v in d["variants_ms"].items()) + f"; kept {d['kept']}")
+    if "search_kernels_match" in low:
+        lines.append("- the same kernels the search scored this trial with: "
+                     + ("yes" if low["search_kernels_match"] else "**no**"))
     if card.get("skipped"):
         lines.append("- parts of the plan not applied: " + "; ".join(f"{k}: {v}" for k, v in card["skipped"].items()))
     if m:

@@ -18,16 +18,13 @@ EXPR is a condition over the front's columns (trial, accuracy, test_accuracy, la
 compression_ratio, ...), e.g. 'latency_ms <= 2 and accuracy >= 0.97'; the best matching member by --by
 (default: accuracy) is exported. Accuracy in EXPR is the search's validation accuracy.
 
-The folder gets model.onnx (ONNX Runtime: int8 kernels where the plan has <= 8-bit weights and 8-bit inputs,
-int4 MatMulNBits for <= 4-bit weight-only Linear layers, float elsewhere; with --int8/--int4 auto a kind of
-kernel the model measures faster without is dropped, and the card says so), plan.json + weights.json +
+The folder gets model.onnx (lowered for the study's latency backend with the kernels its search scored the
+trial with: int8 where the plan has <= 8-bit weights and 8-bit inputs, int4 MatMulNBits for <= 4-bit
+weight-only Linear layers on ONNX Runtime, float elsewhere), plan.json + weights.json +
 weights.bin (the PyTorch artifact, weights packed as the size objective counts them; autocompress.load
 rebuilds it), model.json + README.md (the card: accuracy on the test split, latency measured against the fp32
 teacher and the search-time value, size on disk, versions, checksums) and SHA256SUMS.
 """
-
-
-MODES = {"auto": "auto", "on": True, "off": False}
 
 
 def _formats(value: str) -> str:
@@ -53,7 +50,7 @@ def cmd_export(args: argparse.Namespace) -> int:
           file=sys.stderr)
     result = export_from_study(args.study, args.output, trial=args.trial, pick=args.pick, by=args.by,
                                study_name=args.study_name, formats=args.format, finetune=finetune,
-                               force=args.force, rounds=args.rounds, int4=MODES[args.int4], int8=MODES[args.int8])
+                               force=args.force, rounds=args.rounds)
     card = result.card
     src, m, low = card["source"], card["metrics"], card["lowering"]
     print(f"exported trial {src['trial']} of study {src['study']!r} to {result.path}")
@@ -65,7 +62,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"accuracy ({acc['split']}): teacher {_fmt(acc['teacher_test'])}, export torch "
           f"{_fmt(acc['torch_test'])} / ONNX Runtime {_fmt(acc['onnx_test'])}; validation {_fmt(acc['torch_val'])} "
           f"(search {_fmt(src['search'].get('accuracy'))})")
-    print(f"latency (ONNX Runtime, {lat['threads']} thread(s), batch {lat['batch_size']}): teacher "
+    print(f"latency ({lat['backend']}, {lat['threads']} thread(s), batch {lat['batch_size']}): teacher "
           f"{lat['teacher_ms']:.4f} ms, export {lat['export_ms']:.4f} ms, speedup {lat['speedup']:.2f}x; "
           f"search-time {_fmt(lat['predicted_ms'])} ms ({_fmt(lat['vs_predicted'], '+.1%')})")
     print(f"size: weights.bin {size['weights_bin_bytes']} B (size objective {size['objective_bytes']} B, "
@@ -91,7 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "export", help="export a front member as a deployable, measured artifact (ONNX + PyTorch + card)",
         description="Materialize a study's trial on the teacher, fine-tune it fully (knowledge distillation, the "
-                    "study's finetune.full_steps), lower it to ONNX Runtime kernels, pack its weights, measure "
+                    "study's finetune.full_steps), lower it to its latency backend's kernels (those the search scored it with), pack its weights, measure "
                     "accuracy, latency and size, and write it to a new folder atomically.",
         epilog=EXPORT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     e.add_argument("study", help="study config (YAML; preferred: gives the task options and settings), results "
@@ -111,19 +108,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--study-name", default=None, help="study name inside the storage (default: the only one)")
     e.add_argument("--rounds", type=int, default=5, metavar="R",
                    help="interleaved latency rounds, teacher vs export (default: 5)")
-    e.add_argument("--int8", choices=tuple(MODES), default="auto",
-                   help="layers with <= 8-bit weights and 8-bit inputs as int8 kernels: auto (default: kept unless "
-                        "the model measures faster without them), on, off")
-    e.add_argument("--int4", choices=tuple(MODES), default="auto",
-                   help="<= 4-bit weight-only Linear layers as int4 MatMulNBits: auto (default), on, off (float, "
-                        "as the search measures them)")
     e.set_defaults(func=cmd_export)
 
     v = sub.add_parser(
         "verify", help="check an export's checksums and re-measure accuracy and latency against its card",
         description="Check every file of an export against SHA256SUMS and the card, rebuild the task (built-in, "
                     "or the user's task function: this runs its code), re-measure test/validation accuracy of "
-                    "each format and ONNX Runtime latency of the export and the fp32 teacher, and compare with "
+                    "each format and the latency of the export (on the card's latency backend) and the fp32 teacher, and compare with "
                     "model.json. Exit code 0 when everything agrees within the tolerances, 1 otherwise.")
     v.add_argument("dir", metavar="DIR", help="an export folder")
     v.add_argument("--acc-tol", type=float, default=0.005, metavar="X",

@@ -8,7 +8,7 @@ in turn, until every member of the front has passed.
 
 Optuna does not allow changing a finished trial, so the result is stored on the study, one user attribute per
 trial: ``deploy:<number>`` = ``{"deployable": bool, "deploy_error": str, "checked_s": float}`` (see
-:func:`autocompress.search.front.is_deployable`). Checked trials are not checked again when a study resumes.
+:func:`autocompress.front.is_deployable`). Checked trials are not checked again when a study resumes.
 Switch it off with ``deployability_gate: false`` in the study config.
 """
 
@@ -21,33 +21,34 @@ from pathlib import Path
 
 import optuna
 
-from ..config import FinetuneConfig, LoadedStudy
+from ..config import FinetuneConfig, LatencyConfig, LoadedStudy
+from ..front import DEPLOY_ATTR, KINDS_ATTR, Front
 from ..plan import CompressionPlan
-from ..search.front import DEPLOY_ATTR, Front
 from ..tasks import Task
+from .artifact import export_plan
 
 log = logging.getLogger(__name__)
 
 
 def check_deployable(task: Task, plan: CompressionPlan, *, finetune_cfg: FinetuneConfig | None = None,
+                     latency_cfg: LatencyConfig | None = None, kinds: list[str] | None = None,
                      seed: int = 0) -> float:
-    """Export ``plan`` (both formats, no fine-tune, no measurement) to a temporary folder, load it, run it once.
+    """Export ``plan`` (both formats, no fine-tune, no measurement) for the study's latency backend with its kernel
+    kinds to a temporary folder, load it, run it once.
 
     Returns the seconds it took; raises whatever the export, the load or the run raised.
     """
-    from .artifact import export_plan
-
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="autocompress-gate-") as tmp:
-        export_plan(task, plan, Path(tmp) / "artifact", finetune="none", finetune_cfg=finetune_cfg, seed=seed,
-                    measure=False)
+        export_plan(task, plan, Path(tmp) / "artifact", finetune="none", finetune_cfg=finetune_cfg,
+                    latency_cfg=latency_cfg, kinds=kinds, seed=seed, measure=False)
     return time.perf_counter() - start
 
 
 def deployability_gate(study: optuna.Study, task: Task, loaded: LoadedStudy) -> None:
     """Post-study step (see ``autocompress.search.driver.post_study_steps``): gate every front member."""
     cfg = loaded.config
-    if not getattr(cfg, "deployability_gate", True):
+    if not cfg.deployability_gate:
         return
     checked: set[int] = set()
     while True:
@@ -61,7 +62,8 @@ def deployability_gate(study: optuna.Study, task: Task, loaded: LoadedStudy) -> 
             checked.add(number)
             start = time.perf_counter()
             try:
-                check_deployable(task, front.plans[number], finetune_cfg=cfg.finetune, seed=cfg.seed + number)
+                check_deployable(task, front.plans[number], finetune_cfg=cfg.finetune, latency_cfg=cfg.latency,
+                                 kinds=study.user_attrs.get(KINDS_ATTR), seed=cfg.seed + number)
                 record = {"deployable": True}
             except Exception as e:  # any failure means: not deployable; the study goes on
                 record = {"deployable": False, "deploy_error": f"{type(e).__name__}: {e}"[:2000]}

@@ -24,6 +24,7 @@ from ..compress import apply
 from ..compress.layers import get_module
 from ..compress.quantize import InputQuantizer
 from ..plan import CompressionPlan, LayerPlan
+from ..runtime.onnxruntime import OnnxRuntimeBackend
 from .card import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -135,10 +136,8 @@ class OnnxModule(nn.Module):
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         super().__init__()
-        from .lower import make_session
-
         self.path = Path(path)
-        self.session = make_session(self.path, threads)
+        self.session = OnnxRuntimeBackend().inference_session(self.path, threads=threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -3,7 +3,7 @@
 "Full fidelity" is the study's ``full`` fidelity level and is defined in one place, the study config:
 ``finetune.full_steps`` mini-batches (default :data:`FULL_FINETUNE_STEPS`) of the plan's own distillation loss
 (temperature, alpha, feature MSE, L1) at the study's batch size and learning rate, against the same teacher,
-from the same starting point as the search (:class:`autocompress.search.objective.Candidate`: the plan applied
+from the same starting point as the search (:class:`autocompress.evaluate.candidate.Candidate`: the plan applied
 to the teacher, BatchNorm statistics recalibrated, activation ranges calibrated) and with the trial's seed.
 """
 
@@ -16,11 +16,11 @@ import torch
 from torch.nn.utils import parametrize
 
 from ..compress import CompressedModel
+from ..compress.quantize import weight_scale
 from ..config import FinetuneConfig
+from ..evaluate.candidate import Candidate
 from ..plan import CompressionPlan
-from ..search.objective import Candidate
 from ..tasks import Task
-from .pack import weight_scale
 
 # `--finetune full` = the study's `finetune.full_steps`; this is its default (the config holds the definition).
 FULL_FINETUNE_STEPS: int = FinetuneConfig.model_fields["full_steps"].default

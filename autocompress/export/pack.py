@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compress.quantize import weight_codes
 from ..evaluate import entropy as entropy_mod
 from ..evaluate.size import codebook_of, weight_storage_bits
 
@@ -72,13 +73,6 @@ def unpack_bits(buf: bytes, n: int, bits: int) -> np.ndarray:
     return (flat << np.arange(bits, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
 
 
-def weight_scale(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """Per-output-channel scale of symmetric ``bits``-bit quantization (as ``compress.quantize.quantize_weight``)."""
-    qmax = 2 ** (bits - 1) - 1
-    flat = w.detach().reshape(w.shape[0], -1)
-    return (flat.abs().amax(dim=1) / qmax).clamp_min(1e-12)
-
-
 def col_bits(cols: int) -> int:
     return max(1, math.ceil(math.log2(max(cols, 2))))
 
@@ -91,25 +85,6 @@ class PackedTensor:
 
     entry: dict[str, Any]
     data: bytes
-
-
-def weight_codes(w: torch.Tensor, bits: int, scale: torch.Tensor | None) -> tuple[np.ndarray, np.ndarray]:
-    """``(codes q as int64 of w's shape, float32 scales)`` with ``q * scale == w`` exactly (checked)."""
-    shape = (-1,) + (1,) * (w.dim() - 1)
-    candidates = [scale] if scale is not None else []
-    candidates.append(weight_scale(w, bits))  # derived from the baked weight: exact up to rounding of the scale
-    qmax = 2 ** (bits - 1) - 1
-    last_err = 0.0
-    for i, candidate in enumerate(candidates):
-        s = candidate.detach().to(torch.float32)
-        q = torch.clamp(torch.round(w.detach() / s.reshape(shape)), -qmax, qmax)
-        rebuilt = q * s.reshape(shape)
-        if torch.equal(rebuilt, w.detach()):
-            return q.to(torch.int64).numpy(), s.numpy()
-        last_err = float((rebuilt - w.detach()).abs().max())
-        if i == len(candidates) - 1 and last_err <= 1e-6 * (float(w.detach().abs().max()) or 1.0):
-            return q.to(torch.int64).numpy(), s.numpy()
-    raise PackError(f"weight is not on a {bits}-bit per-channel grid (max error {last_err:.3g}); was it baked?")
 
 
 def pack_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None, *, shared: bool = False,
@@ -132,7 +107,10 @@ def pack_weight(w: torch.Tensor, bits: int, scale: torch.Tensor | None = None, *
         values = np.searchsorted(book, flat.numpy()).clip(0, max(book.size - 1, 0)).astype(np.uint64)
         s = book
     elif bits < 32:
-        q, s = weight_codes(w, bits, scale)
+        try:
+            q, s = weight_codes(w, bits, scale)
+        except ValueError as e:
+            raise PackError(str(e)) from None
         values = (q.reshape(rows, cols) + (2 ** (bits - 1) - 1)).astype(np.uint64)
     else:
         s = None
@@ -316,4 +294,4 @@ def unpack_state(data: bytes, index: dict[str, Any]) -> dict[str, torch.Tensor]:
     return state
 
 
-__all__ = ["pack_bits", "unpack_bits", "pack_weight", "weight_codes", "pack_state", "unpack_state", "weight_scale", "PackError"]
+__all__ = ["pack_bits", "unpack_bits", "pack_weight", "pack_state", "unpack_state", "PackError"]

@@ -5,7 +5,7 @@ Per student depth (the set of removed blocks) a :class:`Variant` holds:
 - the float graph as exported (same exporter as the measured path), its tensor shapes at the measured batch size,
   and ONNX Runtime's own fusions of it (:func:`autocompress.latency.graph.runtime_fusions`);
 - which graph node holds each compressible layer, and whether the measured path would lower it to int8 (it
-  finds a layer's node by the exporter's scope name and weight shape, :func:`autocompress.export.lower.module_nodes`,
+  finds a layer's node by the exporter's scope name and weight shape, :func:`autocompress.runtime.onnx.module_nodes`,
   so BatchNorm-folded convolutions and Linears exported as MatMul are found too);
 - for every layer, the dependency group Torch-Pruning prunes with it: how one pruned channel changes every
   parameter (found by pruning one channel through the same calls ``compress.structured.prune_channels`` makes) and
@@ -37,6 +37,7 @@ from torch import nn
 from ..compress.depth import removable_blocks
 from ..compress.layers import LayerInfo, discover_layers, get_module
 from ..plan import CompressionPlan
+from ..runtime.onnx import export_onnx, onnx_module_name
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,6 @@ def _flat_index(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
 
 
 def _export(model: nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
-    from ..evaluate.latency import export_onnx
 
     with tempfile.TemporaryDirectory(prefix="autocompress-predict-") as tmp:
         path = Path(tmp) / "model.onnx"
@@ -195,7 +195,6 @@ def _batch(example_input: torch.Tensor, batch_size: int) -> np.ndarray:
 
 def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) -> dict[str, LayerNode]:
     """Compute nodes with a weight initializer, in graph order, matched to the layers in execution order."""
-    from ..export.lower import onnx_module_name
 
     inits = graph.initializers
     compute = [n for n in graph.nodes if n.op in COMPUTE_OPS and len(n.inputs) > 1 and n.inputs[1] in inits]

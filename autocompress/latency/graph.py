@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from ..runtime.onnxruntime import OnnxRuntimeBackend
+
 log = logging.getLogger(__name__)
 
 # Nodes that never become kernels in ONNX Runtime (removed or folded before the run).
@@ -119,35 +121,21 @@ def _toposort(nodes: list[GNode], available: set[str]) -> list[GNode]:
     return out
 
 
-def _session_options(level: str, threads: int = 1):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 4  # shape probes of pruned graphs may fail on purpose; the caller reports it
-    opts.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[level]
-    return opts
+def _session(model: onnx.ModelProto, level: str, optimized_path: Path | None = None):
+    # shape probes of pruned graphs may fail on purpose; the caller reports it (log level 4: fatal only)
+    return OnnxRuntimeBackend().inference_session(model.SerializeToString(), level=level,
+                                                  optimized_path=optimized_path, log_level=4)
 
 
 def tensor_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, tuple[int, ...]]:
     """Shape of every node output, graph input and initializer, from one unoptimized ONNX Runtime run."""
-    import onnxruntime as ort
-
     m = onnx.ModelProto()
     m.CopyFrom(model)
     have = {o.name for o in m.graph.output}
     names = [o for n in m.graph.node if n.op_type != "Constant" for o in n.output if o and o not in have]
     for name in names:
         m.graph.output.append(onnx.ValueInfoProto(name=name))
-    sess = ort.InferenceSession(m.SerializeToString(), _session_options("disable"),
-                                providers=["CPUExecutionProvider"])
+    sess = _session(m, "disable")
     values = sess.run(None, feeds)
     shapes = {o.name: tuple(int(d) for d in np.shape(v)) for o, v in zip(sess.get_outputs(), values, strict=True)}
     for name, value in feeds.items():
@@ -159,13 +147,9 @@ def tensor_shapes(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[
 
 def optimized_graph(model: onnx.ModelProto, level: str = "extended") -> OnnxGraph:
     """The graph ONNX Runtime (CPU) runs after its optimizations at ``level``, read back as records."""
-    import onnxruntime as ort
-
     with tempfile.TemporaryDirectory(prefix="autocompress-ort-") as tmp:
         out = Path(tmp) / "optimized.onnx"
-        opts = _session_options(level)
-        opts.optimized_model_filepath = str(out)
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        _session(model, level, out)
         optimized = onnx.load(str(out), load_external_data=False)
     return OnnxGraph.from_model(optimized)
 

@@ -26,6 +26,11 @@ from .lowering import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
 
+# kernel kinds each backend's predictor scores (see autocompress.runtime.resolve_kernels): int4 (MatMulNBits) and
+# OpenVINO have no profile yet, so a study predicting latency lowers <= 4-bit weight-only layers as float, and
+# export follows it
+PREDICTED_KINDS = {"onnxruntime": frozenset({"int8", "float"}), "torch": frozenset({"float"})}
+
 
 class UnsupportedOpError(AutocompressError, ValueError):
     """The predictor has no measurements for a kernel the plan needs."""

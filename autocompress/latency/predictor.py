@@ -18,8 +18,9 @@ import torch
 from torch import nn
 
 from ..plan import CompressionPlan
-from .analysis import TeacherAnalysis
+from .analysis import Resolved, TeacherAnalysis
 from .lowering import Lowered, Lowerer
+from .model import PREDICTED_KINDS
 from .profile import LatencyProfile, ProfileError, default_profile_path, load_profile
 
 
@@ -83,6 +84,16 @@ class LatencyPredictor:
     def predict_lowered(self, plan: CompressionPlan) -> tuple[float, Lowered]:
         lowered = self.lower(plan)
         return self.profile.model.predict(lowered, where="this plan"), lowered
+
+    def predict_resolved(self, plan: CompressionPlan) -> tuple[float, Resolved]:
+        """Predicted ms and the resolved plan it was predicted for (which layers run int8)."""
+        res = self.analysis.resolve(plan)
+        return self.profile.model.predict(self.lowerer.lower(res), where="this plan"), res
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """The kernel kinds this predictor can score (see :func:`autocompress.runtime.resolve_kernels`)."""
+        return PREDICTED_KINDS[self.backend]
 
     def explain(self, plan: CompressionPlan) -> list[dict[str, Any]]:
         """Per kernel: kind, output tensor, predicted ms (before the calibration's scale)."""

@@ -6,7 +6,7 @@
    are made of (convolutions of every kernel size / stride / depthwise / channel count, Linear as Gemm and
    MatMul, pooling, normalization, activations, attention matmuls), float and int8 (static QDQ), low rank,
    0-95 % sparse weights, through the same export and lowering as the search;
-2. **other precisions the runtime runs**: dynamic int8 MatMul (``DynamicQuantizeMatMul``) and int4 weight-only
+2. **other precisions the lowering writes**: int4 weight-only
    MatMul (``MatMulNBits``), on the matrix shapes of Linear layers;
 3. **whole-model calibration**: a handful of complete compressed models (architectures of their own, not the
    benchmark's), which fit the per-model offset and scale.
@@ -315,10 +315,11 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     if backend == "torch":
         # eager PyTorch (see :mod:`autocompress.latency.torch_backend`): the same micro specs and calibration
         # architectures, materialized and timed in eager mode; float kernels only
-        from .torch_backend import TorchLowerer, measure_plan_torch
+        from .measure import measure_plan
+        from .torch_backend import TorchLowerer
 
         samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, TorchLowerer,
-                                                          measure_plan_torch)
+                                                          functools.partial(measure_plan, backend="torch"))
         return _fitted_profile("torch", threads, 0, 1, settings, start, samples, calibration, failures,
                                note="eager PyTorch runs quantized and sparse layers as float kernels (no int8 "
                                     "kernels here)")
@@ -330,11 +331,11 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     lowerer = Lowerer(block=block, align=align)
 
     def other_precisions() -> list[Sample]:
-        say(f"other precisions: dynamic int8 and int4 MatMul ({settings.extra_precisions} shapes)")
+        say(f"other precisions: int4 MatMul ({settings.extra_precisions} shapes)")
         try:
             return _matmul_samples(settings.extra_precisions, rng, settings, threads, block)
         except Exception as e:  # e.g. a runtime without these contrib kernels
-            log.warning("dynamic int8 / int4 MatMul micro-benchmarks skipped: %s: %s", type(e).__name__, e)
+            log.warning("int4 MatMul micro-benchmarks skipped: %s: %s", type(e).__name__, e)
             return []
 
     samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, lambda _: lowerer,

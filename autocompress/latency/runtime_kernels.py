@@ -1,12 +1,10 @@
-"""Micro-benchmarks of MatMul precisions the search's lowering does not produce but the runtime runs:
-dynamic int8 (``quantize_dynamic`` -> ``DynamicQuantizeMatMul``) and int4 weight-only (``MatMulNBits``), next to
-the float MatMul they replace. Their kernels are read from the runtime's own optimized graph, so the profile
-holds fitted costs for these kinds too (``autocompress export`` lowers <= 4-bit Linear layers to MatMulNBits).
+"""Micro-benchmarks of the int4 weight-only MatMul (``MatMulNBits``, what the runtime layer lowers <= 4-bit
+weight-only Linear layers to), next to the float MatMul it replaces. Its kernels are read from the runtime's own
+optimized graph, so the profile holds fitted costs for this kind too (the predictor does not score it yet).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import tempfile
 from pathlib import Path
@@ -15,9 +13,10 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..runtime import TimingSpec, time_interleaved
+from ..runtime.onnxruntime import OnnxRuntimeBackend
 from .graph import OnnxGraph, optimized_graph, tensor_shapes
 from .lowering import FEATURES, Kernel, Lowered, _set
-from .measure import time_onnx
 from .model import Sample
 
 INT4_BLOCK = 32
@@ -55,13 +54,7 @@ def runtime_lowered(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> Low
     graph = optimized_graph(model, "all")
     with tempfile.TemporaryDirectory(prefix="autocompress-rk-") as tmp:
         path = Path(tmp) / "opt.onnx"
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.optimized_model_filepath = str(path)
-        opts.log_severity_level = 3
-        ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        OnnxRuntimeBackend().inference_session(model.SerializeToString(), optimized_path=path)
         optimized = onnx.load(str(path))
     shapes = tensor_shapes(optimized, feeds)
     kernels = [_kernel(n, graph, shapes) for n in graph.nodes]
@@ -98,9 +91,10 @@ def _kernel(node, graph: OnnxGraph, shapes: dict) -> Kernel:
 
 def matmul_variant_samples(n: int, rng: np.random.Generator, *, threads: int, block: int, runs: int, rounds: int,
                            warmup: int) -> list[Sample]:
-    """``n`` matrix shapes, each measured float, dynamic int8 and int4 weight-only."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
+    """``n`` matrix shapes, each measured float and int4 weight-only (``MatMulNBits``, what the lowering writes for
+    <= 4-bit weight-only Linear layers)."""
+    backend = OnnxRuntimeBackend()
+    spec = TimingSpec(threads=threads, warmup=warmup, runs=runs, rounds=rounds)
     samples = []
     for _ in range(n):
         rows = int(rng.choice([1, 1, 4, 16]))
@@ -110,20 +104,14 @@ def matmul_variant_samples(n: int, rng: np.random.Generator, *, threads: int, bl
         feeds = {"input": rng.standard_normal(shape).astype(np.float32)}
         base = _matmul_model(rows, k, nn_, rng)
         with tempfile.TemporaryDirectory(prefix="autocompress-mm-") as tmp:
-            fp, qp, ip = Path(tmp) / "f.onnx", Path(tmp) / "q.onnx", Path(tmp) / "i4.onnx"
+            fp, ip = Path(tmp) / "f.onnx", Path(tmp) / "i4.onnx"
             onnx.save(base, str(fp))
-            root = logging.getLogger()
-            level = root.level
-            root.setLevel(logging.ERROR)  # the quantizer logs a pre-processing hint on the root logger
-            try:
-                quantize_dynamic(str(fp), str(qp), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
-            finally:
-                root.setLevel(level)
             onnx.save(_int4_model(rows, k, nn_, rng), str(ip))
-            for tag, path in (("matmul_float", fp), ("matmul_dynamic_int8", qp), ("matmul_int4", ip)):
+            for tag, path in (("matmul_float", fp), ("matmul_int4", ip)):
                 model = onnx.load(str(path))
                 lowered = runtime_lowered(model, feeds)
-                m = time_onnx(path, feeds, threads=threads, warmup=warmup, runs=runs, rounds=rounds)
+                sess = backend.session(path, threads=threads)
+                m = time_interleaved({"m": lambda s=sess, x=feeds["input"]: s.run([x])}, spec, backend=backend.name)["m"]
                 samples.append(Sample.from_lowered(lowered, m.latency_ms, tag=tag, group="micro",
                                                    spec={"family": tag, "rows": rows, "k": k, "n": nn_,
                                                          "rounds_ms": m.rounds_ms}))

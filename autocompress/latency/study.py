@@ -30,10 +30,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..compress import apply, bake
+from ..config import LatencyConfig
+from ..errors import ConfigError
+from ..evaluate.candidate import Candidate
+from ..front import Front
+from ..plan import CompressionPlan
+from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for
+from .analysis import AnalysisError
+from .model import UnsupportedOpError
+from .predictor import LatencyPredictor
+from .profile import ProfileError, default_profile_path, load_profile
+
 log = logging.getLogger(__name__)
 
 CHECK_ATTR, CHECK_SUMMARY_ATTR = "latency_check", "latency_check_summary"
-PREDICTED_SUFFIX = " (predicted)"
 
 
 @dataclass
@@ -46,14 +57,20 @@ class LatencyMode:
     profile_path: Path | None = None
     fallback: str = "error"
     warned: set[str] = field(default_factory=set)
+    backend: Backend | None = None   # what candidates are lowered to and measured on
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        """Kernel kinds candidates are scored with: the backend's, and only those the predictor scores when
+        latency is predicted (so a predicted front member exports with the kernels it was predicted with)."""
+        kinds = self.backend.kinds if self.backend is not None else frozenset({"float"})
+        return kinds & self.predictor.kinds if self.source == "predicted" else kinds
 
 
 _MODES: dict[tuple, LatencyMode] = {}
 
 
 def _key(task, cfg) -> tuple:
-    from .profile import default_profile_path
-
     path = default_profile_path(threads=cfg.threads, backend=cfg.backend)  # a profile written since changes it
     stamp = path.stat().st_mtime_ns if path.is_file() else None
     return (id(task.model), cfg.model_dump_json(), str(path), stamp)
@@ -69,25 +86,29 @@ def _resolve_path(raw: str, base: Path | None) -> Path:
     return (base / path) if base else path
 
 
+def check_latency_backend(cfg, *, config_file: str | None = None) -> Backend:
+    """The study's latency backend, or a :class:`~autocompress.errors.ConfigError` on ``latency.backend`` naming
+    the known and installed backends and the extra to install."""
+    try:
+        return backend_for(cfg)
+    except BackendError as e:
+        raise ConfigError(str(e), file=config_file, field="latency.backend") from None
+
+
 def resolve_mode(task, cfg, *, base: Path | None = None, config_file: str | None = None) -> LatencyMode:
     """The latency mode of a study (cached per teacher and latency config)."""
     key = _key(task, cfg)
     if key in _MODES:
         return _MODES[key]
+    backend = check_latency_backend(cfg, config_file=config_file)
     mode = _build_mode(task, cfg, base=base, config_file=config_file)
+    mode.backend = backend
     _MODES[key] = mode
     return mode
 
 
 def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> LatencyMode:
-    from ..errors import ConfigError
-    from .analysis import AnalysisError
-    from .predictor import LatencyPredictor
-    from .profile import ProfileError, default_profile_path, load_profile
-
-    fallback = getattr(cfg, "fallback", "error")
-    raw = getattr(cfg, "predictor", None)
-    measure = getattr(cfg, "measure", None)
+    fallback, raw, measure = cfg.fallback, cfg.predictor, cfg.measure
     if raw:
         path = _resolve_path(raw, base)
         try:
@@ -146,17 +167,36 @@ def prepare(loaded, task) -> LatencyMode:
     return mode
 
 
-def predicted_latency(task, plan, cfg):
-    """A :class:`~autocompress.evaluate.latency.LatencyResult` predicted for ``plan``, or None to measure."""
-    from ..evaluate.latency import LatencyResult
-    from .analysis import AnalysisError
-    from .model import UnsupportedOpError
+@dataclass
+class CandidateLatency:
+    """A candidate's latency as the study scores it, with the kernels it was scored with."""
 
+    latency_ms: float
+    p10_ms: float
+    p90_ms: float
+    source: str                      # "predicted" or "measured"
+    backend: str
+    kernels: Kernels
+    rounds_ms: list[float] = field(default_factory=list)
+
+
+def kernels_of(res, kinds: frozenset[str]) -> Kernels:
+    """The kernels the predictor scored for a resolved plan (int8 where it lowers int8, float elsewhere)."""
+    out = Kernels()
+    for layer, (first, second) in res.int8.items():
+        mods = [f"{layer}.0", f"{layer}.1"] if layer in res.rank else [layer]
+        for mod, int8 in zip(mods, (first, second), strict=False):
+            out.add(mod, "int8" if int8 and "int8" in kinds else "float")
+    return out
+
+
+def predicted_latency(task, plan, cfg) -> CandidateLatency | None:
+    """``plan``'s latency predicted from the study's profile, or None when the study measures it."""
     mode = resolve_mode(task, cfg)
     if mode.source != "predicted":
         return None
     try:
-        ms, lowered = mode.predictor.predict_lowered(plan)
+        ms, res = mode.predictor.predict_resolved(plan)
     except (UnsupportedOpError, AnalysisError) as e:
         if mode.fallback != "measure":
             raise
@@ -165,16 +205,37 @@ def predicted_latency(task, plan, cfg):
             mode.warned.add(kind)
             log.warning("latency prediction unavailable for a candidate (%s); measuring it instead", e)
         return None
-    return LatencyResult(latency_ms=ms, p10_ms=ms, p90_ms=ms, runs=0, threads=cfg.threads,
-                         batch_size=cfg.batch_size, int8_nodes=lowered.int8_nodes,
-                         backend=cfg.backend + PREDICTED_SUFFIX)
+    return CandidateLatency(latency_ms=ms, p10_ms=ms, p90_ms=ms, source="predicted", backend=cfg.backend,
+                            kernels=kernels_of(res, mode.kinds))
 
 
-def latency_attrs(task, plan, lat, cfg) -> dict[str, Any]:
-    """Trial user attributes saying where ``lat`` came from (and the prediction beside a measurement)."""
-    if lat.backend.endswith(PREDICTED_SUFFIX):
-        return {"latency_source": "predicted", "latency_predicted_ms": lat.latency_ms}
-    out: dict[str, Any] = {"latency_source": "measured", "latency_measured_ms": lat.latency_ms}
+def candidate_latency(cand: Candidate, cfg) -> CandidateLatency:
+    """The latency a study scores ``cand`` with: predicted from its profile, or measured on its backend (the
+    kernels :func:`study_kinds` allows, lowered and timed by :mod:`autocompress.runtime`)."""
+    predicted = predicted_latency(cand.task, cand.plan, cfg)
+    if predicted is not None:
+        return predicted
+    mode = resolve_mode(cand.task, cfg)
+    timing, kernels = cand.measure_latency(mode.backend, TimingSpec.of(cfg), kinds=mode.kinds)
+    return CandidateLatency(latency_ms=timing.latency_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
+                            source="measured", backend=cfg.backend, kernels=kernels, rounds_ms=timing.rounds_ms)
+
+
+def measure_model(task, cfg) -> float:
+    """The teacher's latency (ms) measured on the study's backend, as candidates are."""
+    cm = bake(apply(task.model, CompressionPlan(), task.example_input))
+    backend = backend_for(cfg)
+    timing, _ = backend.measure(cm, task.example_input, [], TimingSpec.of(cfg))
+    return timing.latency_ms
+
+
+def latency_attrs(task, plan, lat: CandidateLatency, cfg) -> dict[str, Any]:
+    """Trial user attributes saying where ``lat`` came from (and the prediction beside a measurement), and the
+    kernels it was scored with (``kernels``: what export lowers)."""
+    out: dict[str, Any] = {"kernels": lat.kernels.to_dict(), "latency_backend": lat.backend}
+    if lat.source == "predicted":
+        return out | {"latency_source": "predicted", "latency_predicted_ms": lat.latency_ms}
+    out |= {"latency_source": "measured", "latency_measured_ms": lat.latency_ms}
     mode = resolve_mode(task, cfg)
     if mode.predictor is not None:
         try:
@@ -186,10 +247,6 @@ def latency_attrs(task, plan, lat, cfg) -> dict[str, Any]:
 
 def latency_check(study, task, loaded) -> None:
     """Post-study step: measure every front member whose latency was predicted; store predicted vs measured."""
-    from ..config import LatencyConfig
-    from ..search.front import Front
-    from ..search.objective import Candidate
-
     cfg = loaded.config
     mode = resolve_mode(task, cfg.latency, base=loaded.config_path.parent, config_file=str(loaded.config_path))
     if mode.source != "predicted":
@@ -208,7 +265,7 @@ def latency_check(study, task, loaded) -> None:
         predicted = float(trial.user_attrs.get("latency_predicted_ms", trial.user_attrs["latency_ms"]))
         try:
             cand = Candidate(task, front.plans[number], cfg.finetune, seed=cfg.seed + number)
-            measured = cand.latency(measure_cfg).latency_ms
+            measured = candidate_latency(cand, measure_cfg).latency_ms
         except Exception as e:  # the deployability gate reports unexportable members; keep going
             record[str(number)] = {"predicted_ms": predicted, "error_message": f"{type(e).__name__}: {e}"[:500]}
             continue

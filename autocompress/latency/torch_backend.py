@@ -18,17 +18,12 @@ of a module call (``ModuleCall``, counted once per teacher and student depth).
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 from torch import nn
 
-from ..plan import CompressionPlan
 from .analysis import Resolved
 from .lowering import FEATURES, Kernel, Lowered, Op, _elems, kernel_of, layer_weight
-from .measure import Measurement
 
 SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
 
@@ -169,46 +164,3 @@ class TorchLowerer:
         return Lowered(kernels=kernels, int8_nodes=0, input_elems=_elems(res.shapes.get(x, ())),
                        output_elems=sum(_elems(res.shapes.get(o, ())) for o in v.graph.outputs),
                        skipped=res.skipped)
-
-
-# --- measuring ----------------------------------------------------------------------------------------------
-
-def materialize(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor,
-                calibration: Sequence[torch.Tensor] | None = None) -> nn.Module:
-    """The baked candidate of ``plan`` as eager PyTorch runs it (activation quantizers removed)."""
-    from ..compress import apply, bake, calibrate
-    from ..evaluate.latency import strip_input_quantizers
-
-    x = example_input[:1]
-    if calibration is None:
-        g = torch.Generator().manual_seed(0)
-        calibration = [torch.randn(8, *x.shape[1:], generator=g)]
-    cm = apply(teacher, plan, x)
-    calibrate(cm, calibration)
-    cm.model.eval()
-    bake(cm)
-    return strip_input_quantizers(cm.model).eval()
-
-
-def time_torch_rounds(model: nn.Module, x: torch.Tensor, *, threads: int = 1, warmup: int = 20, runs: int = 100,
-                      rounds: int = 3) -> list[float]:
-    """Median ms of ``runs`` timed eager calls, for each of ``rounds`` rounds (one warm-up before the first)."""
-    from ..evaluate.latency import time_torch
-
-    medians = []
-    for i in range(rounds):
-        medians.append(statistics.median(time_torch(model, x, threads=threads, warmup=warmup if i == 0 else 0,
-                                                    repeats=runs)))
-    return medians
-
-
-def measure_plan_torch(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, *,
-                       calibration: Sequence[torch.Tensor] | None = None, threads: int = 1, batch_size: int = 1,
-                       warmup: int = 20, runs: int = 100, rounds: int = 3) -> Measurement:
-    """Materialize ``plan`` and time it in eager PyTorch: the median of ``rounds`` round medians."""
-    from ..evaluate.latency import torch_batch
-
-    model = materialize(teacher, plan, example_input, calibration)
-    medians = time_torch_rounds(model, torch_batch(example_input, batch_size), threads=threads, warmup=warmup,
-                                runs=runs, rounds=rounds)
-    return Measurement(latency_ms=statistics.median(medians), rounds_ms=medians)

@@ -26,11 +26,14 @@ from tqdm import tqdm
 from ..compress.layers import discover_layers
 from ..config import LoadedStudy
 from ..errors import ConfigError
+from ..front import KINDS_ATTR, Front
 from ..space import SearchSpace
 from ..tasks import Task, load_task
 from . import workers
 from .fidelity import summarize_fidelity
-from .front import Front
+from ..export.gate import deployability_gate
+from ..latency.study import latency_check
+from ..latency.study import prepare as prepare_latency
 from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
 
@@ -93,11 +96,8 @@ def post_study_steps() -> list[Callable[[optuna.Study, Task, LoadedStudy], None]
     """Steps run on a finished (not interrupted) study before its front is reported, in order.
 
     Each takes ``(study, task, loaded)`` and may record results as study user attributes (finished trials cannot
-    be changed), e.g. re-measure or gate front members. Imported here, not at module level, to keep start-up light.
+    be changed): the deployability gate, then the check of predicted latencies against measurement.
     """
-    from ..export.gate import deployability_gate
-    from ..latency.study import latency_check  # measures front members whose latency was predicted
-
     return [deployability_gate, latency_check]
 
 
@@ -166,11 +166,10 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
     task = task or load_task(cfg.task, cfg.task_options)
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
-    from ..latency.study import prepare as prepare_latency
 
     # Loads the latency profile once per study (predict or measure); before anything is written, so that a
     # missing or corrupt profile leaves no half-made study behind.
-    prepare_latency(loaded, task)
+    latency_mode = prepare_latency(loaded, task)
 
     made_dir = not loaded.study_dir.exists()
     loaded.study_dir.mkdir(parents=True, exist_ok=True)
@@ -190,6 +189,8 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
             study.set_user_attr("objectives", dict(cfg.objectives))
             study.set_user_attr("teacher", teacher.to_dict())
             study.set_user_attr("task", cfg.task)
+            # the kernel kinds candidates are scored with: export lowers a front member with these
+            study.set_user_attr(KINDS_ATTR, sorted(latency_mode.kinds))
             study.set_user_attr("layers", [{"name": i.name, "type": i.type_name, "out_channels": i.out_channels,
                                             "is_output": i.is_output} for i in layers])
             study.set_user_attr("unassigned_layers", space.unassigned)
@@ -269,11 +270,4 @@ def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: boo
                         interrupted=interrupted, new_trials=new_trials, seconds=time.perf_counter() - start)
 
 
-def load_study_front(loaded: LoadedStudy) -> Front:
-    """The front of an existing study named by a config (nothing is created)."""
-    from .front import load_front
-
-    return load_front(loaded.storage_url, loaded.study_name)
-
-
-__all__ = ["run_study", "open_study", "StudyOutcome", "load_study_front"]
+__all__ = ["run_study", "open_study", "StudyOutcome"]

@@ -4,7 +4,8 @@ Backends (the local Optuna loop, Ray workers) all call :class:`TrialRunner`, so 
 user attributes whichever backend ran it:
 
 plan, rung:<level> ([accuracy, latency_ms, size_bytes] at each rung reached), fidelity (level of the reported
-accuracy), accuracy / test_accuracy, latency_ms (+ p10/p90, int8_nodes), size_bytes, compression_ratio, skipped,
+accuracy), accuracy / test_accuracy, latency_ms (+ p10/p90, int8_nodes, latency_source, latency_backend and kernels: the
+int8 / int4 / float kernel of each module it was scored with, which export lowers), size_bytes, compression_ratio, skipped,
 seconds (per phase), cost_s, constraints; self-check trials add full_accuracy and proxy_accuracy; stopped trials
 (successive halving) add stopped; failed trials add error.
 """
@@ -19,10 +20,12 @@ import numpy as np
 import optuna
 
 from ..config import LoadedStudy
+from ..evaluate.candidate import Candidate
+from ..latency.study import candidate_latency, latency_attrs
 from ..space import SearchSpace
 from ..tasks import Task
 from .fidelity import promote, rungs, self_check_numbers, steps_for
-from .objective import Candidate, TeacherReference
+from .objective import TeacherReference
 
 MINIMISE_SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_bytes": 1.0}
 
@@ -74,14 +77,12 @@ class TrialRunner:
             plan = self.space.suggest(trial)
             trial.set_user_attr("plan", plan.to_dict())
             cand = Candidate(self.task, plan, cfg.finetune, seed=cfg.seed + trial.number)
-            lat = cand.latency(cfg.latency)
+            lat = candidate_latency(cand, cfg.latency)
             size = cand.size_bytes()
             trial.set_user_attr("latency_ms", lat.latency_ms)
             trial.set_user_attr("latency_p10_ms", lat.p10_ms)
             trial.set_user_attr("latency_p90_ms", lat.p90_ms)
-            trial.set_user_attr("int8_nodes", lat.int8_nodes)
-            from ..latency.study import latency_attrs  # latency_source, latency_predicted_ms / _measured_ms
-
+            trial.set_user_attr("int8_nodes", len(lat.kernels.int8))
             for key, value in latency_attrs(self.task, plan, lat, cfg.latency).items():
                 trial.set_user_attr(key, value)
             trial.set_user_attr("skipped", cand.cm.skipped)

@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import TaskError
-from ..evaluate.accuracy import Metric, top1
+from .metric import Metric, top1
 
 
 @dataclass(kw_only=True)

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..evaluate.accuracy import evaluate
 from . import Task, data, models
+from .metric import evaluate
 
 log = logging.getLogger(__name__)
 TEACHER_FORMAT = 1

@@ -12,8 +12,8 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from ..errors import AutocompressError, StudyNotFoundError
-from ..plan import CompressionPlan
+from .errors import AutocompressError, StudyNotFoundError
+from .plan import CompressionPlan
 
 # Hypervolume reference point, in the normalised minimisation space the front is scored in:
 # error = 1 - accuracy (worst 1), latency and size as ratios to the teacher (worst 2x and 1x).
@@ -51,6 +51,7 @@ def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]
 
 # Study user attribute the deployability gate (autocompress.export.gate) writes per trial: finished trials are frozen.
 DEPLOY_ATTR = "deploy:{}"
+KINDS_ATTR = "kernel_kinds"  # study attribute: the kernel kinds its candidates were scored with (export uses them)
 
 
 def is_deployable(study_attrs: dict[str, Any], trial: optuna.trial.FrozenTrial) -> bool:

@@ -1,0 +1,119 @@
+"""A candidate: one plan materialized on the teacher, trained up the fidelity ladder, and scored.
+
+Used by the search (each trial), export (the pick, at full fidelity) and the end-of-study checks, so every one of
+them starts from the same point: the plan applied to the teacher, BatchNorm statistics re-estimated, activation
+ranges calibrated on the first training batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+
+import torch
+
+from ..compress import CompressedModel, apply, bake, calibrate
+from ..compress.distill import finetune
+from ..config import FinetuneConfig
+from ..plan import CompressionPlan
+from ..runtime import Backend, Kernels, Timing, TimingSpec
+from ..tasks import Task
+from ..tasks.metric import evaluate
+from .size import compressed_size
+
+
+def calibration_batches(task: Task, n: int, batch_size: int = 32) -> list[torch.Tensor]:
+    """The first ``n`` training batches (deterministic), used to calibrate activation ranges."""
+    xs = []
+    for i in range(n):
+        chunk = [task.train[j][0] for j in range(i * batch_size, min((i + 1) * batch_size, len(task.train)))]
+        if not chunk:
+            break
+        xs.append(torch.stack(chunk))
+    return xs
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
+    """Re-estimate every BatchNorm's running statistics on ``batches`` (cumulative average), weights untouched."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    saved = [(bn.momentum, bn.training) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative moving average over the batches below
+        bn.train()
+    for x in batches:
+        model(x)
+    for bn, (momentum, training) in zip(bns, saved, strict=True):
+        bn.momentum = momentum
+        bn.train(training)
+
+
+class Candidate:
+    """One materialized plan that can be trained up the fidelity ladder step by step.
+
+    Fine-tuning is cumulative: ``train_to(400)`` after ``train_to(200)`` trains 200 more steps, so promoting a
+    candidate to a higher level pays only the difference.
+    """
+
+    def __init__(self, task: Task, plan: CompressionPlan, finetune_cfg: FinetuneConfig, *, seed: int = 0) -> None:
+        t0 = time.perf_counter()
+        self.task, self.plan, self.cfg, self.seed = task, plan, finetune_cfg, seed
+        self.cm = apply(task.model, plan, task.example_input)
+        self.calib = calibration_batches(task, finetune_cfg.calibration_batches)
+        recalibrate_batchnorm(self.cm.model, self.calib)
+        calibrate(self.cm, self.calib)
+        self.cm.model.eval()
+        self.steps_done = 0
+        self.seconds: dict[str, float] = {"apply": time.perf_counter() - t0}
+
+    def _add_time(self, key: str, t0: float) -> None:
+        self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
+
+    def train_to(self, steps: int) -> None:
+        """Fine-tune (KD) until ``steps`` mini-batches in total have been trained."""
+        t0 = time.perf_counter()
+        if steps > self.steps_done:
+            finetune(self.cm, self.task.model, self.task.train, steps=steps - self.steps_done,
+                     batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done)
+            self.steps_done = steps
+        self._add_time("finetune", t0)
+
+    def accuracy(self, split: str = "val") -> float | None:
+        """Metric on ``val`` or ``test`` (None when the task has no test split)."""
+        t0 = time.perf_counter()
+        data = self.task.val if split == "val" else self.task.test
+        value = None if data is None else evaluate(self.cm.model, data, self.task.metric)
+        self._add_time("evaluate", t0)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"the metric returned {value} on the {split} split")
+        return value
+
+    def baked(self) -> CompressedModel:
+        """A copy with the compressed weights written into plain parameters (this candidate can train on)."""
+        # Parametrized modules cannot be deep-copied; replaying the (deterministic) plan gives the same structure
+        # and masks, into which the trained state and the calibrated activation ranges are loaded.
+        cm = apply(self.task.model, self.plan, self.task.example_input)
+        cm.model.load_state_dict(self.cm.model.state_dict())
+        for name, q in cm.input_quantizers.items():
+            src = self.cm.input_quantizers[name]
+            q.lo, q.hi, q.calibrating = src.lo, src.hi, False
+        cm.model.eval()
+        return bake(cm)
+
+    def size_bytes(self) -> int:
+        return compressed_size(self.baked())[0]
+
+    def measure_latency(self, backend: Backend, spec: TimingSpec, *,
+                        kinds: Iterable[str] | None = None) -> tuple[Timing, Kernels]:
+        """Lower the baked candidate on ``backend`` (kernels among ``kinds``) and time it."""
+        t0 = time.perf_counter()
+        timing, kernels = backend.measure(self.baked(), self.task.example_input, self.calib, spec, kinds=kinds)
+        self._add_time("latency", t0)
+        return timing, kernels
+
+
+__all__ = ["Candidate", "calibration_batches", "recalibrate_batchnorm"]

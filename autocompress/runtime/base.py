@@ -1,0 +1,265 @@
+"""The backend interface: lower a baked candidate, open a session, time it with one statistic, say where it ran.
+
+A backend (one file each: :mod:`.onnxruntime`, :mod:`.openvino`, :mod:`.torch`, registered in
+:mod:`autocompress.runtime`) is the only code that exports, quantizes, opens inference sessions and times them.
+The search's measurements, ``autocompress profile``, ``export``, ``verify`` and the deployability gate all go
+through it, so what a front member was scored with is what ships.
+
+**Kernels are decided in one place**, :func:`resolve_kernels`: from a layer's resolved plan and the kernel kinds
+the backend (and, when latency is predicted, the predictor) can run, each compressed module runs ``int8``,
+``int4`` or ``float``. Lowering then records what really happened (a node the graph does not have stays float)
+in a :class:`Kernels` report, which trials store and export reproduces.
+
+**One timing statistic**, :func:`time_interleaved`: ``warmup`` untimed calls, then ``rounds`` rounds of ``runs``
+timed calls on one open session per artifact, artifacts interleaved round by round (A B A B ...), so machine noise
+hits them alike. The figure is the median of the round medians; each round's median is kept beside it.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..compress import CompressedModel
+from ..compress.layers import get_module
+
+KINDS = ("int8", "int4", "float")  # kernel kinds a compressed module can run; float is always possible
+INT4_MAX_BITS = 4                  # weight-only layers with <= 4-bit weights may run int4 kernels
+
+
+@dataclass(frozen=True, kw_only=True)
+class TimingSpec:
+    """How to time: thread count, batch size, untimed warm-up calls, timed calls per round, rounds."""
+
+    threads: int = 1
+    batch_size: int = 1
+    warmup: int = 20
+    runs: int = 100
+    rounds: int = 1
+
+    @classmethod
+    def of(cls, cfg: Any, *, rounds: int = 1, min_runs: int = 0) -> TimingSpec:
+        """From a study's :class:`~autocompress.config.LatencyConfig` (``repeats`` timed calls per round)."""
+        return cls(threads=cfg.threads, batch_size=cfg.batch_size, warmup=cfg.warmup,
+                   runs=max(cfg.repeats, min_runs), rounds=max(1, rounds))
+
+
+@dataclass
+class Timing:
+    """``latency_ms``: median of the round medians; ``rounds_ms``: each round's median; p10/p90 over all runs."""
+
+    latency_ms: float
+    rounds_ms: list[float]
+    p10_ms: float
+    p90_ms: float
+    runs: int
+    threads: int
+    batch_size: int
+    backend: str
+
+    @property
+    def spread(self) -> float:
+        """(max - min) / median of the round medians: how much the rounds disagreed."""
+        return (max(self.rounds_ms) - min(self.rounds_ms)) / self.latency_ms if self.latency_ms > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"spread": self.spread}
+
+
+@dataclass
+class Kernels:
+    """How each compressed module runs on a backend: ``int8``, ``int4`` or ``float``, with the reason when a
+    quantized plan runs float."""
+
+    int8: list[str] = field(default_factory=list)
+    int4: list[str] = field(default_factory=list)
+    float: list[str] = field(default_factory=list)
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def kind(self, module: str) -> str | None:
+        return next((k for k in KINDS if module in getattr(self, k)), None)
+
+    def add(self, module: str, kind: str, note: str | None = None) -> None:
+        for k in KINDS:
+            if module in getattr(self, k):
+                getattr(self, k).remove(module)
+        getattr(self, kind).append(module)
+        if note:
+            self.notes[module] = note
+        else:
+            self.notes.pop(module, None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"int8": list(self.int8), "int4": list(self.int4), "float": list(self.float),
+                "notes": dict(self.notes)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Kernels:
+        return cls(int8=list(d.get("int8", [])), int4=list(d.get("int4", [])), float=list(d.get("float", [])),
+                   notes=dict(d.get("notes", {})))
+
+
+def resolve_kernels(cm: CompressedModel, kinds: Iterable[str]) -> Kernels:
+    """The one kernel decision: which kernel kind each compressed module of ``cm`` is lowered to.
+
+    - ``int8`` where the layer's plan is int8-runnable (:attr:`~autocompress.plan.LayerPlan.int8_kernel`: <= 8-bit
+      weights on a uniform grid and 8-bit inputs) and ``int8`` is among ``kinds``;
+    - ``int4`` for a ``Linear`` whose <= 4-bit weights run with float inputs, where ``int4`` is among ``kinds``;
+    - ``float`` otherwise (the weights are on the plan's grid, stored as float32), with the reason.
+    """
+    allowed = frozenset(kinds)
+    out = Kernels()
+    for layer, names in cm.modules.items():
+        lp = cm.plan.layer(layer)
+        for name in names:
+            bits = cm.weight_bits.get(name, 32)
+            if cm.weight_sharing.get(name, False):
+                out.add(name, "float", f"k-means shared {bits}-bit weights run as float32 (a codebook, not a "
+                                       "uniform grid: smaller on disk only)")
+            elif lp.int8_kernel:
+                if "int8" in allowed:
+                    out.add(name, "int8")
+                else:
+                    out.add(name, "float", "int8 planned, run as float32 (no int8 kernel on this backend or "
+                                           "predictor)")
+            elif bits <= INT4_MAX_BITS and isinstance(get_module(cm.model, name), nn.Linear) \
+                    and lp.activation_bits >= 16 and "int4" in allowed:
+                out.add(name, "int4")
+            elif bits < 32:
+                why = ("16-bit activations: no int16 kernel on this backend" if lp.activation_bits == 16 else
+                       "weight-only quantization: no faster kernel for this layer type/bit-width here")
+                out.add(name, "float", f"{bits}-bit weights run as float32 ({why})")
+            else:
+                out.add(name, "float")
+    return out
+
+
+def batch_of(example_input: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+    """``batch_size`` copies of the first sample of ``example_input``."""
+    x = example_input[:1]
+    return x.repeat(batch_size, *([1] * (x.dim() - 1))).contiguous()
+
+
+def feed_arrays(example_input: torch.Tensor, batch_size: int = 1) -> list[np.ndarray]:
+    """The model's inputs as numpy arrays for a runtime, dtype kept (float32 for floating inputs)."""
+    x = batch_of(example_input, batch_size)
+    return [x.numpy().astype(np.float32) if x.is_floating_point() else x.numpy()]
+
+
+class Session(ABC):
+    """An open inference session of one artifact: ``run(arrays) -> list of output arrays``."""
+
+    @abstractmethod
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        ...
+
+
+@dataclass
+class Lowered:
+    """A lowered candidate: the artifact (a file, or a module for the eager backend) and its kernels."""
+
+    artifact: Path | nn.Module
+    kernels: Kernels
+
+
+class Backend(ABC):
+    """A runtime a candidate is lowered to, run on and timed with (see the module docstring).
+
+    ``kinds``: the kernel kinds it can run (:data:`KINDS`); ``files``: whether ``lower`` writes a file.
+    """
+
+    name: ClassVar[str]
+    kinds: ClassVar[frozenset[str]]
+    files: ClassVar[bool] = True
+
+    @abstractmethod
+    def lower(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+              folder: Path, *, kinds: Iterable[str] | None = None) -> Lowered:
+        """Lower the baked ``cm`` into ``folder`` with the kernels :func:`resolve_kernels` picks among ``kinds``
+        (default: all this backend has); ``calibration``: input batches for int8 activation ranges."""
+
+    @abstractmethod
+    def session(self, artifact: Path | nn.Module, *, threads: int = 1) -> Session:
+        ...
+
+    def versions(self) -> dict[str, str]:
+        """Library versions that decide which kernels run."""
+        return {}
+
+    def fingerprint(self, threads: int = 1) -> dict[str, Any]:
+        """The machine and runtime an artifact's latency belongs to."""
+        return {"backend": self.name, "cpu": cpu_name(), "machine": platform.machine(),
+                "cores": _cores(), "threads": threads, "versions": self.versions()}
+
+    def time(self, artifacts: dict[str, Path | nn.Module], example_input: torch.Tensor,
+             spec: TimingSpec) -> dict[str, Timing]:
+        """Time each artifact, interleaved round by round (:func:`time_interleaved`)."""
+        feed = feed_arrays(example_input, spec.batch_size)
+        calls = {}
+        for key, artifact in artifacts.items():
+            sess = self.session(artifact, threads=spec.threads)
+            calls[key] = (lambda s=sess: s.run(feed))
+        return time_interleaved(calls, spec, backend=self.name)
+
+    def measure(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+                spec: TimingSpec, *, kinds: Iterable[str] | None = None,
+                keep_dir: Path | None = None) -> tuple[Timing, Kernels]:
+        """Lower ``cm`` (in a temporary folder, or ``keep_dir``) and time it."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix=f"autocompress-{self.name}-") as tmp:
+            lowered = self.lower(cm, example_input, calibration, Path(keep_dir or tmp), kinds=kinds)
+            timing = self.time({"model": lowered.artifact}, example_input, spec)["model"]
+        return timing, lowered.kernels
+
+
+def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
+                     backend: str = "") -> dict[str, Timing]:
+    """The one timing statistic (see the module docstring), for several callables at once."""
+    for call in calls.values():
+        for _ in range(spec.warmup):
+            call()
+    samples: dict[str, list[float]] = {k: [] for k in calls}
+    medians: dict[str, list[float]] = {k: [] for k in calls}
+    for _ in range(max(1, spec.rounds)):
+        for key, call in calls.items():
+            times = []
+            for _ in range(spec.runs):
+                t0 = time.perf_counter_ns()
+                call()
+                times.append((time.perf_counter_ns() - t0) / 1e6)
+            medians[key].append(statistics.median(times))
+            samples[key].extend(times)
+    out = {}
+    for key in calls:
+        q = statistics.quantiles(samples[key], n=10) if len(samples[key]) > 1 else samples[key] * 9
+        out[key] = Timing(latency_ms=statistics.median(medians[key]), rounds_ms=[round(m, 6) for m in medians[key]],
+                          p10_ms=q[0], p90_ms=q[-1], runs=len(samples[key]), threads=spec.threads,
+                          batch_size=spec.batch_size, backend=backend)
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,76 @@
+"""The ``openvino`` backend: the same ONNX graph (int8 QDQ and float; no int4 kernels) compiled by OpenVINO's CPU
+plugin. An optional extra: ``pip install autocompress[openvino]``.
+
+OpenVINO reads the QDQ graph the ONNX lowering writes and runs its quantized layers on its own int8 kernels (its
+low-precision transformations fold each QuantizeLinear/DequantizeLinear pair into the convolution or matrix
+product). The model compiles for latency: one stream, ``threads`` inference threads, fp32 inference precision (so a
+float layer is not silently run in bf16 where the CPU has it). ``MatMulNBits`` is an ONNX Runtime operator, so
+<= 4-bit weight-only layers run float here, decided once by :func:`~.base.resolve_kernels`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import torch
+
+from ..compress import CompressedModel
+from .base import Backend, Lowered, Session
+from .onnx import lower_onnx
+
+
+def compile_options(threads: int = 1) -> dict[str, object]:
+    return {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+            "INFERENCE_PRECISION_HINT": "f32"}
+
+
+class OvSession(Session):
+    def __init__(self, compiled) -> None:
+        self.compiled = compiled
+        self.request = compiled.create_infer_request()
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        self.request.infer(list(inputs))
+        return [self.request.get_output_tensor(i).data.copy() for i in range(len(self.compiled.outputs))]
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    kinds = frozenset({"int8", "float"})
+
+    def __init__(self, *, device: str = "CPU") -> None:
+        self.core = ov.Core()
+        if device not in self.core.available_devices:
+            raise ValueError(f"OpenVINO device {device!r} is not available; available: "
+                             f"{', '.join(self.core.available_devices)}")
+        self.device = device
+
+    def lower(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+              folder: Path, *, kinds: Iterable[str] | None = None) -> Lowered:
+        allowed = self.kinds if kinds is None else self.kinds & frozenset(kinds)
+        path = Path(folder) / "model.onnx"
+        return Lowered(artifact=path, kernels=lower_onnx(cm, example_input, calibration, path, allowed))
+
+    def compile(self, artifact: Path, *, threads: int = 1):
+        return self.core.compile_model(str(artifact), self.device, compile_options(threads))
+
+    def session(self, artifact, *, threads: int = 1) -> OvSession:
+        return OvSession(self.compile(Path(artifact), threads=threads))
+
+    def versions(self) -> dict[str, str]:
+        return {"openvino": ov.__version__, "device": self.device}
+
+    def runtime_precisions(self, artifact: Path) -> dict[str, tuple[str, str]]:
+        """``{layer name: (layer type, runtime precision)}`` of the compiled model (``u8``/``i8`` = int8 kernel)."""
+        out = {}
+        for op in self.compile(Path(artifact)).get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            precision = info["runtimePrecision"].astype(str) if "runtimePrecision" in info else ""
+            out[op.get_friendly_name()] = (info["layerType"].astype(str), precision)
+        return out
+
+
+__all__ = ["OpenVINOBackend", "OvSession", "compile_options"]
