@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=23.2"
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,openvino]"
 	touch $(STAMP)
 
 quickstart: venv
@@ -39,8 +39,10 @@ bench: venv system-deps
 bench-quick: venv system-deps
 	$(BIN)/python benchmarks/run_all.py --quick
 
+# ruff, and the import layers of pyproject.toml ([tool.importlinter]): each layer imports only those below it
 lint: venv
 	$(BIN)/ruff check autocompress tests benchmarks
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) studies/*/ .pytest_cache

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -196,7 +195,3 @@ def load_front(storage: str, study_name: str | None = None) -> Front:
     if study_name not in names:
         raise StudyNotFoundError(f"no study {study_name!r} in {storage!r}; studies there: {names or 'none'}")
     return Front.from_study(optuna.load_study(study_name=study_name, storage=storage))
-
-
-def sqlite_url(path: str) -> str:
-    return path if re.match(r"^[a-z][a-z0-9+]*://", path) else f"sqlite:///{path}"

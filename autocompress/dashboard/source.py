@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from ..config import load_study_config
 from ..errors import AutocompressError, StudyNotFoundError
 from ..front import Front, study_names
 from .data import EXTRA_ATTRS, StudyData
@@ -49,8 +50,6 @@ def resolve(target: str, study_name: str | None = None) -> StudyRef:
             db = Path(target.removeprefix("sqlite:///"))
             out_dir = db.parent if db.name and str(db) != ":memory:" else out_dir
     elif path.suffix in (".yaml", ".yml"):
-        from ..config import load_study_config
-
         loaded = load_study_config(path)
         url, name, out_dir = loaded.storage_url, study_name or loaded.study_name, loaded.study_dir
     elif path.is_dir():

@@ -28,15 +28,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import torch
 
-from ..config import FinetuneConfig, LatencyConfig
-from ..errors import AutocompressError
+from ..compress import apply, bake
+from ..config import FinetuneConfig, LatencyConfig, load_study_config
+from ..errors import AutocompressError, StudyNotFoundError
 from ..evaluate.size import compressed_size, dense_size_bytes
+from ..front import KINDS_ATTR, is_deployable, load_front
 from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for, get_backend
 from ..runtime.onnx import export_onnx, graph_ops
-from ..tasks import Task
+from ..tasks import Task, load_task
 from .card import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -272,8 +275,6 @@ def _runtime_ops(backend: Backend, path: Path) -> dict[str, int]:
 
 def teacher_artifact(task: Task, backend: Backend, folder: Path):
     """The fp32 teacher lowered on ``backend`` (the reference every export and verify times against)."""
-    from ..compress import apply, bake
-
     cm = bake(apply(task.model, CompressionPlan(), task.example_input))
     folder.mkdir(parents=True, exist_ok=True)
     return backend.lower(cm, task.example_input, [], folder).artifact
@@ -362,11 +363,6 @@ def redact(url: str) -> str:
 
 def open_study_source(target: str, study_name: str | None = None) -> StudySource:
     """A study config (YAML), a results folder (holding study.db) or a storage URL -> :class:`StudySource`."""
-    import optuna
-
-    from ..config import load_study_config
-    from ..errors import StudyNotFoundError
-    from ..front import load_front
 
     path = Path(target)
     loaded, notes = None, []
@@ -411,8 +407,6 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
                       rounds: int = LATENCY_ROUNDS, measure: bool = True) -> ExportResult:
     """Export trial ``trial``, or the front member ``pick`` selects (best by ``by``), of a study, with the kernel
     kinds the study scored its candidates with."""
-    from ..front import KINDS_ATTR, is_deployable
-    from ..tasks import load_task
 
     if (trial is None) == (pick is None):
         raise ExportError("give exactly one of --trial N or --pick 'EXPR'")
@@ -432,7 +426,6 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
                               f"trials: {sorted(int(t) for t in front.trials['trial'])[:30]}")
         row = rows.iloc[0]
     number = int(row["trial"])
-    import optuna
 
     study = optuna.load_study(study_name=front.study_name, storage=src.storage_url)
     frozen = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
@@ -491,8 +484,6 @@ def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_t
     latency_tol: largest allowed relative latency difference (0.25 = 25 %; latency depends on the machine and
                  its load, the speedup over the teacher measured alongside is steadier)
     """
-    from ..tasks import load_task
-
     folder = Path(path)
     card = verify_files(folder)
     spec, options = card["task"]["spec"], card["task"].get("options") or {}

@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .._version import __version__
 from ..errors import AutocompressError
 
 ARTIFACT_FORMAT = "autocompress-export"
@@ -23,7 +24,7 @@ MODEL_JSON, README, SUMS = "model.json", "README.md", "SHA256SUMS"
 ONNX_FILE, WEIGHTS_FILE, INDEX_FILE, PLAN_FILE = "model.onnx", "weights.bin", "weights.json", "plan.json"
 FORMAT_FILES = {"onnx": (ONNX_FILE,), "torch": (PLAN_FILE, INDEX_FILE, WEIGHTS_FILE)}
 _SAFE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "numpy", "optuna", "torch-pruning", "onnxscript")
+VERSIONED_PACKAGES = ("torch", "onnx", "onnxruntime", "openvino", "numpy", "optuna", "torch-pruning", "onnxscript")
 
 
 class ExportError(AutocompressError):
@@ -83,8 +84,6 @@ def read_sums(root: Path) -> dict[str, str]:
 
 
 def versions() -> dict[str, str]:
-    from .. import __version__
-
     out = {"autocompress": __version__, "python": platform.python_version()}
     for pkg in VERSIONED_PACKAGES:
         try:

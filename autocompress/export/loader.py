@@ -25,6 +25,7 @@ from ..compress.layers import get_module
 from ..compress.quantize import InputQuantizer
 from ..plan import CompressionPlan, LayerPlan
 from ..runtime.onnxruntime import OnnxRuntimeBackend
+from ..tasks import load_task, models
 from .card import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -45,7 +46,6 @@ TORCH_FORMAT = "autocompress-torch-artifact"
 
 def builtin_architectures() -> dict[str, Callable[[], nn.Module]]:
     """Untrained architectures of the built-in tasks (so loading never trains a teacher)."""
-    from ..tasks import models
 
     return {
         "mnist-lenet5": models.LeNet5,
@@ -80,7 +80,6 @@ def resolve_architecture(ref: dict[str, Any]) -> nn.Module:
             raise ArtifactError(f"unknown built-in architecture {ref.get('name')!r}; known: {sorted(builtins)}")
         return builtins[ref["name"]]()
     if kind == "task":
-        from ..tasks import load_task
 
         return load_task(ref["task"], ref.get("task_options") or {}).model
     raise ArtifactError(f"this artifact cannot rebuild its architecture by itself ({ref.get('class', '?')}): "

@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from ..compress.depth import removable_blocks
-from ..compress.layers import LayerInfo, discover_layers, get_module
+from ..compress.layers import LayerInfo, discover_layers, get_module, out_channels
+from ..compress.structured import _prune_fn
 from ..plan import CompressionPlan
 from ..runtime.onnx import export_onnx, onnx_module_name
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
@@ -477,8 +478,6 @@ def _prune_one(dg, model: nn.Module, name: str, protected: list[str]) -> tuple[s
     """
     import torch_pruning as tp
 
-    from ..compress.layers import out_channels
-    from ..compress.structured import _prune_fn
 
     guarded = {id(get_module(model, n)) for n in protected}
     importance = tp.importance.GroupMagnitudeImportance(p=2)

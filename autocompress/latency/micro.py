@@ -25,6 +25,7 @@ from torch import nn
 
 from ..compress.layers import discover_layers
 from ..plan import CompressionPlan, LayerPlan
+from ..tasks.models import BasicBlock
 
 # --- modules -----------------------------------------------------------------------------------------------
 
@@ -128,7 +129,6 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
             c = cout
         return nn.Sequential(*layers).eval(), torch.randn(1, spec["cin"], spec["h"], spec["h"])
     if fam == "basic_block":
-        from ..tasks.models import BasicBlock
 
         return BasicBlock(spec["cin"], spec["cout"], spec["s"]).eval(), torch.randn(1, spec["cin"], spec["h"],
                                                                                      spec["h"])

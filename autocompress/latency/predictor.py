@@ -22,6 +22,7 @@ from .analysis import Resolved, TeacherAnalysis
 from .lowering import Lowered, Lowerer
 from .model import PREDICTED_KINDS
 from .profile import LatencyProfile, ProfileError, default_profile_path, load_profile
+from .torch_backend import TorchLowerer
 
 
 def resolve_profile(profile: LatencyProfile | str | Path | None, *, threads: int = 1,
@@ -67,8 +68,6 @@ class LatencyPredictor:
         self.analysis = TeacherAnalysis(teacher, example_input, batch_size=batch_size)
         self.lowerer: Any
         if self.backend == "torch":
-            from .torch_backend import TorchLowerer
-
             self.lowerer = TorchLowerer(self.analysis)
         else:
             self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)

@@ -35,8 +35,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..compress.layers import discover_layers
 from ..errors import AutocompressError
+from ..plan import CompressionPlan, LayerPlan, StudentPlan
+from ..tasks.models import SmallResNet, mlp
+from . import micro
+from .analysis import TeacherAnalysis, _export
+from .graph import optimized_graph
+from .lowering import Lowerer
+from .measure import measure_plan
+from .micro import AttentionBlock, Head, InvertedResidual
 from .model import CostModel, Sample, errors, fit
+from .runtime_kernels import matmul_variant_samples
+from .torch_backend import TorchLowerer
 
 log = logging.getLogger(__name__)
 
@@ -236,8 +247,6 @@ def detect_nchwc() -> tuple[int, int]:
     alignment it needs to switch a convolution's input to that layout, from what it does to probe convolutions."""
     from torch import nn
 
-    from .analysis import _export
-    from .graph import optimized_graph
 
     def ops(cin: int) -> list[str]:
         m = nn.Sequential(nn.Conv2d(cin, 16, 3, padding=1)).eval()
@@ -255,8 +264,6 @@ def _calibration_models() -> list[tuple[str, Callable[[], torch.nn.Module], tupl
     """Whole models for the per-model term: architectures of their own (not the benchmark's families)."""
     from torch import nn
 
-    from ..tasks.models import SmallResNet, mlp
-    from .micro import AttentionBlock, Head, InvertedResidual
 
     def vgg() -> nn.Module:
         return nn.Sequential(nn.Conv2d(3, 24, 3, 1, 1), nn.ReLU(), nn.Conv2d(24, 24, 3, 1, 1), nn.ReLU(),
@@ -279,8 +286,6 @@ def _calibration_models() -> list[tuple[str, Callable[[], torch.nn.Module], tupl
 def _calibration_plan(model: torch.nn.Module, x: torch.Tensor, rng: np.random.Generator, prunable_re: str):
     import re
 
-    from ..compress.layers import discover_layers
-    from ..plan import CompressionPlan, LayerPlan, StudentPlan
 
     layers = {}
     for info in discover_layers(model, x):
@@ -296,7 +301,6 @@ def _calibration_plan(model: torch.nn.Module, x: torch.Tensor, rng: np.random.Ge
 def _matmul_samples(n: int, rng: np.random.Generator, settings: ProfileSettings, threads: int,
                     block: int) -> list[Sample]:
     """Dynamic int8 and int4 weight-only MatMul (and the float MatMul they replace) on Linear-sized matrices."""
-    from .runtime_kernels import matmul_variant_samples
 
     return matmul_variant_samples(n, rng, threads=threads, block=block, runs=settings.runs, rounds=settings.rounds,
                                   warmup=settings.warmup)
@@ -315,8 +319,6 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     if backend == "torch":
         # eager PyTorch (see :mod:`autocompress.latency.torch_backend`): the same micro specs and calibration
         # architectures, materialized and timed in eager mode; float kernels only
-        from .measure import measure_plan
-        from .torch_backend import TorchLowerer
 
         samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, TorchLowerer,
                                                           functools.partial(measure_plan, backend="torch"))
@@ -325,8 +327,6 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
                                     "kernels here)")
     block, align = detect_nchwc()
     say(f"NCHWc block size {block}, input channel alignment {align}")
-    from .lowering import Lowerer
-    from .measure import measure_plan
 
     lowerer = Lowerer(block=block, align=align)
 
@@ -349,9 +349,6 @@ def _measure_samples(settings: ProfileSettings, say: Callable[[str], None], star
     """Micro-benchmarks, then ``extra`` samples, then the calibration models, for any backend:
     ``lowerer_for(analysis)`` gives the backend's lowerer, ``measure(model, plan, x, ...)`` times a plan.
     Returns ``(micro samples, calibration samples, failures)``."""
-    from ..plan import CompressionPlan
-    from . import micro
-    from .analysis import TeacherAnalysis
 
     samples: list[Sample] = []
     failures = 0
@@ -422,14 +419,6 @@ def _fitted_profile(backend: str, threads: int, block: int, align: int, settings
     return LatencyProfile(backend=backend, threads=threads, batch_size=1, nchwc_block=block, nchwc_align=align,
                           fingerprint=fingerprint(threads=threads, backend=backend), model=model,
                           samples=samples + calibration, info=info)
-
-
-def refit(profile: LatencyProfile) -> LatencyProfile:
-    """Fit the model again from the raw samples in the profile (no measuring)."""
-    micro_s = [s for s in profile.samples if s.group != "calibration"]
-    calib_s = [s for s in profile.samples if s.group == "calibration"]
-    profile.model = fit(micro_s, calibration=calib_s)
-    return profile
 
 
 def _summary(err: np.ndarray) -> dict[str, float]:

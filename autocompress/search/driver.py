@@ -26,14 +26,14 @@ from tqdm import tqdm
 from ..compress.layers import discover_layers
 from ..config import LoadedStudy
 from ..errors import ConfigError
+from ..export.gate import deployability_gate
 from ..front import KINDS_ATTR, Front
+from ..latency.study import latency_check
+from ..latency.study import prepare as prepare_latency
 from ..space import SearchSpace
 from ..tasks import Task, load_task
 from . import workers
 from .fidelity import summarize_fidelity
-from ..export.gate import deployability_gate
-from ..latency.study import latency_check
-from ..latency.study import prepare as prepare_latency
 from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
 

@@ -16,46 +16,20 @@ from __future__ import annotations
 import importlib
 import inspect
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from ..errors import TaskError
-from .metric import Metric, top1
-
-
-@dataclass(kw_only=True)
-class Task:
-    """Everything a study needs to know about the model being compressed.
-
-    model:         the trained teacher (float32, CPU)
-    example_input: one input batch of shape (1, ...) used to trace shapes and export
-    train / val:   datasets of ``(input, target)``; the search fine-tunes on train and scores on val
-    test:          held out; reported, never used for selection
-    metric:        ``metric(outputs, targets) -> float``, higher is better (default: top-1 accuracy)
-    """
-
-    name: str
-    model: nn.Module
-    example_input: torch.Tensor
-    train: Dataset
-    val: Dataset
-    test: Dataset | None = None
-    metric: Metric = top1
-    info: dict[str, Any] = field(default_factory=dict)
+from .metric import top1
+from .task import Task
 
 
 def _builtin() -> dict[str, Callable[..., Task]]:
-    from . import builtin
+    from . import builtin  # lazy: the built-in tasks' data loaders are imported only when a task is loaded
 
     return builtin.BUILTIN_TASKS
-
-
-def builtin_task_names() -> list[str]:
-    return sorted(_builtin())
 
 
 def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
@@ -101,4 +75,4 @@ def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
     return result
 
 
-__all__ = ["Task", "load_task", "builtin_task_names", "top1"]
+__all__ = ["Task", "load_task", "top1"]

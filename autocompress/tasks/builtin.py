@@ -15,8 +15,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import Task, data, models
+from . import data, models
 from .metric import evaluate
+from .task import Task
 
 log = logging.getLogger(__name__)
 TEACHER_FORMAT = 1
