@@ -11,13 +11,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
+from .compress import registry
 from .errors import ConfigError
 
-# --- allowed values, in one place so errors and docs agree -------------------------------------------------
-WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
-ACTIVATION_BITS = (8, 16, 32)
+# --- allowed values, in one place so errors and docs agree (per-layer knobs: the method registry) ----------
 OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"}
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 LAYER_TYPES = ("Conv1d", "Conv2d", "Linear")
@@ -45,54 +53,46 @@ def _check_range(values: list[float], lo: float, hi: float, *, lo_open: bool = F
     return values
 
 
-class LayerGroup(_Strict):
+class _LayerGroupBase(_Strict):
     """Choices for a group of layers, selected by module type and/or a regular expression on the name.
 
-    A layer belongs to the first group that selects it; layers no group selects stay as they are.
+    A layer belongs to the first group that selects it; layers no group selects stay as they are. Besides
+    ``name``, ``types``, ``names`` and ``per_layer``, a group has one list of choices per knob of the registered
+    compression methods (:mod:`autocompress.compress.registry`), each defaulting to ``[<unchanged>]``:
 
-    weight_sharing: choices of k-means weight sharing (a per-layer codebook of 2^bits centroids instead of the
-                    uniform grid; see :class:`autocompress.plan.LayerPlan`). It applies to plans with weight bits
-                    <= 8 (with 32-bit weights it is off), and a shared layer runs float kernels, so a group that
-                    may share weights must keep float inputs: ``activation_bits: [32]``.
-    entropy_coding: choices of Huffman-coded storage of quantized weights (lossless, so ``[true]`` is the usual
-                    setting rather than a searched knob); off for 32-bit weights.
+    sparsity, weight_bits, activation_bits, channel_keep, rank_ratio, nm, weight_sharing, entropy_coding, ... (see
+    :class:`autocompress.plan.LayerPlan` for what each means). A method's rules between knobs hold for the
+    choice lists too, e.g. a group that may share weights (``weight_sharing: [true, ...]``) must keep float inputs
+    (``activation_bits: [32]``).
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")
     types: list[Literal["Conv1d", "Conv2d", "Linear"]] = Field(default_factory=lambda: ["Conv2d", "Linear"])
     names: str | None = None
     per_layer: bool = True
-    sparsity: list[float] = Field(default_factory=lambda: [0.0])
-    weight_bits: list[int] = Field(default_factory=lambda: [32])
-    activation_bits: list[int] = Field(default_factory=lambda: [32])
-    channel_keep: list[float] = Field(default_factory=lambda: [1.0])
-    rank_ratio: list[float] = Field(default_factory=lambda: [1.0])
-    weight_sharing: list[bool] = Field(default_factory=lambda: [False])
-    entropy_coding: list[bool] = Field(default_factory=lambda: [False])
 
-    @field_validator("weight_sharing", "entropy_coding")
+    @field_validator("*")
     @classmethod
-    def _flags(cls, v: list[bool]) -> list[bool]:
+    def _knob_choices(cls, v: Any, info: ValidationInfo) -> Any:
+        knob = registry.KNOBS.get(info.field_name or "")
+        if knob is None:
+            return v
         _nonempty(v)
         if len(set(v)) != len(v):
             raise ValueError(f"choices must not repeat, but got {v}")
+        for value in v:
+            why = knob.check(value)
+            if why:
+                raise ValueError(f"every choice {why}")
         return v
 
     @model_validator(mode="after")
-    def _sharing(self) -> LayerGroup:
-        if True in self.weight_sharing:
-            if any(b < 32 for b in self.activation_bits):
-                raise ValueError(
-                    f"group {self.name!r}: `weight_sharing` may be true, so `activation_bits` must be [32] "
-                    f"(a k-means shared layer runs float kernels on its decoded weights), but got "
-                    f"{self.activation_bits}")
-            if not any(b <= 8 for b in self.weight_bits):
-                raise ValueError(
-                    f"group {self.name!r}: `weight_sharing` needs a `weight_bits` choice <= 8 (a codebook of "
-                    f"2^bits centroids), but got {self.weight_bits}")
-        if True in self.entropy_coding and not any(b < 32 for b in self.weight_bits):
-            raise ValueError(f"group {self.name!r}: `entropy_coding` codes quantized weights and needs a "
-                             f"`weight_bits` choice < 32, but got {self.weight_bits}")
+    def _method_rules(self) -> _LayerGroupBase:
+        choices = {name: getattr(self, name) for name in registry.KNOBS}
+        for method in registry.METHODS:
+            why = method.check_choices(choices)
+            if why:
+                raise ValueError(f"group {self.name!r}: {why}")
         return self
 
     @field_validator("names")
@@ -105,39 +105,19 @@ class LayerGroup(_Strict):
                 raise ValueError(f"is not a valid regular expression ({e})") from None
         return v
 
-    @field_validator("sparsity")
-    @classmethod
-    def _sparsity(cls, v: list[float]) -> list[float]:
-        return _check_range(v, 0.0, 1.0, hi_open=True)
-
-    @field_validator("weight_bits")
-    @classmethod
-    def _wbits(cls, v: list[int]) -> list[int]:
-        _nonempty(v)
-        for b in v:
-            if b not in WEIGHT_BITS:
-                raise ValueError(f"every choice must be one of {list(WEIGHT_BITS)} (32 = not quantized), but got {b}")
-        return v
-
-    @field_validator("activation_bits")
-    @classmethod
-    def _abits(cls, v: list[int]) -> list[int]:
-        _nonempty(v)
-        for b in v:
-            if b not in ACTIVATION_BITS:
-                raise ValueError(f"every choice must be one of {list(ACTIVATION_BITS)} (32 = not quantized), but got {b}")
-        return v
-
-    @field_validator("channel_keep", "rank_ratio")
-    @classmethod
-    def _ratio(cls, v: list[float]) -> list[float]:
-        return _check_range(v, 0.0, 1.0, lo_open=True)
-
     def selects(self, name: str, type_name: str) -> bool:
         """Whether this group selects the layer called ``name`` of class ``type_name``."""
         if type_name not in self.types:
             return False
         return self.names is None or re.search(self.names, name) is not None
+
+
+def _choices_field(knob: Any) -> tuple[Any, Any]:
+    return list[knob.type], Field(default_factory=lambda: [knob.default], description=knob.doc)
+
+
+LayerGroup = create_model("LayerGroup", __base__=_LayerGroupBase, __module__=__name__,
+                          **{k.name: _choices_field(k) for k in registry.KNOBS.values()})  # type: ignore[call-overload]
 
 
 class StudentSpace(_Strict):

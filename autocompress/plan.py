@@ -11,46 +11,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .compress import registry
+from .compress.method import Knob
+
 PLAN_VERSION = 1
 
 
-@dataclass(frozen=True, kw_only=True)
-class LayerPlan:
-    """What happens to one Conv/Linear layer.
-
-    sparsity:        share of the layer's weights zeroed by magnitude, in [0, 1)
-    weight_bits:     2-8 for symmetric per-output-channel quantization, 32 for float
-    activation_bits: 8 or 16 to quantize the layer's input (calibrated), 32 for float
-    channel_keep:    share of output channels kept by structured pruning, in (0, 1]
-    rank_ratio:      low-rank factorization keeps this share of the full rank, 1.0 = off
-    weight_sharing:  k-means weight sharing (Han et al., 2016) instead of the uniform grid: one codebook of
-                     2^weight_bits centroids per layer over its non-zero weights (zeros stay exact through the
-                     pruning mask), centroids fine-tuned, assignments fixed. Needs weight_bits <= 8 and float
-                     inputs (activation_bits 32): the layer runs float kernels on its decoded weights, it is only
-                     smaller on disk.
-    entropy_coding:  store the layer's weight codes and sparse index Huffman-coded when that is smaller
-                     (lossless; needs weight_bits < 32)
-
-    Plans written before weight_sharing/entropy_coding existed read with both off (the defaults).
-    """
-
-    sparsity: float = 0.0
-    weight_bits: int = 32
-    activation_bits: int = 32
-    channel_keep: float = 1.0
-    rank_ratio: float = 1.0
-    weight_sharing: bool = False
-    entropy_coding: bool = False
+class _LayerPlanRules:
+    """Behaviour of :class:`LayerPlan`; its fields come from the method registry."""
 
     def __post_init__(self) -> None:
-        if self.weight_sharing and self.weight_bits > 8:
-            raise ValueError(f"weight_sharing needs weight_bits <= 8 (a codebook of 2^bits centroids), but "
-                             f"weight_bits is {self.weight_bits}")
-        if self.weight_sharing and self.activation_bits < 32:
-            raise ValueError("weight_sharing runs float kernels on decoded weights: activation_bits must be 32, "
-                             f"but is {self.activation_bits}")
-        if self.entropy_coding and self.weight_bits >= 32:
-            raise ValueError("entropy_coding codes quantized weights: it needs weight_bits < 32")
+        why = registry.check_values(dataclasses.asdict(self))  # type: ignore[call-overload]
+        if why:
+            raise ValueError(why)
 
     @property
     def is_identity(self) -> bool:
@@ -58,11 +31,27 @@ class LayerPlan:
 
     @property
     def int8_kernel(self) -> bool:
-        """Whether the layer runs on the backend's int8 kernels: <= 8-bit weights on a uniform grid, 8-bit inputs.
+        """Whether the layer can run on a backend's int8 kernels: <= 8-bit weights on a uniform grid, 8-bit inputs.
 
-        The one place that decides it: the measured latency path, the latency predictor and export all ask here.
+        The plan's side of :func:`autocompress.runtime.resolve_kernels` (the one kernel decision), which the
+        latency predictor reads too.
         """
-        return self.weight_bits <= 8 and self.activation_bits == 8 and not self.weight_sharing
+        return self.weight_bits <= 8 and self.activation_bits == 8 and not self.weight_sharing  # type: ignore[attr-defined]
+
+
+def _field(knob: Knob) -> tuple[str, type, Any]:
+    return knob.name, knob.type, dataclasses.field(default=knob.default)
+
+
+# What happens to one Conv/Linear layer: one field per knob of the registered compression methods
+# (:mod:`autocompress.compress.registry`), each defaulting to "unchanged". Plans written before a knob existed
+# read with it at its default.
+LayerPlan = dataclasses.make_dataclass(
+    "LayerPlan", [_field(k) for k in registry.KNOBS.values()], bases=(_LayerPlanRules,), frozen=True,
+    kw_only=True)
+LayerPlan.__module__ = __name__  # (make_dataclass's `module` argument needs Python 3.12)
+LayerPlan.__doc__ = "What happens to one Conv/Linear layer. Fields (the registered methods' knobs):\n\n" + \
+    "\n".join(f"    {k.name}: {k.doc}" for k in registry.KNOBS.values())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -138,21 +127,7 @@ class CompressionPlan:
         if self.student != StudentPlan():
             parts.append(f"student w{self.student.width:g} d{self.student.depth:g}")
         for name, lp in self.layers.items():
-            bits = []
-            if lp.channel_keep < 1:
-                bits.append(f"keep{lp.channel_keep:g}")
-            if lp.rank_ratio < 1:
-                bits.append(f"rank{lp.rank_ratio:g}")
-            if lp.sparsity > 0:
-                bits.append(f"s{lp.sparsity:g}")
-            if lp.weight_bits < 32:
-                bits.append(f"w{lp.weight_bits}")
-            if lp.weight_sharing:
-                bits.append("km")
-            if lp.activation_bits < 32:
-                bits.append(f"a{lp.activation_bits}")
-            if lp.entropy_coding:
-                bits.append("huff")
+            bits = registry.summary(dataclasses.asdict(lp))
             if bits:
                 parts.append(f"{name}:" + "/".join(bits))
         return "; ".join(parts) or "(uncompressed)"

@@ -1,10 +1,11 @@
 """Search space: a validated YAML space + the model's layers -> Optuna distributions -> CompressionPlan.
 
-Every choice list becomes an Optuna categorical parameter, named ``<layer>:<knob>`` for per-layer groups and
-``<group>:<knob>`` when a group shares one value; single-valued choices are fixed and not sampled. The output
-layer's ``channel_keep`` is fixed at 1 (its channels are the model's outputs). ``weight_sharing`` and
-``entropy_coding`` are sampled like the other knobs but take effect only with quantized weights (a plan with
-32-bit weights has both off).
+Every choice list of a knob (one per knob of the registered methods, :mod:`autocompress.compress.registry`)
+becomes an Optuna categorical parameter, named ``<layer>:<knob>`` for per-layer groups and ``<group>:<knob>`` when
+a group shares one value; single-valued choices are fixed and not sampled. The output layer's ``channel_keep`` is
+fixed at 1 (its channels are the model's outputs). A sampled combination means what the methods say it means
+(:func:`~autocompress.compress.registry.normalize`: e.g. ``weight_sharing`` and ``entropy_coding`` take effect
+only with quantized weights).
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ from dataclasses import dataclass
 
 import optuna
 
+from .compress import registry
 from .compress.layers import LayerInfo
 from .config import LayerGroup, SearchSpaceConfig
 from .errors import ConfigError
 from .plan import CompressionPlan, DistillPlan, LayerPlan, StudentPlan
-
-LAYER_KNOBS = ("sparsity", "weight_bits", "activation_bits", "channel_keep", "rank_ratio", "weight_sharing",
-               "entropy_coding")
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class SearchSpace:
         """Every sampled parameter and its choices (for docs, dashboards and tests)."""
         out: dict[str, list] = {}
         for a in self.assignments:
-            for knob in LAYER_KNOBS:
+            for knob in registry.KNOBS:
                 choices = self._choices(a, knob)
                 if len(choices) > 1:
                     out[self._param(a, knob)] = choices
@@ -78,11 +77,13 @@ class SearchSpace:
 
         Used to warm-start a study with the plans an expert would try first.
         """
-        def closest(choices: list, target: float):
+        def closest(choices: list, target):
+            if isinstance(target, bool) or not isinstance(target, int | float):
+                return target if target in choices else choices[0]
             return min(choices, key=lambda c: (abs(c - target), c))
 
-        targets = {"weight_bits": weight_bits, "sparsity": sparsity, "activation_bits": 32, "channel_keep": 1.0,
-                   "rank_ratio": 1.0, "weight_sharing": False, "entropy_coding": True}
+        targets = {k.name: k.default if k.uniform is None else k.uniform for k in registry.KNOBS.values()}
+        targets |= {"weight_bits": weight_bits, "sparsity": sparsity}
         params: dict[str, object] = {}
         for name, choices in self.distributions().items():
             section, _, knob = name.rpartition(":")
@@ -99,10 +100,8 @@ class SearchSpace:
 
         layers = {}
         for a in self.assignments:
-            values = {knob: pick(self._param(a, knob), self._choices(a, knob)) for knob in LAYER_KNOBS}
-            if values["weight_bits"] >= 32:
-                values["weight_sharing"] = values["entropy_coding"] = False
-            lp = LayerPlan(**values)
+            values = {knob: pick(self._param(a, knob), self._choices(a, knob)) for knob in registry.KNOBS}
+            lp = LayerPlan(**registry.normalize(values))
             if not lp.is_identity:
                 layers[a.layer.name] = lp
         student = StudentPlan(**{k: pick(f"student:{k}", v) for k, v in self.config.student.model_dump().items()})

@@ -2,7 +2,6 @@
 
 import math
 
-import pytest
 import torch
 from torch import nn
 
@@ -40,9 +39,17 @@ def test_compressed_size_matches_hand_count():
     assert per["0"].bits == 4 and per["2"].nnz == 15
 
 
-def test_compressed_size_needs_baked_weights():
-    cm = apply(nn.Sequential(nn.Linear(4, 2)), CompressionPlan(), torch.randn(1, 4))
-    with pytest.raises(ValueError, match="bake"):
-        compressed_size(cm)
+def test_compressed_size_is_the_same_before_and_after_baking():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4))
+    plan = CompressionPlan(layers={"0": LayerPlan(sparsity=0.5, weight_bits=4),
+                                   "2": LayerPlan(weight_bits=3, weight_sharing=True, entropy_coding=True)})
+    cm = apply(model, plan, torch.randn(1, 16))
+    before = compressed_size(cm)
+    bake(cm)
+    after = compressed_size(cm)
+    assert before[0] == after[0] and {k: v.size_bits for k, v in before[1].items()} == \
+        {k: v.size_bits for k, v in after[1].items()}
+    assert before[0] < dense_size_bytes(model) / 3
 
 

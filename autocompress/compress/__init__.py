@@ -1,12 +1,14 @@
 """Apply a :class:`~autocompress.plan.CompressionPlan` to a teacher: one function, one module per method.
 
+The methods and their knobs are declared once, in :mod:`.registry` (see :mod:`.method`).
+
 Order (each step sees the result of the previous one):
 
 1. student depth   drop trailing shape-preserving blocks            (``depth.py``)
 2. channels        student width x per-layer keep ratio, physically  (``structured.py``, Torch-Pruning)
 3. low rank        truncated SVD into two thinner layers             (``lowrank.py``)
-4. sparsity/bits   magnitude mask + per-channel fake quantization    (``quantize.py``, parametrizations)
-                   or k-means weight sharing (``weight_sharing``)
+4. weights        masks of every masking method (magnitude ``quantize.py``, N:M ``nm.py``), multiplied,
+                   + per-channel fake quantization or k-means weight sharing (parametrizations)
 5. activations     calibrated input fake quantization                (``quantize.py``, pre-hooks)
 
 Fine-tuning with distillation (``distill.py``) then trains the compressed model; :func:`bake` writes the
@@ -17,19 +19,24 @@ compressed weights into plain parameters. A layer a method cannot handle is left
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..plan import CompressionPlan
+from . import registry
 from .depth import drop_blocks
 from .layers import LayerInfo, discover_layers, get_module, set_module
-from .lowrank import factor_rank, factorize, pays
-from .quantize import CompressedWeight, InputQuantizer, SharedWeight, magnitude_mask
-from .structured import prune_channels
+from .lowrank import factorize, resolve_rank
+from .quantize import CompressedWeight, InputQuantizer, SharedWeight
+from .structured import channel_target, prune_channels
+
+if TYPE_CHECKING:  # plans are built from this package's method registry, above it
+    from ..plan import CompressionPlan
 
 
 @dataclass
@@ -97,9 +104,9 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
             if lp.channel_keep < 1:
                 cm.skipped[info.name] = "output layer: its channels are the model's outputs, not pruned"
             continue
-        keep = width * lp.channel_keep
-        if keep < 1:
-            targets[info.name] = max(1, round(info.out_channels * keep))
+        target = channel_target(info.out_channels, width, lp.channel_keep)
+        if target is not None:
+            targets[info.name] = target
     cm.skipped.update(prune_channels(model, example_input, targets, protected))
 
     # 3. low rank
@@ -109,9 +116,9 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
         if lp.rank_ratio >= 1:
             continue
         mod = get_module(model, info.name)
-        rank = factor_rank(mod, lp.rank_ratio)
-        if not pays(mod, rank):
-            cm.skipped[info.name] = f"rank {rank} would not reduce the weights; not factorized"
+        rank, why = resolve_rank(tuple(mod.weight.shape), lp.rank_ratio, getattr(mod, "groups", 1))
+        if rank is None:
+            cm.skipped[info.name] = why
             continue
         try:
             set_module(model, info.name, factorize(mod, rank))
@@ -119,18 +126,26 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
         except (ValueError, TypeError) as e:
             cm.skipped[info.name] = f"low rank not applied: {e}"
 
-    # 4. sparsity and weight bits
+    # 4. weight masks (every registered masking method: magnitude, N:M), then bits or a k-means codebook
+    maskers = registry.mask_methods()
     for info in present:
         lp = plan.layer(info.name)
+        values = dataclasses.asdict(lp)
         for name in cm.modules[info.name]:
             cm.weight_bits[name] = lp.weight_bits
             cm.sparsity[name] = lp.sparsity
             cm.weight_sharing[name] = lp.weight_sharing
             cm.entropy_coding[name] = lp.entropy_coding
-            if lp.sparsity == 0 and lp.weight_bits >= 32:
-                continue
             mod = get_module(model, name)
-            mask = magnitude_mask(mod.weight, lp.sparsity) if lp.sparsity > 0 else None
+            mask = None
+            for method in maskers:
+                got = method.weight_mask(mod.weight, values, mask)
+                if isinstance(got, str):
+                    cm.skipped[name] = f"{cm.skipped[name]}; {got}" if name in cm.skipped else got
+                elif got is not None:
+                    mask = got if mask is None else mask * got  # a later mask keeps what earlier ones zeroed
+            if mask is None and lp.weight_bits >= 32:
+                continue
             if lp.weight_sharing:
                 param: nn.Module = SharedWeight(mod.weight, mask, lp.weight_bits)
             else:

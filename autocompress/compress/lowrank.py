@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-
-def factor_rank(m: nn.Module, rank_ratio: float) -> int:
-    """The kept rank: ``rank_ratio`` of the full rank, at least 1."""
-    w = m.weight
-    full = min(w.shape[0], w[0].numel())
-    return max(1, round(rank_ratio * full))
-
-
-def pays(m: nn.Module, rank: int) -> bool:
-    """Whether the two factors hold fewer weights than the layer."""
-    out_c, fan_in = m.weight.shape[0], m.weight[0].numel()
-    return rank * (out_c + fan_in) < out_c * fan_in
+from .method import Knob, Method
 
 
 @torch.no_grad()
@@ -51,3 +42,25 @@ def factorize(m: nn.Module, rank: int) -> nn.Sequential:
     if bias:
         second.bias.copy_(m.bias)
     return nn.Sequential(first, second)
+
+
+def resolve_rank(weight_shape: tuple[int, ...], rank_ratio: float, groups: int = 1) -> tuple[int | None, str | None]:
+    """``(rank, None)`` when factorizing a weight of ``weight_shape`` at ``rank_ratio`` pays, else ``(None, why)``.
+
+    The one rule: ``apply`` factorizes with it and the latency predictor resolves plans with it."""
+    out_c, fan_in = weight_shape[0], math.prod(weight_shape[1:])
+    rank = max(1, round(rank_ratio * min(out_c, fan_in)))
+    if not rank * (out_c + fan_in) < out_c * fan_in:
+        return None, f"rank {rank} would not reduce the weights; not factorized"
+    if groups != 1:
+        return None, f"low rank not applied: grouped convolution (groups={groups})"
+    return rank, None
+
+
+class LowRank(Method):
+    """Low-rank factorization by truncated SVD, where it reduces the weights."""
+
+    name = "low_rank"
+    knobs = (Knob(name="rank_ratio", type=float, default=1.0, interval=(0.0, 1.0, "(]"),
+                  doc="low-rank factorization keeps this share of the full rank, 1.0 = off",
+                  label=lambda v: f"rank{v:g}"),)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .method import Heatmap, Knob, Method
+
 
 def _ste_round(x: torch.Tensor) -> torch.Tensor:
     return x + (torch.round(x) - x).detach()
@@ -67,14 +69,20 @@ def weight_codes(w: torch.Tensor, bits: int,
     raise ValueError(f"weight is not on a {bits}-bit per-channel grid (max error {last_err:.3g}); was it baked?")
 
 
-def magnitude_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
-    """A 0/1 mask zeroing exactly ``round(sparsity * numel)`` smallest-magnitude weights (ties by position)."""
-    n = w.numel()
-    k = round(sparsity * n)
-    mask = torch.ones(n, dtype=w.dtype)
-    if k > 0:
-        order = torch.argsort(w.detach().abs().flatten(), stable=True)
-        mask[order[:k]] = 0
+def magnitude_mask(w: torch.Tensor, sparsity: float, keep: torch.Tensor | None = None) -> torch.Tensor:
+    """A 0/1 mask zeroing exactly ``round(sparsity * n)`` smallest-magnitude weights (ties by position) of the
+    ``n`` weights ``keep`` (an earlier mask; default: all) keeps; what ``keep`` zeroed stays zero."""
+    scores = w.detach().abs().flatten().clone()
+    dropped = 0
+    if keep is not None:
+        gone = keep.flatten() == 0
+        scores[gone] = -1.0  # sorts first: already zero
+        dropped = int(gone.sum())
+    k = round(sparsity * (w.numel() - dropped))
+    mask = torch.ones(w.numel(), dtype=w.dtype)
+    if k + dropped > 0:
+        order = torch.argsort(scores, stable=True)
+        mask[order[:k + dropped]] = 0
     return mask.reshape(w.shape)
 
 
@@ -207,3 +215,95 @@ class InputQuantizer:
         qmax = 2 ** (self.bits - 1) - 1
         scale = max(abs(self.lo), abs(self.hi), 1e-12) / qmax
         return torch.clamp(_ste_round(x / scale), -qmax, qmax) * scale
+
+
+# --- the methods this module implements (registered in autocompress.compress.registry) -----------------------
+
+WEIGHT_BITS = (2, 3, 4, 5, 6, 7, 8, 32)
+ACTIVATION_BITS = (8, 16, 32)
+
+
+class MagnitudePruning(Method):
+    """Unstructured sparsity: the smallest-magnitude weights are zeroed (a fixed mask; zeros stay exact)."""
+
+    name = "magnitude_pruning"
+    knobs = (Knob(name="sparsity", type=float, default=0.0, interval=(0.0, 1.0, "[)"),
+                  doc="share of the layer's weights zeroed by magnitude (of those an earlier mask, e.g. N:M, keeps)",
+                  label=lambda v: f"s{v:g}",
+                  heatmap=Heatmap(title="sparsity (share of weights zeroed)", zmin=0, zmax=1)),)
+
+    def weight_mask(self, weight, values, mask):
+        return magnitude_mask(weight, values["sparsity"], mask) if values["sparsity"] > 0 else None
+
+    def density(self, values, weight_shape):
+        return 1.0 - values["sparsity"]
+
+
+class WeightQuantization(Method):
+    """Symmetric per-output-channel weights on a 2-8 bit grid, or a k-means codebook of 2^bits values."""
+
+    name = "weight_quantization"
+    knobs = (
+        Knob(name="weight_bits", type=int, default=32, choices=WEIGHT_BITS,
+             doc="2-8 for symmetric per-output-channel quantization, 32 for float", label=lambda v: f"w{v}",
+             heatmap=Heatmap(title="weight bits (32 = float)", zmin=1, zmax=5, log2=True, reverse=True)),
+        Knob(name="weight_sharing", type=bool, default=False,
+             doc="k-means weight sharing (Han et al., 2016) instead of the uniform grid: one codebook of "
+                 "2^weight_bits centroids per layer over its non-zero weights, centroids fine-tuned, assignments "
+                 "fixed. Needs weight_bits <= 8 and float inputs (activation_bits 32): the layer runs float "
+                 "kernels on its decoded weights, it is only smaller on disk", label=lambda v: "km"),
+    )
+
+    def check(self, values):
+        if values["weight_sharing"] and values["weight_bits"] > 8:
+            return (f"weight_sharing needs weight_bits <= 8 (a codebook of 2^bits centroids), but weight_bits is "
+                    f"{values['weight_bits']}")
+        if values["weight_sharing"] and values["activation_bits"] < 32:
+            return ("weight_sharing runs float kernels on decoded weights: activation_bits must be 32, but is "
+                    f"{values['activation_bits']}")
+        return None
+
+    def check_choices(self, choices):
+        if True in choices["weight_sharing"]:
+            if any(b < 32 for b in choices["activation_bits"]):
+                return ("`weight_sharing` may be true, so `activation_bits` must be [32] (a k-means shared layer "
+                        f"runs float kernels on its decoded weights), but got {choices['activation_bits']}")
+            if not any(b <= 8 for b in choices["weight_bits"]):
+                return ("`weight_sharing` needs a `weight_bits` choice <= 8 (a codebook of 2^bits centroids), but "
+                        f"got {choices['weight_bits']}")
+        return None
+
+    def normalize(self, values):
+        return {**values, "weight_sharing": False} if values["weight_bits"] >= 32 else values
+
+
+class ActivationQuantization(Method):
+    """The layer's input fake-quantized with a calibrated range (8-bit runs the runtime's int8 kernels)."""
+
+    name = "activation_quantization"
+    knobs = (Knob(name="activation_bits", type=int, default=32, choices=ACTIVATION_BITS,
+                  doc="8 or 16 to quantize the layer's input (calibrated), 32 for float", label=lambda v: f"a{v}"),)
+
+
+class EntropyCoding(Method):
+    """Huffman-coded storage of a layer's weight codes and sparse index (lossless; coded in
+    :mod:`autocompress.evaluate.entropy`, counted by the size objective, written by export)."""
+
+    name = "entropy_coding"
+    knobs = (Knob(name="entropy_coding", type=bool, default=False, uniform=True,
+                  doc="store the layer's weight codes and sparse index Huffman-coded when that is smaller "
+                      "(lossless; needs weight_bits < 32)", label=lambda v: "huff"),)
+
+    def check(self, values):
+        if values["entropy_coding"] and values["weight_bits"] >= 32:
+            return "entropy_coding codes quantized weights: it needs weight_bits < 32"
+        return None
+
+    def check_choices(self, choices):
+        if True in choices["entropy_coding"] and not any(b < 32 for b in choices["weight_bits"]):
+            return ("`entropy_coding` codes quantized weights and needs a `weight_bits` choice < 32, but got "
+                    f"{choices['weight_bits']}")
+        return None
+
+    def normalize(self, values):
+        return {**values, "entropy_coding": False} if values["weight_bits"] >= 32 else values

@@ -12,6 +12,7 @@ import torch_pruning as tp
 from torch import nn
 
 from .layers import get_module, out_channels
+from .method import Heatmap, Knob, Method
 
 
 def _prune_fn(m: nn.Module):
@@ -63,3 +64,21 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[
         except Exception as e:  # an op Torch-Pruning cannot follow: leave the layer, report it, go on
             skipped[name] = f"structured pruning unsupported here ({type(e).__name__}: {e})"
     return skipped
+
+
+def channel_target(out_channels: int, width: float, keep: float) -> int | None:
+    """Output channels a layer keeps under student ``width`` x the plan's ``keep`` (None: unchanged).
+
+    The one rule: ``apply`` prunes to it and the latency predictor resolves plans with it."""
+    ratio = width * keep
+    return max(1, round(out_channels * ratio)) if ratio < 1 else None
+
+
+class ChannelPruning(Method):
+    """Structured pruning: a share of output channels physically removed (with what depends on them)."""
+
+    name = "channel_pruning"
+    knobs = (Knob(name="channel_keep", type=float, default=1.0, interval=(0.0, 1.0, "(]"),
+                  doc="share of output channels kept by structured pruning", label=lambda v: f"keep{v:g}",
+                  heatmap=Heatmap(title="channel keep-ratio (share of output channels kept)", zmin=0, zmax=1,
+                                  reverse=True)),)

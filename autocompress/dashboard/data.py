@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..compress import registry
 from ..front import HV_REFERENCE, Front, hypervolume
 from ..plan import CompressionPlan
 
@@ -29,7 +30,6 @@ CONSTRAINTS = {"min_accuracy": ("accuracy", "min"), "max_latency_ms": ("latency_
 EXTRA_ATTRS = ("fidelity", "latency_predicted_ms", "latency_measured_ms", "proxy_accuracy", "full_accuracy")
 LATENCY_BAND = 0.10
 STATUS = ("front", "feasible", "infeasible")  # trial status codes 0, 1, 2 in the trial columns
-HEATMAP_FIELDS = ("sparsity", "weight_bits", "channel_keep")
 
 
 @dataclass
@@ -184,8 +184,14 @@ def layer_heatmaps(front: pd.DataFrame, plans: dict[int, CompressionPlan],
                            "members": members,
                            "student_width": [p.student.width for p in member_plans],
                            "student_depth": [p.student.depth for p in member_plans]}
-    for name in HEATMAP_FIELDS:
-        out[name] = [[sig(getattr(p.layer(i["name"]), name)) for p in member_plans] for i in order]
+    out["specs"] = []
+    for knob in registry.KNOBS.values():  # every knob a method marks for a heatmap
+        if knob.heatmap is None:
+            continue
+        h = knob.heatmap
+        out["specs"].append({"field": knob.name, "title": h.title, "zmin": h.zmin, "zmax": h.zmax, "log2": h.log2,
+                             "reverse": h.reverse})
+        out[knob.name] = [[sig(getattr(p.layer(i["name"]), knob.name)) for p in member_plans] for i in order]
     return out
 
 

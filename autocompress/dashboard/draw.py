@@ -262,15 +262,15 @@ DRAW_JS = r"""
   }
 
   // --- per-layer heatmaps ---------------------------------------------------------------------------------------
-  var HEATMAPS = [
-    {field: "sparsity", title: "sparsity (share of weights zeroed)", zmin: 0, zmax: 1, value: function (v) { return v; },
-     text: function (v) { return num(v, 2); }, reverse: false},
-    {field: "weight_bits", title: "weight bits (32 = float)", zmin: 1, zmax: 5, value: function (v) { return Math.log2(v); },
-     text: function (v) { return String(v); }, reverse: true,
-     colorbar: {tickvals: [1, 2, 3, 4, 5], ticktext: ["2", "4", "8", "16", "32"]}},
-    {field: "channel_keep", title: "channel keep-ratio (share of output channels kept)", zmin: 0, zmax: 1,
-     value: function (v) { return v; }, text: function (v) { return num(v, 2); }, reverse: true}
-  ];
+  // One panel per knob the method registry marks for a heatmap (D.heatmaps.specs: field, title, range, log2).
+  var HEATMAPS = (D.heatmaps.specs || []).map(function (s) {
+    var ticks = [];
+    for (var t = s.zmin; s.log2 && t <= s.zmax; t++) { ticks.push(t); }
+    return {field: s.field, title: s.title, zmin: s.zmin, zmax: s.zmax, reverse: s.reverse,
+      value: s.log2 ? function (v) { return Math.log2(v); } : function (v) { return v; },
+      text: s.log2 ? function (v) { return String(v); } : function (v) { return num(v, 2); },
+      colorbar: s.log2 ? {tickvals: ticks, ticktext: ticks.map(function (t) { return String(Math.pow(2, t)); })} : null};
+  });
   // One figure, one row of cells per layer and one column per front member in each of three stacked panels.
   function drawHeatmaps() {
     var H = D.heatmaps, members = H.members;

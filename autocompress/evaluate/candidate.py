@@ -105,7 +105,8 @@ class Candidate:
         return bake(cm)
 
     def size_bytes(self) -> int:
-        return compressed_size(self.baked())[0]
+        """Exact stored bytes of the candidate as it is now (read from its compressed weights, no replay)."""
+        return compressed_size(self.cm)[0]
 
     def measure_latency(self, backend: Backend, spec: TimingSpec, *,
                         kinds: Iterable[str] | None = None) -> tuple[Timing, Kernels]:

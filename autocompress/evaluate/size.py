@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..compress import CompressedModel
 from .entropy import huffman_layout, zero_runs
@@ -117,9 +118,12 @@ def dense_size_bytes(model: nn.Module) -> int:
 
 @torch.no_grad()
 def compressed_size(cm: CompressedModel) -> tuple[int, dict[str, LayerSize]]:
-    """``(size_bytes, per-module detail)`` of a candidate; its weights must be baked (see ``compress.bake``)."""
-    if not cm.baked:
-        raise ValueError("compressed_size needs baked weights: call autocompress.compress.bake(cm) first")
+    """``(size_bytes, per-module detail)`` of a candidate, read from its compressed weights.
+
+    Baked or not: a module still under its parametrization (masks, fake quantizer, k-means codebook) is counted
+    by the weight it computes, and the parametrization's own tensors (the float original, masks, centroids) are
+    not counted, so the figure is the same before and after :func:`~autocompress.compress.bake`.
+    """
     per_layer: dict[str, LayerSize] = {}
     counted: set[int] = set()
     for name, mod in cm.compressed_modules():
@@ -127,5 +131,7 @@ def compressed_size(cm: CompressedModel) -> tuple[int, dict[str, LayerSize]]:
                                               shared=cm.weight_sharing.get(name, False),
                                               entropy=cm.entropy_coding.get(name, False))
         counted.add(id(mod.weight))
+        if parametrize.is_parametrized(mod, "weight"):
+            counted.update(id(t) for t in (*mod.parametrizations.parameters(), *mod.parametrizations.buffers()))
     total_bits = sum(s.size_bits for s in per_layer.values()) + _other_bits(cm.model, counted)
     return math.ceil(total_bits / 8), per_layer

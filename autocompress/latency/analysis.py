@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import io
 import itertools
 import logging
@@ -34,9 +35,11 @@ import onnx
 import torch
 from torch import nn
 
+from ..compress import registry
 from ..compress.depth import removable_blocks
 from ..compress.layers import LayerInfo, discover_layers, get_module, out_channels
-from ..compress.structured import _prune_fn
+from ..compress.lowrank import resolve_rank
+from ..compress.structured import _prune_fn, channel_target
 from ..plan import CompressionPlan
 from ..runtime.onnx import export_onnx, onnx_module_name
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
@@ -400,10 +403,9 @@ class TeacherAnalysis:
         width = plan.student.width
         for info in v.present:
             lp = plan.layer(info.name)
-            keep = width * lp.channel_keep
-            if info.is_output or keep >= 1:
+            target = None if info.is_output else channel_target(info.out_channels, width, lp.channel_keep)
+            if target is None:
                 continue
-            target = max(1, round(info.out_channels * keep))
             pos, _ = v.param_index[f"{info.name}.weight"]
             n = int(params[pos])
             if target >= n:
@@ -442,13 +444,10 @@ class TeacherAnalysis:
         for layer, ln in v.layers.items():
             lp = plan.layer(layer)
             w = weights[layer]
-            fan_in = int(np.prod(w[1:]))
             if lp.rank_ratio < 1:
-                r = max(1, round(lp.rank_ratio * min(w[0], fan_in)))
-                if not r * (w[0] + fan_in) < w[0] * fan_in:
-                    skipped.setdefault(layer, f"rank {r} would not reduce the weights; not factorized")
-                elif ln.is_conv and ln.groups != 1:
-                    skipped.setdefault(layer, f"low rank not applied: grouped convolution (groups={ln.groups})")
+                r, why = resolve_rank(w, lp.rank_ratio, ln.groups if ln.is_conv else 1)
+                if r is None:
+                    skipped.setdefault(layer, why)
                 else:
                     rank[layer] = r
             quant = lp.int8_kernel
@@ -457,7 +456,7 @@ class TeacherAnalysis:
                 int8[layer] = (quant and ln.int8_ok, quant and ln.int8_ok)
             else:
                 int8[layer] = (quant and ln.int8_ok, False)
-            sparsity[layer] = lp.sparsity
+            sparsity[layer] = 1.0 - registry.density(dataclasses.asdict(lp), w)  # the same masks as apply
         return Resolved(variant=v, shapes=Shapes(v.tensor_index, dims, rank), weights=weights, groups=groups, rank=rank, int8=int8, sparsity=sparsity,
                         skipped=skipped)
 
