@@ -50,6 +50,7 @@ def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]
 
 # Study user attribute the deployability gate (autocompress.export.gate) writes per trial: finished trials are frozen.
 DEPLOY_ATTR = "deploy:{}"
+LOST_ATTR = "lost:{}"  # study attribute: why trial <number> was failed for a silent heartbeat
 KINDS_ATTR = "kernel_kinds"  # study attribute: the kernel kinds its candidates were scored with (export uses them)
 
 
@@ -128,8 +129,10 @@ class Front:
                 "plan_summary": plan.summary(),
             })
         trials = pd.DataFrame(rows, columns=COLUMNS)
+        lost = study.user_attrs  # reasons of trials failed for a silent heartbeat (LOST_ATTR)
         failed_rows = [{"trial": t.number, "state": t.state.name,
-                        "reason": t.user_attrs.get("error") or t.user_attrs.get("stopped", "")}
+                        "reason": t.user_attrs.get("error") or lost.get(LOST_ATTR.format(t.number))
+                        or t.user_attrs.get("stopped", "")}
                        for t in study.get_trials(deepcopy=False)
                        if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
         return cls(study_name=study.study_name, objectives=objectives, teacher=teacher, trials=trials,

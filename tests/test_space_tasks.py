@@ -114,7 +114,7 @@ def test_every_sampler_drives_the_default_space_past_its_startup_trials(name):
     from types import SimpleNamespace
 
     from autocompress.config import SAMPLERS, load_search_space
-    from autocompress.search.driver import _sampler
+    from autocompress.search.study import _sampler
 
     assert name in SAMPLERS
     loaded = SimpleNamespace(config=SimpleNamespace(seed=0, sampler=name, population_size=4, n_trials=14))

@@ -4,11 +4,11 @@
 
 How it works: the driver (this process) prepares the study exactly as the local driver does (teacher measured,
 warm-start plans queued), then asks Ray Tune for one Tune trial per missing study trial, each reserving
-``trial_cpus`` CPUs, so the cluster's resources set how many run at once. A Tune trial runs the local driver's
-own loop for exactly one trial (:func:`autocompress.search.driver.run_study` with
-:class:`~autocompress.search.workers.WorkerOptions`): it samples with the study's sampler from the shared
-storage, scores the plan with the same :class:`~autocompress.search.trial.TrialRunner` and stores the trial with
-the same user attributes. ``front``, ``dashboard`` and ``export`` therefore work the same whichever backend ran
+``trial_cpus`` CPUs, so the cluster's resources set how many run at once. A Ray worker process prepares the study
+once (:func:`autocompress.search.study.prepare_study`, kept for the Tune trials it runs next) and each Tune trial
+runs exactly one study trial with the local executor's loop (:func:`autocompress.search.local.run_trials`): it
+samples with the study's sampler from the shared storage, scores the plan with the same
+:class:`~autocompress.search.trial.TrialRunner` and stores the trial with the same user attributes. ``front``, ``dashboard`` and ``export`` therefore work the same whichever backend ran
 the study; Tune's own results (under ``<study folder>/ray/``) are only a log.
 
 Faults: a lost worker node kills its Tune trials; Tune runs them again (``max_failures``) while the study trial
@@ -40,11 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from ray import tune
 
 from ..config import LoadedStudy
 from ..errors import AutocompressError, ConfigError
 from . import workers
+from .local import run_trials
+from .study import PreparedStudy, prepare_study
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +95,16 @@ def _env(**values: str) -> Iterator[None]:
                 os.environ[k] = v
 
 
-class RaySession:
-    """A connection to a Ray cluster (started on this machine when no address is given)."""
+class RayExecutor:
+    """Trials on a Ray cluster (started on this machine when no address is given), through Ray Tune."""
+
+    name = "ray"
 
     def __init__(self, *, trial_cpus: int, started: bool, cluster_cpus: float, nodes: int) -> None:
         self.trial_cpus, self.started, self.cluster_cpus, self.nodes = trial_cpus, started, cluster_cpus, nodes
 
     @classmethod
-    def connect(cls, address: str | None, *, trial_cpus: int) -> RaySession:
+    def connect(cls, address: str | None, *, trial_cpus: int) -> RayExecutor:
         """Join the cluster at ``address`` (``None``: start Ray here, bound to 127.0.0.1). Raises ConfigError
         naming the flag when the address cannot be reached or no node has ``trial_cpus`` CPUs."""
         if not isinstance(trial_cpus, int) or trial_cpus < 1:
@@ -145,12 +150,11 @@ class RaySession:
             ray.shutdown()
         self.started = False
 
-    def optimize(self, loaded: LoadedStudy, study: optuna.Study, *, target: int | None, bar: Any = None) -> bool:
-        """Run Tune trials until the study holds ``target`` counted trials (or ``timeout_s`` passes).
+    def run(self, prepared: PreparedStudy, *, remaining: int | None, deadline: float | None, bar: Any) -> bool:
+        """Run Tune trials until the study holds its target of counted trials (or ``deadline`` passes).
 
         Returns True when interrupted (Ctrl-C)."""
-        cfg = loaded.config
-        deadline = time.time() + cfg.timeout_s if cfg.timeout_s else None
+        loaded, study, target = prepared.loaded, prepared.study, prepared.target
         trainable = tune.with_resources(
             tune.with_parameters(_tune_trial, loaded=loaded, target=target, deadline=deadline,
                                  threads=self.trial_cpus),
@@ -262,21 +266,19 @@ class _Progress(tune.Callback):
 _TASKS: dict[str, Any] = {}  # task per worker process (Ray reuses its actors between trials)
 
 
+_PREPARED: dict[str, PreparedStudy] = {}  # per worker process (Ray reuses its actors between Tune trials)
+
+
 def _tune_trial(config: dict[str, Any], *, loaded: LoadedStudy, target: int | None, deadline: float | None,
                 threads: int) -> None:
-    """One Tune trial: one study trial, run by the local driver's loop in this Ray worker."""
-    import torch
-
-    from ..tasks import load_task
-    from .driver import run_study
-
+    """One Tune trial: one study trial, run by the local executor's loop in this Ray worker."""
     torch.set_num_threads(threads)
     cfg = loaded.config
-    key = json.dumps([cfg.task, cfg.task_options], sort_keys=True, default=str)
-    if key not in _TASKS:
-        _TASKS[key] = load_task(cfg.task, cfg.task_options)
-    # The study folder is the driver's; a worker on another machine has no business writing there.
-    worker_loaded = loaded.model_copy(update={"study_dir": Path(tempfile.gettempdir()) / "autocompress-ray-worker"})
+    key = json.dumps([loaded.storage_url, loaded.study_name, cfg.task, cfg.task_options], sort_keys=True, default=str)
+    if key not in _PREPARED:
+        # The study folder is the driver's; a worker on another machine has no business writing there.
+        worker_loaded = loaded.model_copy(update={"study_dir": Path(tempfile.gettempdir()) / "autocompress-ray-worker"})
+        _PREPARED[key] = prepare_study(worker_loaded, n_trials=target, create=False)
     record: dict[str, Any] = {}
 
     def remember(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -287,9 +289,8 @@ def _tune_trial(config: dict[str, Any], *, loaded: LoadedStudy, target: int | No
         elif "error" in ua:
             record["error"] = ua["error"]
 
-    run_study(worker_loaded, n_trials=target, progress=False, task=_TASKS[key],
-              worker=workers.WorkerOptions(max_trials=1, callbacks=[remember], deadline=deadline))
+    run_trials(_PREPARED[key], max_trials=1, deadline=deadline, callbacks=[remember])
     tune.report(record or {"optuna_trial": -1, "state": "NONE", "budget_reached": True})
 
 
-__all__ = ["RaySession"]
+__all__ = ["RayExecutor"]

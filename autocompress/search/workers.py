@@ -7,14 +7,17 @@ workers) may run the same study. What keeps them from stepping on each other:
 - :func:`study_lock` serialises the few read-check-write steps: creating a study (teacher measured once, warm-start
   plans queued once, by whichever worker gets there first) and starting a trial. PostgreSQL: an advisory lock;
   MySQL: ``GET_LOCK``; SQLite: ``flock`` on ``<database>.lock`` beside the database (one machine only).
-- :class:`TrialBudget` starts a trial only while the study holds fewer than ``n_trials`` counted trials
-  (:func:`count_trials`), so four workers asked for 200 trials together run 200, not 800 (nor 203). A worker
-  whose budget is reached while other workers' trials are still running waits for them: if one of them dies it
-  is retried, and this worker may be the one to run it.
-- A trial whose worker died is failed with its reason (user attribute ``error``) and queued again once
-  (Optuna's heartbeat retry, :class:`RetryDeadTrial`). Two ways to notice a dead worker: its heartbeat stops for
-  ``3 * heartbeat_s`` seconds (any machine), or its process is gone from this machine (immediately: every trial
-  records the host, boot and process that runs it in the system attribute ``autocompress:worker``).
+- :func:`count_trials` says how many trials count towards ``n_trials``; the local executor
+  (:mod:`autocompress.search.local`) starts a trial only while fewer are counted (under the study lock), so four
+  workers asked for 200 trials together run 200, not 800 (nor 203, as Optuna's ``MaxTrialsCallback`` would: it
+  stops a worker only after its next trial). A worker whose budget is reached while other workers' trials are
+  still running waits for them: if one of them dies it is retried, and this worker may be the one to run it.
+- A trial whose worker died is failed and queued again once (Optuna's heartbeat retry, :class:`RetryDeadTrial`).
+  Two ways to notice a dead worker: its process is gone from this machine (immediately: every trial records the
+  host, boot and process that runs it in the system attribute ``autocompress:worker``; the reason goes in the
+  trial's ``error``), or its heartbeat stops for ``3 * heartbeat_s`` seconds (any machine: Optuna's
+  ``fail_stale_trials``; the reason goes in the study attribute ``lost:<number>``, since Optuna has failed the
+  trial by then and a finished trial cannot be changed).
 - :func:`with_trial_timeout` stops a trial running longer than ``trial_timeout_s``: it is recorded failed with the
   reason and the study goes on. The limit interrupts Python code; a single native call that never returns (a
   hung library call) is interrupted when it returns.
@@ -35,13 +38,15 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
+
+from ..front import LOST_ATTR
 
 log = logging.getLogger(__name__)
 
@@ -54,37 +59,41 @@ MAX_RETRY = 1  # a trial whose worker died is run again once
 
 
 class StudyStorage(optuna.storages.RDBStorage):
-    """Optuna's RDB storage, giving stale trials (no heartbeat for ``grace_period`` s) their reason before Optuna
-    fails them, so the front's list of failed trials says why."""
-
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        with _signals_deferred():  # a storage call like the public ones wrapped below
-            ids = super()._get_stale_trial_ids(study_id)
-        for trial_id in ids:
-            _set_reason(self, trial_id, f"its worker sent no heartbeat for more than {self.grace_period} s "
-                                        "(process killed, out of memory, or its machine lost)")
-        return ids
+    """Optuna's RDB storage, every public call of which runs with Ctrl-C deferred (see :func:`signals_deferred`;
+    the methods are wrapped below)."""
 
 
 def _set_reason(storage: optuna.storages.BaseStorage, trial_id: int, reason: str) -> bool:
     try:
         trial = storage.get_trial(trial_id)
         retried = len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY
-        storage.set_trial_user_attr(trial_id, "error", f"WorkerLost: {reason}; "
-                                    + ("run again as a new trial" if retried else "not run again (retried before)"))
+        storage.set_trial_user_attr(trial_id, "error", lost_reason(reason, retried))
         return True
     except (UpdateFinishedTrialError, KeyError):
         return False
 
 
 class RetryDeadTrial(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Queue a dead trial again (same parameters), without the dead trial's error and worker."""
+    """Queue a dead trial again (same parameters), without the dead trial's error and worker. A trial Optuna
+    failed for its silent heartbeat gets its reason as the study attribute ``lost:<number>``."""
+
+    grace_s: float = 30.0  # the storage's grace period (3 x heartbeat_s), for the reason
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if "error" not in trial.user_attrs:
+            grace = f"{self.grace_s:g}"
+            retried = len(trial.system_attrs.get("retry_history", [])) < MAX_RETRY
+            study.set_user_attr(LOST_ATTR.format(trial.number), lost_reason(
+                f"its worker sent no heartbeat for more than {grace} s (process killed, out of memory, or its "
+                "machine lost)", retried))
         trial = copy.deepcopy(trial)
         trial.user_attrs.pop("error", None)
         trial.system_attrs.pop(WORKER_ATTR, None)
         super().__call__(study, trial)
+
+
+def lost_reason(why: str, retried: bool) -> str:
+    return f"WorkerLost: {why}; " + ("run again as a new trial" if retried else "not run again (retried before)")
 
 
 _STORAGES: dict[tuple[int, str, int], StudyStorage] = {}
@@ -109,9 +118,10 @@ def make_storage(url: str, *, heartbeat_s: int = 10) -> StudyStorage:
                 try:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        retry = RetryDeadTrial(max_retry=MAX_RETRY)
+                        retry.grace_s = 3 * heartbeat_s
                         return StudyStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
-                                            grace_period=3 * heartbeat_s,
-                                            heartbeat_stale_trial_callback=RetryDeadTrial(max_retry=MAX_RETRY))
+                                            grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=retry)
                 except Exception as e:  # another program (not holding our lock) created the tables meanwhile
                     if "already exists" not in str(e) or attempt == 4:
                         raise
@@ -147,11 +157,6 @@ def describe_error(error: BaseException) -> str:
     return f"{type(original).__name__}: {text}" if text else type(original).__name__
 
 
-def _backend(study: optuna.Study) -> optuna.storages.BaseStorage:
-    storage = study._storage
-    return getattr(storage, "_backend", storage)  # optuna wraps RDB storages in a cache
-
-
 def _key(name: str) -> int:
     """A signed 63-bit lock key for ``name``."""
     return int.from_bytes(hashlib.sha256(f"autocompress:{name}".encode()).digest()[:8], "big") >> 1
@@ -164,12 +169,10 @@ _HELD = threading.local()
 
 
 @contextlib.contextmanager
-def study_lock(study: optuna.Study) -> Iterator[None]:
+def study_lock(storage: StudyStorage, study_name: str) -> Iterator[None]:
     """Hold a lock that every worker of this study, on any machine sharing its storage, respects (re-entrant)."""
-    backend = _backend(study)
-    url = str(getattr(backend, "url", ""))
     held = _HELD.__dict__.setdefault("keys", set())
-    key = (url, study.study_name)
+    key = (storage.url, study_name)
     if key in held:
         yield
         return
@@ -177,16 +180,16 @@ def study_lock(study: optuna.Study) -> Iterator[None]:
     with local:
         held.add(key)
         try:
-            with _storage_lock(backend, study.study_name):
+            with _storage_lock(storage, study_name):
                 yield
         finally:
             held.discard(key)
 
 
 @contextlib.contextmanager
-def _storage_lock(backend: optuna.storages.BaseStorage, study_name: str) -> Iterator[None]:
-    engine = getattr(backend, "engine", None)
-    dialect = engine.dialect.name if engine is not None else ""
+def _storage_lock(storage: StudyStorage, study_name: str) -> Iterator[None]:
+    engine = storage.engine
+    dialect = engine.dialect.name
     if dialect in ("postgresql", "mysql", "mariadb"):
         import sqlalchemy
 
@@ -214,12 +217,12 @@ def _storage_lock(backend: optuna.storages.BaseStorage, study_name: str) -> Iter
         yield
 
 
-def worker_number(study: optuna.Study) -> int:
+def worker_number(storage: StudyStorage, study_name: str) -> int:
     """0 for the first worker ever to run this study, then 1, 2, ... (used to give each worker its own seed)."""
-    backend = _backend(study)
-    with study_lock(study):
-        n = int(backend.get_study_system_attrs(study._study_id).get(WORKERS_ATTR, 0))
-        backend.set_study_system_attr(study._study_id, WORKERS_ATTR, n + 1)
+    with study_lock(storage, study_name):
+        study_id = storage.get_study_id_from_name(study_name)
+        n = int(storage.get_study_system_attrs(study_id).get(WORKERS_ATTR, 0))
+        storage.set_study_system_attr(study_id, WORKERS_ATTR, n + 1)
     return n
 
 
@@ -271,25 +274,34 @@ def dead_here(trial: FrozenTrial) -> str | None:
     return f"the process running it (pid {who['pid']} on {who['host']}) is gone (killed, out of memory or crashed)"
 
 
-def fail_dead_trials(study: optuna.Study) -> int:
-    """Fail (with their reason) and queue again the running trials whose worker died. Returns how many."""
-    storage = _backend(study)
+def fail_dead_trials(study: optuna.Study, storage: StudyStorage) -> int:
+    """Fail (with their reason) and queue again the running trials whose worker died. Returns how many.
+
+    Dead here: a trial whose process on this machine is gone, or one that no worker marked as its own within
+    ``3 * heartbeat_s`` of starting (its worker died between Optuna creating it and marking it). Elsewhere: by
+    heartbeat (Optuna's ``fail_stale_trials``)."""
+    study_id = storage.get_study_id_from_name(study.study_name)
+    grace = 3 * (storage.get_heartbeat_interval() or 10)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         reason = dead_here(t)
+        if reason is None and WORKER_ATTR not in t.system_attrs and t.datetime_start is not None \
+                and (datetime.now() - t.datetime_start).total_seconds() > grace:
+            reason = f"its worker stopped before marking it as its own (no worker for {grace} s)"
         if reason is None:
             continue
-        if not _set_reason(storage, t._trial_id, reason):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+        if not _set_reason(storage, trial_id, reason):
             continue
         try:
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            if not storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
                 continue
         except UpdateFinishedTrialError:
             continue
         n += 1
         callback = storage.get_heartbeat_stale_trial_callback()
         if callback is not None:
-            callback(study, copy.deepcopy(storage.get_trial(t._trial_id)))
+            callback(study, copy.deepcopy(storage.get_trial(trial_id)))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other machines: by heartbeat
@@ -312,95 +324,12 @@ def count_trials(trials: Sequence[FrozenTrial]) -> tuple[int, int]:
     return finished, running
 
 
-class StudyFull(Exception):
-    """Raised from ``study.ask`` when the study holds its ``n_trials`` (or its time is up): no trial is started."""
-
-
-@dataclass
-class TrialBudget:
-    """Makes ``study.ask`` start a trial only while finished + running trials < ``target`` (under the study lock).
-
-    When the budget is used up but other workers' trials are running, ``ask`` waits, polling every
-    ``poll_s``: a dead one is failed and queued again and is then started here. With no running trial left,
-    ``ask`` raises :class:`StudyFull`. ``deadline`` (``time.time()`` value) stops starting trials after it.
-    """
-
-    study: optuna.Study
-    target: int | None
-    poll_s: float = 2.0
-    deadline: float | None = None
-    started: list[int] = field(default_factory=list)
-
-    def install(self) -> TrialBudget:
-        # Optuna's optimize loop calls study.ask(), which pops queued trials with study._pop_waiting_trial_id().
-        self.study.ask = self.ask  # type: ignore[method-assign]
-        self.study._pop_waiting_trial_id = self._pop_waiting  # type: ignore[method-assign]
-        return self
-
-    def _start(self, fixed_distributions: dict[str, Any] | None) -> optuna.Trial:
-        """Create (or pop) the trial and mark it ours, with Ctrl-C held off until it is marked: a trial is either
-        started and owned (found and retried if this process dies) or, when interrupted here, failed at once."""
-        study, storage, trial = self.study, _backend(self.study), None
-        try:
-            with _signals_deferred():
-                trial = optuna.Study.ask(study, fixed_distributions)  # calls _pop_waiting below
-                if hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval():
-                    storage.record_heartbeat(trial._trial_id)
-            self.started.append(trial.number)
-            return trial
-        except BaseException as e:  # a deferred Ctrl-C arrives here, before the trial ran
-            if trial is not None:
-                with contextlib.suppress(Exception):
-                    storage.set_trial_user_attr(trial._trial_id, "error", f"{type(e).__name__}: stopped before "
-                                                "the trial ran")
-                    storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-            raise
-
-    def _pop_waiting(self) -> int:
-        """Start a queued trial: dead trials' retries first (they replace trials already counted), then the
-        queue in order (warm-start plans, user-enqueued trials); with none queued, create a trial. Either way the
-        trial is marked with this worker (a new trial in the same transaction that creates it)."""
-        storage, me = self.study._storage, worker_identity()
-        waiting = storage.get_all_trials(self.study._study_id, deepcopy=False, states=(TrialState.WAITING,))
-        for t in sorted(waiting, key=lambda t: (not t.system_attrs.get("retry_history"), t.number)):
-            try:
-                if storage.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):
-                    storage.set_trial_system_attr(t._trial_id, WORKER_ATTR, me)
-                    return t._trial_id
-            except UpdateFinishedTrialError:
-                continue
-        template = optuna.trial.create_trial(state=TrialState.RUNNING, system_attrs={WORKER_ATTR: me})
-        return storage.create_new_trial(self.study._study_id, template_trial=template)
-
-    def ask(self, fixed_distributions: dict[str, Any] | None = None) -> optuna.Trial:
-        study, waited = self.study, False
-        while True:
-            if self.deadline is not None and time.time() >= self.deadline:
-                raise StudyFull("the study's time is up")
-            with study_lock(study):
-                fail_dead_trials(study)
-                trials = study.get_trials(deepcopy=False)
-                finished, _ = count_trials(trials)
-                # Running trials count when a worker of ours runs them (a trial asked for by hand and never told
-                # would otherwise hold a place for ever).
-                running = sum(1 for t in trials if t.state == TrialState.RUNNING and WORKER_ATTR in t.system_attrs)
-                if self.target is None or finished + running < self.target:
-                    return self._start(fixed_distributions)
-            if running == 0:
-                raise StudyFull(f"the study holds its {self.target} trials")
-            if not waited:
-                log.info("budget of %s trials reached; waiting for %d running trial(s) of other workers",
-                         self.target, running)
-                waited = True
-            time.sleep(self.poll_s)
-
-
 _HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _deferring = threading.local()
 
 
 @contextlib.contextmanager
-def _signals_deferred() -> Iterator[None]:
+def signals_deferred() -> Iterator[None]:
     """Hold Ctrl-C and SIGTERM off for the block (main thread only): a signal that comes meanwhile is handed to the
     handler that was in place once the outermost block ends.
 
@@ -436,14 +365,14 @@ def _signals_deferred() -> Iterator[None]:
 
 def _deferring_signals(method: Callable) -> Callable:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        with _signals_deferred():
+        with signals_deferred():
             return method(*args, **kwargs)
 
     wrapped.__name__, wrapped.__doc__, wrapped.__wrapped__ = method.__name__, method.__doc__, method  # type: ignore[attr-defined]
     return wrapped
 
 
-# Every public storage method runs with signals deferred (see _signals_deferred); Optuna's cache and the trial
+# Every public storage method runs with signals deferred (see signals_deferred); Optuna's cache and the trial
 # API call these, so a Ctrl-C during a trial is raised between storage calls, never inside one.
 for _name, _method in vars(optuna.storages.RDBStorage).items():
     if not _name.startswith("_") and callable(_method) and _name not in vars(StudyStorage):
@@ -522,17 +451,6 @@ def with_trial_timeout(objective: Callable[[optuna.Trial], Any], seconds: float 
     return timed
 
 
-@dataclass
-class WorkerOptions:
-    """How a worker process (a Ray task) runs: at most ``max_trials`` trials, calling ``callbacks`` after each
-    (``callback(study, frozen_trial)``), starting none after ``deadline`` (a ``time.time()`` value). A worker
-    skips the study-level steps (fidelity summary, post-study steps) that its driver runs once at the end."""
-
-    max_trials: int = 1
-    callbacks: list[Callable[[optuna.Study, FrozenTrial], None]] = field(default_factory=list)
-    deadline: float | None = None
-
-
-__all__ = ["make_storage", "study_lock", "worker_number", "count_trials", "fail_dead_trials", "TrialBudget",
-           "StudyFull", "TrialTimeout", "deadline", "with_trial_timeout", "WorkerOptions", "StudyStorage",
-           "RetryDeadTrial", "WORKER_ATTR"]
+__all__ = ["make_storage", "study_lock", "worker_number", "count_trials", "fail_dead_trials", "TrialTimeout",
+           "deadline", "with_trial_timeout", "StudyStorage", "RetryDeadTrial", "WORKER_ATTR", "LOST_ATTR",
+           "worker_identity", "signals_deferred"]

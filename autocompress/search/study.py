@@ -1,0 +1,143 @@
+"""Preparing a study: everything before its trials run, done once per study (and once per worker process).
+
+:func:`prepare_study` loads the task, binds the search space to the teacher's layers, picks the latency mode (all
+before anything is written: a bad profile or backend leaves no half-made study), opens or creates the study in its
+storage, and (once per study, whichever worker gets there first) measures the teacher and queues the warm-start
+plans. The result, a :class:`PreparedStudy`, is what an executor (:mod:`.local`, :mod:`.ray_backend`) runs
+trials of.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from dataclasses import dataclass
+
+import optuna
+
+from ..compress.layers import discover_layers
+from ..config import LoadedStudy
+from ..errors import ConfigError
+from ..front import KINDS_ATTR
+from ..latency.study import prepare as prepare_latency
+from ..space import SearchSpace
+from ..tasks import Task, load_task
+from . import workers
+from .objective import TeacherReference, measure_teacher
+from .trial import TrialRunner
+
+# Uniform (weight bits, sparsity) plans queued first in a new study when `warm_start` is on.
+WARM_START = ((8, 0.0), (4, 0.0), (4, 0.5), (3, 0.5), (4, 0.75))
+
+
+@dataclass
+class PreparedStudy:
+    """A study ready to run trials: its storage, sampler, objective and trial budget (``target`` counted trials;
+    None: until ``timeout_s``)."""
+
+    loaded: LoadedStudy
+    task: Task
+    space: SearchSpace
+    study: optuna.Study
+    storage: workers.StudyStorage
+    teacher: TeacherReference
+    objective: TrialRunner
+    target: int | None
+
+
+def _sampler(loaded: LoadedStudy, n_existing: int) -> optuna.samplers.BaseSampler:
+    cfg = loaded.config
+    # A resumed study gets a different seed so it does not replay the first run's random draws.
+    seed = cfg.seed + n_existing
+    if cfg.sampler == "nsga2":
+        pop = cfg.population_size or max(8, min(50, (cfg.n_trials or 60) // 3))
+        return optuna.samplers.NSGAIISampler(population_size=pop, seed=seed)
+    if cfg.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=10)
+    if cfg.sampler == "gp":
+        # Gaussian-process sampler: constrained expected hypervolume improvement over the completed trials
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.GPSampler(seed=seed, n_startup_trials=10, warn_independent_sampling=False)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _storage(url: str, heartbeat_s: int = 10, file: str | None = None) -> workers.StudyStorage:
+    try:
+        # Heartbeats let a later run (or another worker) notice trials whose process died, mark them failed
+        # and run them again; see workers.py.
+        return workers.make_storage(url, heartbeat_s=heartbeat_s)
+    except Exception as e:
+        raise ConfigError(f"cannot open the study storage: {workers.describe_error(e)}", field="storage",
+                          value=url, file=file) from None
+
+
+def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
+    directions = list(loaded.config.objectives.values())
+    storage = _storage(loaded.storage_url, loaded.config.heartbeat_s, str(loaded.config_path))
+    if create:
+        study = optuna.create_study(study_name=loaded.study_name, storage=storage, directions=directions,
+                                    load_if_exists=True)
+    else:
+        study = optuna.load_study(study_name=loaded.study_name, storage=storage)
+    stored = study.user_attrs.get("objectives")
+    if stored is not None and list(stored) != list(loaded.config.objectives):
+        raise ConfigError(f"study {loaded.study_name!r} already exists with objectives {list(stored)}; the "
+                          f"config now asks for {list(loaded.config.objectives)}. Use another `name` or storage",
+                          file=str(loaded.config_path), field="objectives")
+    return study
+
+
+def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: int | None = None,
+                  create: bool = True) -> PreparedStudy:
+    """Open (``create``: or create) the study and get it ready to run trials (see the module docstring)."""
+    cfg = loaded.config
+    task = task or load_task(cfg.task, cfg.task_options)
+    layers = discover_layers(task.model, task.example_input)
+    space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
+    # The latency profile is loaded once per study (predict or measure), before anything is written.
+    latency_mode = prepare_latency(loaded, task)
+
+    made_dir = create and not loaded.study_dir.exists()
+    if create:
+        loaded.study_dir.mkdir(parents=True, exist_ok=True)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = open_study(loaded, create=create)
+    except Exception:
+        if made_dir:  # a storage that cannot be opened leaves nothing behind
+            shutil.rmtree(loaded.study_dir, ignore_errors=True)
+        raise
+    storage = _storage(loaded.storage_url, cfg.heartbeat_s, str(loaded.config_path))
+    with workers.study_lock(storage, study.study_name):  # one worker measures the teacher, queues the warm start
+        if "teacher" not in study.user_attrs:
+            teacher = measure_teacher(task, cfg.latency)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                study.set_metric_names(list(cfg.objectives))  # optuna-dashboard shows these names
+            study.set_user_attr("objectives", dict(cfg.objectives))
+            study.set_user_attr("teacher", teacher.to_dict())
+            study.set_user_attr("task", cfg.task)
+            # the kernel kinds candidates are scored with: export lowers a front member with these
+            study.set_user_attr(KINDS_ATTR, sorted(latency_mode.kinds))
+            study.set_user_attr("layers", [{"name": i.name, "type": i.type_name, "out_channels": i.out_channels,
+                                            "is_output": i.is_output} for i in layers])
+            study.set_user_attr("unassigned_layers", space.unassigned)
+        teacher = TeacherReference(**study.user_attrs["teacher"])
+        if cfg.warm_start and not study.get_trials(deepcopy=False):
+            queued: list[dict] = []
+            for bits, sparsity in WARM_START:
+                params = space.uniform_params(weight_bits=bits, sparsity=sparsity)
+                if params not in queued:
+                    queued.append(params)
+                    study.enqueue_trial(params, user_attrs={"warm_start": f"uniform w{bits} s{sparsity:g}"})
+    target = n_trials if n_trials is not None else cfg.n_trials
+    done, _ = workers.count_trials(study.get_trials(deepcopy=False))  # the study's trials, not this worker's
+    # Every worker of a study samples with its own seed (the first one: seed + finished trials).
+    study.sampler = _sampler(loaded, done + 7919 * workers.worker_number(storage, study.study_name))
+    objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target)
+    return PreparedStudy(loaded=loaded, task=task, space=space, study=study, storage=storage, teacher=teacher,
+                         objective=objective, target=target)
+
+
+__all__ = ["PreparedStudy", "prepare_study", "open_study", "WARM_START"]
