@@ -35,6 +35,9 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
          ["benchmarks/latency_predictor.py", "--profile", QUICK_PROFILE, "--models", "20", "--passes", "1",
           "--noise-models", "2", "--noise-repeats", "2", "--out", "benchmarks/out/latency_predictor.quick.json"]],
     ),
+    "runtime": (
+        [["benchmarks/runtime.py"]],
+        [["benchmarks/runtime.py", "--quick", "--out", "benchmarks/out/runtime.quick.json"]]),
     "quickstart": (
         [["benchmarks/quickstart.py"]],
         [["benchmarks/quickstart.py", "--config", "studies/digits-smoke.yaml", "--min-ratio", "1"]],

@@ -89,7 +89,7 @@ def time_candidates(model, x, plans: dict[str, CompressionPlan], calib, spec: Ti
         for name in BACKENDS:
             backend = get_backend(name)
             folder = tmp / f"{len(calls)}"
-            folder.mkdir()
+            folder.mkdir(parents=True)
             lowered = backend.lower(cm, x, calib, folder)
             session = backend.session(lowered.artifact, threads=spec.threads)
             feed = feed_arrays(x, spec.batch_size)

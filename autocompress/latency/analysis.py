@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
+import torch_pruning as tp
 from torch import nn
 
 from ..compress import registry
@@ -462,8 +463,6 @@ class TeacherAnalysis:
 
 
 def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
-    import torch_pruning as tp
-
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
@@ -475,8 +474,6 @@ def _prune_one(dg, model: nn.Module, name: str, protected: list[str]) -> tuple[s
     Returns ``(None, True)`` when pruned, ``(reason, False)`` when prune_channels would skip the layer, and
     ``("retry", False)`` when only the earlier probes made the group too small.
     """
-    import torch_pruning as tp
-
 
     guarded = {id(get_module(model, n)) for n in protected}
     importance = tp.importance.GroupMagnitudeImportance(p=2)

@@ -33,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
+import onnxruntime
 import torch
 
 from ..compress.layers import discover_layers
@@ -91,9 +93,6 @@ def fingerprint(*, threads: int = 1, backend: str = "onnxruntime") -> dict[str, 
 
 @functools.lru_cache(maxsize=16)
 def _fingerprint(threads: int, backend: str) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-
     model, flags = _cpu_info()
     return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(), "machine": platform.machine(),
             "system": platform.system(), "threads": threads, "backend": backend,

@@ -31,14 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from ..compress import apply, bake
-from ..config import LatencyConfig
 from ..errors import ConfigError
 from ..evaluate.candidate import Candidate
 from ..front import Front
 from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for
 from .analysis import AnalysisError
-from .model import UnsupportedOpError
+from .model import PREDICTED_KINDS, UnsupportedOpError
 from .predictor import LatencyPredictor
 from .profile import ProfileError, default_profile_path, load_profile
 
@@ -109,6 +108,13 @@ def resolve_mode(task, cfg, *, base: Path | None = None, config_file: str | None
 
 def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> LatencyMode:
     fallback, raw, measure = cfg.fallback, cfg.predictor, cfg.measure
+    if cfg.backend not in PREDICTED_KINDS:
+        if raw or measure is False:
+            raise ConfigError(f"latency backend {cfg.backend!r} has no latency predictor yet (predicted: "
+                              f"{', '.join(PREDICTED_KINDS)}); leave `latency.predictor` and `latency.measure: false` "
+                              "out to measure every candidate", file=config_file,
+                              field="latency.predictor" if raw else "latency.measure")
+        return LatencyMode("measured", f"no latency predictor for backend {cfg.backend}", fallback=fallback)
     if raw:
         path = _resolve_path(raw, base)
         try:
@@ -246,12 +252,12 @@ def latency_attrs(task, plan, lat: CandidateLatency, cfg) -> dict[str, Any]:
 
 
 def latency_check(study, task, loaded) -> None:
-    """Post-study step: measure every front member whose latency was predicted; store predicted vs measured."""
+    """Post-study step: measure every front member whose latency was predicted (lowered with the kernels it was
+    predicted with, as export ships it); store predicted vs measured."""
     cfg = loaded.config
     mode = resolve_mode(task, cfg.latency, base=loaded.config_path.parent, config_file=str(loaded.config_path))
     if mode.source != "predicted":
         return
-    measure_cfg = LatencyConfig(**{**cfg.latency.model_dump(), "measure": True, "predictor": None})
     record: dict[str, Any] = dict(study.user_attrs.get(CHECK_ATTR, {}))
     front = Front.from_study(study)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
@@ -265,7 +271,7 @@ def latency_check(study, task, loaded) -> None:
         predicted = float(trial.user_attrs.get("latency_predicted_ms", trial.user_attrs["latency_ms"]))
         try:
             cand = Candidate(task, front.plans[number], cfg.finetune, seed=cfg.seed + number)
-            measured = candidate_latency(cand, measure_cfg).latency_ms
+            measured = cand.measure_latency(mode.backend, TimingSpec.of(cfg.latency), kinds=mode.kinds)[0].latency_ms
         except Exception as e:  # the deployability gate reports unexportable members; keep going
             record[str(number)] = {"predicted_ms": predicted, "error_message": f"{type(e).__name__}: {e}"[:500]}
             continue

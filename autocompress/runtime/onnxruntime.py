@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import torch
 
 from ..compress import CompressedModel
@@ -30,8 +31,6 @@ OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
 def session_options(*, threads: int = 1, level: str = "all", optimized_path: Path | None = None,
                     log_level: int = 3):
     """The session options every ONNX Runtime session of autocompress uses (``level``: graph optimizations)."""
-    import onnxruntime as ort
-
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
@@ -60,8 +59,6 @@ class OnnxRuntimeBackend(Backend):
     kinds = frozenset(KINDS)
 
     def __init__(self, *, device: str = "CPUExecutionProvider") -> None:
-        import onnxruntime as ort
-
         provider = device
         have = ort.get_available_providers()
         if provider not in have:
@@ -72,8 +69,6 @@ class OnnxRuntimeBackend(Backend):
     def inference_session(self, model: Path | bytes, *, threads: int = 1, level: str = "all",
                           optimized_path: Path | None = None, log_level: int = 3):
         """A raw ``onnxruntime.InferenceSession`` (of a file or serialized model) with this backend's options."""
-        import onnxruntime as ort
-
         opts = session_options(threads=threads, level=level, optimized_path=optimized_path, log_level=log_level)
         return ort.InferenceSession(str(model) if isinstance(model, Path) else model, opts,
                                     providers=[self.provider])
@@ -98,9 +93,7 @@ class OnnxRuntimeBackend(Backend):
         return OrtSession(self.inference_session(Path(artifact), threads=threads))
 
     def versions(self) -> dict[str, str]:
-        import onnxruntime
-
-        return {"onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "provider": self.provider}
+        return {"onnxruntime": ort.__version__, "onnx": onnx.__version__, "provider": self.provider}
 
     def runtime_ops(self, path: Path) -> dict[str, int]:
         """Operator counts of the graph the runtime actually runs (after its fusions, e.g. QDQ -> QLinearConv)."""

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import sqlalchemy
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
@@ -130,8 +131,6 @@ def make_storage(url: str, *, heartbeat_s: int = 10) -> StudyStorage:
 
         if url.startswith("postgresql"):
             # Several workers opening a fresh database at once would race creating Optuna's tables.
-            import sqlalchemy
-
             engine = sqlalchemy.create_engine(url, connect_args={"connect_timeout": 10})
             try:
                 with engine.connect() as conn:
@@ -191,8 +190,6 @@ def _storage_lock(storage: StudyStorage, study_name: str) -> Iterator[None]:
     engine = storage.engine
     dialect = engine.dialect.name
     if dialect in ("postgresql", "mysql", "mariadb"):
-        import sqlalchemy
-
         acquire, release = (("SELECT pg_advisory_lock(:k)", "SELECT pg_advisory_unlock(:k)")
                             if dialect == "postgresql" else
                             ("SELECT GET_LOCK(:k, -1)", "SELECT RELEASE_LOCK(:k)"))
