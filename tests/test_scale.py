@@ -113,7 +113,8 @@ def test_ray_backend_writes_the_same_trials(tmp_path, capsys):
 def test_sigkill_then_resume_keeps_every_completed_trial(tmp_path):
     """SIGKILL of a running single-machine study; the same command resumes: every completed trial is kept
     unchanged, the trial that was running is failed with its reason and run again."""
-    path = write_study(tmp_path, n_trials=200, **FAST)
+    # 300 fine-tune steps: trials long enough that the kill lands in one (10-step trials finish 200 in ~20 s)
+    path = write_study(tmp_path, n_trials=200, finetune={"steps": 300}, **FAST)
     loaded = load_study_config(path)
     proc = subprocess.Popen([sys.executable, "-m", "autocompress", "search", str(path), "--no-progress"],
                             env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

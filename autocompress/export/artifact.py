@@ -214,7 +214,7 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
             shutil.move(str(lowered.artifact), onnx_path)
             kernels = lowered.kernels
             low = {**kernels.to_dict(), "backend": onnx_backend.name, "kinds": sorted(allowed),
-                   "graph_ops": graph_ops(onnx_path), "runtime_ops": _runtime_ops(onnx_backend, onnx_path)}
+                   "graph_ops": graph_ops(onnx_path), "runtime_ops": onnx_backend.runtime_ops(onnx_path)}
             if search_kernels is not None:
                 low["search_kernels_match"] = _same_kernels(kernels, Kernels.from_dict(search_kernels))
                 if not low["search_kernels_match"]:
@@ -258,19 +258,6 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
 
 def _same_kernels(a: Kernels, b: Kernels) -> bool:
     return all(sorted(getattr(a, k)) == sorted(getattr(b, k)) for k in ("int8", "int4", "float"))
-
-
-def _runtime_ops(backend: Backend, path: Path) -> dict[str, int]:
-    """What the runtime really runs: fused operator counts (ONNX Runtime), layer precisions (OpenVINO)."""
-    if hasattr(backend, "runtime_ops"):
-        return backend.runtime_ops(path)
-    if hasattr(backend, "runtime_precisions"):
-        counts: dict[str, int] = {}
-        for kind, precision in backend.runtime_precisions(path).values():
-            key = f"{kind}/{precision}"
-            counts[key] = counts.get(key, 0) + 1
-        return counts
-    return {}
 
 
 def teacher_artifact(task: Task, backend: Backend, folder: Path):

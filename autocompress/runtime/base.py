@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import platform
 import statistics
+import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -196,6 +197,10 @@ class Backend(ABC):
         """Library versions that decide which kernels run."""
         return {}
 
+    def runtime_ops(self, artifact: Path) -> dict[str, int]:
+        """What the runtime really runs for a lowered file (operator or layer-precision counts); {} when unknown."""
+        return {}
+
     def fingerprint(self, threads: int = 1) -> dict[str, Any]:
         """The machine and runtime an artifact's latency belongs to."""
         return {"backend": self.name, "cpu": cpu_name(), "machine": platform.machine(),
@@ -215,8 +220,6 @@ class Backend(ABC):
                 spec: TimingSpec, *, kinds: Iterable[str] | None = None,
                 keep_dir: Path | None = None) -> tuple[Timing, Kernels]:
         """Lower ``cm`` (in a temporary folder, or ``keep_dir``) and time it."""
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix=f"autocompress-{self.name}-") as tmp:
             lowered = self.lower(cm, example_input, calibration, Path(keep_dir or tmp), kinds=kinds)
             timing = self.time({"model": lowered.artifact}, example_input, spec)["model"]

@@ -78,6 +78,13 @@ class OpenVINOBackend(Backend):
     def versions(self) -> dict[str, str]:
         return {"openvino": ov.__version__, "device": self.device}
 
+    def runtime_ops(self, artifact: Path) -> dict[str, int]:
+        """Counts of ``<layer type>/<runtime precision>`` in the compiled model (e.g. ``FullyConnected/u8``)."""
+        counts: dict[str, int] = {}
+        for kind, precision in self.runtime_precisions(artifact).values():
+            counts[f"{kind}/{precision}"] = counts.get(f"{kind}/{precision}", 0) + 1
+        return counts
+
     def runtime_precisions(self, artifact: Path) -> dict[str, tuple[str, str]]:
         """``{layer name: (layer type, runtime precision)}`` of the compiled model (``u8``/``i8`` = int8 kernel)."""
         out = {}
