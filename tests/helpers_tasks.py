@@ -39,3 +39,48 @@ class NoLayers(nn.Module):
 def no_compressible_layer() -> Task:
     t = tiny()
     return Task(name="none", model=NoLayers(), example_input=t.example_input, train=t.train, val=t.val)
+
+
+def rejects_its_input() -> Task:
+    t = tiny()
+    return Task(name="rejects", model=t.model, example_input=torch.randn(1, 5), train=t.train, val=t.val)
+
+
+def empty_validation() -> Task:
+    t = tiny()
+    return Task(name="empty-val", model=t.model, example_input=t.example_input, train=t.train,
+                val=TensorDataset(torch.zeros(0, 8), torch.zeros(0, dtype=torch.long)))
+
+
+def nan_teacher() -> Task:
+    t = tiny()
+    with torch.no_grad():
+        t.model[0].weight.fill_(float("nan"))
+    return t
+
+
+def nan_metric() -> Task:
+    t = tiny()
+    return Task(name="nan-metric", model=t.model, example_input=t.example_input, train=t.train, val=t.val,
+                metric=lambda out, y: float("nan"))
+
+
+class TokenClassifier(nn.Module):
+    """Token ids (int64) -> embedding -> mean over the sequence -> two Linear layers."""
+
+    def __init__(self, vocab: int = 50, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 32), nn.Linear(32, 2)
+
+    def forward(self, ids):
+        return self.fc2(torch.relu(self.fc1(self.embed(ids).mean(1))))
+
+
+def token_ids() -> Task:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 50, (160, 12), generator=g)
+    labels = (ids[:, 0] < 25).long()
+    data = TensorDataset(ids, labels)
+    train, val = torch.utils.data.random_split(data, [128, 32], generator=torch.Generator().manual_seed(1))
+    return Task(name="token-ids", model=TokenClassifier().eval(), example_input=ids[:1], train=train, val=val)

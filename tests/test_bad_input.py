@@ -85,6 +85,12 @@ CASES = [
     Case("task-wrong-type", ["must return", "int"], {"task": "helpers_tasks:wrong_type"}),
     Case("no-compressible-layer", ["nothing to compress", "no Conv/Linear"],
          {"task": "helpers_tasks:no_compressible_layer"}),
+    Case("teacher-rejects-its-input", ["'rejects'", "does not run on its own example input", "(1, 5)"],
+         {"task": "helpers_tasks:rejects_its_input"}),
+    Case("empty-validation-split", ["'empty-val'", "val split is empty"], {"task": "helpers_tasks:empty_validation"}),
+    Case("nan-teacher", ["'tiny'", "not finite"], {"task": "helpers_tasks:nan_teacher"}),
+    Case("nan-metric", ["'nan-metric'", "metric on the validation split is nan"], {"task": "helpers_tasks:nan_metric"}),
+    Case("unknown-latency-backend", ["latency.backend", "'tvm'", "onnxruntime"], {"latency": {"backend": "tvm"}}),
     Case("no-group-selects-a-layer", ["nothing to compress", "Linear"],
          {"search_space": _space(types=["Conv2d"])}),
     # storage

@@ -23,6 +23,29 @@ def _prune_fn(m: nn.Module):
     return tp.prune_conv_out_channels
 
 
+def _grouped(m: nn.Module) -> int:
+    """The groups of a grouped (not depthwise) convolution, else 0."""
+    if isinstance(m, nn.Conv1d | nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels):
+        return m.groups
+    return 0
+
+
+def group_skip_reason(dg, group, guarded: set[int]) -> str | None:
+    """Why a Torch-Pruning group must not be pruned (then the layer is left as it is and reported), or None.
+
+    The one set of checks: ``prune_channels`` and the latency predictor's probes both ask here."""
+    for dep, _ in group:
+        groups = _grouped(dep.target.module)
+        if groups:
+            return (f"a grouped convolution (groups={groups}) is in its dependency group: channel pruning would "
+                    "mix its channel groups; not pruned")
+    if any(id(dep.target.module) in guarded and dg.is_out_channel_pruning_fn(dep.handler) for dep, _ in group):
+        return "its channels are coupled to the output layer's outputs"
+    if not dg.check_pruning_group(group):
+        return "pruning would remove every channel of a coupled layer"
+    return None
+
+
 def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
                    protected: list[str]) -> dict[str, str]:
     """Cut each named layer down to ``targets[name]`` output channels, lowest-importance channels first.
@@ -53,12 +76,9 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[
                 continue
             idxs = torch.argsort(scores)[: n - target].tolist()
             group = dg.get_pruning_group(mod, fn, idxs=idxs)
-            if any(id(dep.target.module) in guarded and dg.is_out_channel_pruning_fn(dep.handler)
-                   for dep, _ in group):
-                skipped[name] = "its channels are coupled to the output layer's outputs"
-                continue
-            if not dg.check_pruning_group(group):
-                skipped[name] = "pruning would remove every channel of a coupled layer"
+            why = group_skip_reason(dg, group, guarded)
+            if why:
+                skipped[name] = why
                 continue
             group.prune()
         except Exception as e:  # an op Torch-Pruning cannot follow: leave the layer, report it, go on

@@ -263,17 +263,19 @@ DRAW_JS = r"""
 
   // --- per-layer heatmaps ---------------------------------------------------------------------------------------
   // One panel per knob the method registry marks for a heatmap (D.heatmaps.specs: field, title, range, log2).
-  var HEATMAPS = (D.heatmaps.specs || []).map(function (s) {
-    var ticks = [];
-    for (var t = s.zmin; s.log2 && t <= s.zmax; t++) { ticks.push(t); }
-    return {field: s.field, title: s.title, zmin: s.zmin, zmax: s.zmax, reverse: s.reverse,
-      value: s.log2 ? function (v) { return Math.log2(v); } : function (v) { return v; },
-      text: s.log2 ? function (v) { return String(v); } : function (v) { return num(v, 2); },
-      colorbar: s.log2 ? {tickvals: ticks, ticktext: ticks.map(function (t) { return String(Math.pow(2, t)); })} : null};
-  });
-  // One figure, one row of cells per layer and one column per front member in each of three stacked panels.
+  function heatmapSpecs() {
+    return (D.heatmaps.specs || []).map(function (s) {
+      var ticks = [];
+      for (var t = s.zmin; s.log2 && t <= s.zmax; t++) { ticks.push(t); }
+      return {field: s.field, title: s.title, zmin: s.zmin, zmax: s.zmax, reverse: s.reverse,
+        value: s.log2 ? function (v) { return Math.log2(v); } : function (v) { return v; },
+        text: s.log2 ? function (v) { return String(v); } : function (v) { return num(v, 2); },
+        colorbar: s.log2 ? {tickvals: ticks, ticktext: ticks.map(function (t) { return String(Math.pow(2, t)); })} : null};
+    });
+  }
+  // One figure, one row of cells per layer and one column per front member in each stacked panel.
   function drawHeatmaps() {
-    var H = D.heatmaps, members = H.members;
+    var H = D.heatmaps, members = H.members, HEATMAPS = heatmapSpecs();
     if (!members.length || !H.layers.length) {
       purge("heatmaps"); show("heatmaps", false);
       note("heatmap-note", members.length ? "The study records no layers and the plans name none." :

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -24,6 +23,7 @@ from ..compress import apply
 from ..compress.layers import get_module
 from ..compress.quantize import InputQuantizer
 from ..plan import CompressionPlan, LayerPlan
+from ..runtime.base import as_array
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..tasks import load_task, models
 from .card import (
@@ -140,7 +140,7 @@ class OnnxModule(nn.Module):
         self.input_name = self.session.get_inputs()[0].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: x.detach().cpu().numpy().astype(np.float32)})[0]
+        out = self.session.run(None, {self.input_name: as_array(x)})[0]
         return torch.from_numpy(out)
 
 

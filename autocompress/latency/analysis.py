@@ -40,7 +40,7 @@ from ..compress import registry
 from ..compress.depth import removable_blocks
 from ..compress.layers import LayerInfo, discover_layers, get_module, out_channels
 from ..compress.lowrank import resolve_rank
-from ..compress.structured import _prune_fn, channel_target
+from ..compress.structured import _prune_fn, channel_target, group_skip_reason
 from ..plan import CompressionPlan
 from ..runtime.onnx import export_onnx, onnx_module_name
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
@@ -487,10 +487,11 @@ def _prune_one(dg, model: nn.Module, name: str, protected: list[str]) -> tuple[s
             return "no importance for its dependency group", False
         idxs = torch.argsort(scores)[:1].tolist()
         group = dg.get_pruning_group(mod, fn, idxs=idxs)
-        if any(id(dep.target.module) in guarded and dg.is_out_channel_pruning_fn(dep.handler) for dep, _ in group):
-            return "its channels are coupled to the output layer's outputs", False
-        if not dg.check_pruning_group(group):
+        why = group_skip_reason(dg, group, guarded)
+        if why == "pruning would remove every channel of a coupled layer":
             return "retry", False
+        if why:
+            return why, False
         group.prune()
     except Exception as e:
         return f"structured pruning unsupported here ({type(e).__name__}: {e})", False

@@ -151,10 +151,15 @@ def batch_of(example_input: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
     return x.repeat(batch_size, *([1] * (x.dim() - 1))).contiguous()
 
 
+def as_array(x: torch.Tensor) -> np.ndarray:
+    """A tensor as a runtime's input: float32 for floating tensors, integer inputs (token ids) keep their dtype."""
+    x = x.detach().cpu()
+    return x.numpy().astype(np.float32) if x.is_floating_point() else x.numpy()
+
+
 def feed_arrays(example_input: torch.Tensor, batch_size: int = 1) -> list[np.ndarray]:
-    """The model's inputs as numpy arrays for a runtime, dtype kept (float32 for floating inputs)."""
-    x = batch_of(example_input, batch_size)
-    return [x.numpy().astype(np.float32) if x.is_floating_point() else x.numpy()]
+    """The model's inputs as numpy arrays for a runtime (see :func:`as_array`)."""
+    return [as_array(batch_of(example_input, batch_size))]
 
 
 class Session(ABC):

@@ -40,7 +40,7 @@ from torch import nn
 from ..compress import CompressedModel, set_input_quantizers
 from ..compress.layers import get_module
 from ..compress.quantize import weight_codes
-from .base import INT4_MAX_BITS, Kernels, resolve_kernels
+from .base import INT4_MAX_BITS, Kernels, as_array, resolve_kernels
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +234,7 @@ def lower_onnx(cm: CompressedModel, example_input: torch.Tensor, calibration: Se
             if not calibration:
                 raise ValueError("int8 layers need calibration batches")
             current = Path(tmp) / "int8.onnx"
-            quantize_int8(float_path, current, [c.numpy().astype(np.float32) for c in calibration],
+            quantize_int8(float_path, current, [as_array(c) for c in calibration],
                           [nodes[n].name for n in kernels.int8])
             model = onnx.load(str(current))
         for name in list(kernels.int4):

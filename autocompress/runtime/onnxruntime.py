@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 
 from ..compress import CompressedModel
-from .base import KINDS, Backend, Lowered, Session
+from .base import KINDS, Backend, Lowered, Session, feed_arrays
 from .onnx import graph_ops, lower_onnx
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         kernels = lower_onnx(cm, example_input, calibration, path, allowed)
         if kernels.int4:
             try:  # this runtime build must accept the int4 kernels; otherwise those layers run float
-                self.session(path).run([example_input[:1].numpy().astype(np.float32)])
+                self.session(path).run(feed_arrays(example_input))
             except Exception as e:
                 log.warning("ONNX Runtime refused the int4 (MatMulNBits) layers (%s); keeping them float", e)
                 int4 = list(kernels.int4)

@@ -21,7 +21,7 @@ from ..errors import ConfigError
 from ..front import KINDS_ATTR
 from ..latency.study import prepare as prepare_latency
 from ..space import SearchSpace
-from ..tasks import Task, load_task
+from ..tasks import Task, check_task, load_task
 from . import workers
 from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
@@ -93,6 +93,7 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     """Open (``create``: or create) the study and get it ready to run trials (see the module docstring)."""
     cfg = loaded.config
     task = task or load_task(cfg.task, cfg.task_options)
+    check_task(task)  # the teacher runs, gives finite outputs and a finite metric on non-empty splits
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
     # The latency profile is loaded once per study (predict or measure), before anything is written.

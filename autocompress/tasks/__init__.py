@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import TaskError
 from .metric import top1
-from .task import Task
+from .task import Task, check_task
 
 
 def _builtin() -> dict[str, Callable[..., Task]]:
@@ -75,4 +75,4 @@ def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
     return result
 
 
-__all__ = ["Task", "load_task", "top1"]
+__all__ = ["Task", "load_task", "check_task", "top1"]

@@ -1,0 +1,80 @@
+"""Models users bring: integer inputs, checked teachers (the rest of the bring-your-own-model work builds here)."""
+
+import optuna
+import torch
+from conftest import write_study
+
+from autocompress.config import load_study_config
+from autocompress.export.artifact import export_from_study
+from autocompress.export.loader import load
+from autocompress.search.driver import run_study
+from autocompress.tasks import load_task
+
+SPACE = {"version": 1, "groups": [{"name": "fc", "types": ["Linear"], "per_layer": False,
+                                   "weight_bits": [4, 8], "activation_bits": [8, 32]}]}
+
+
+def test_integer_inputs_keep_their_dtype_through_search_lowering_and_export(tmp_path):
+    """A model taking token ids (int64, through nn.Embedding): measured on ONNX Runtime with int8 and int4
+    kernels, exported, and the ONNX artifact fed integer ids."""
+    task = load_task("helpers_tasks:token_ids")
+    path = write_study(tmp_path, task="helpers_tasks:token_ids", search_space=SPACE, n_trials=4, sampler="random",
+                       fidelity={"promotion": False, "self_check": 0})
+    loaded = load_study_config(path)
+    run_study(loaded, progress=False, task=task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 4, [t.user_attrs.get("error") for t in study.trials]
+    assert any(t.user_attrs["kernels"]["int8"] for t in done) and any(t.user_attrs["kernels"]["int4"] for t in done)
+    trial = next(t for t in done if t.user_attrs["kernels"]["int8"])
+    res = export_from_study(str(path), tmp_path / "out", trial=trial.number, task=task, finetune="none",
+                            measure=False)
+    assert res.card["input"]["dtype"] == "int64"
+    onnx_model = load(tmp_path / "out", runtime="onnx")
+    ids = torch.stack([task.val[i][0] for i in range(8)])
+    with torch.no_grad():
+        out = onnx_model(ids)
+        ref = load(tmp_path / "out")(ids)
+    assert out.shape == (8, 2) and (out.argmax(1) == ref.argmax(1)).float().mean() >= 0.75
+
+
+def _foreign_bn_task():
+    """A CNN whose BatchNorm statistics come from other data than its calibration set (as a pretrained teacher's
+    do): re-estimating them on a few batches changes its outputs."""
+    from torch.utils.data import TensorDataset
+
+    from autocompress import Task
+    from autocompress.tasks.models import SmallResNet
+
+    torch.manual_seed(0)
+    model = SmallResNet(width=8, blocks=(1, 1, 1)).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(192, 1, 28, 28)
+    with torch.no_grad():
+        y = model(x).argmax(1)  # labels = the teacher's own predictions: agreement with the teacher
+    return Task(name="foreign-bn", model=model, example_input=x[:1], train=TensorDataset(x[:128], y[:128]),
+                val=TensorDataset(x[128:], y[128:]))
+
+
+def test_batchnorm_statistics_are_reestimated_only_where_the_plan_moved_them():
+    from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.plan import CompressionPlan, LayerPlan
+
+    task = _foreign_bn_task()
+    cfg = FinetuneConfig(calibration_batches=4)
+    identity = Candidate(task, CompressionPlan(), cfg)
+    assert identity.recalibrated == [] and identity.accuracy() == 1.0  # exactly the teacher
+    with torch.no_grad():
+        assert torch.equal(identity.cm.model(task.example_input), task.model(task.example_input))
+    w8 = Candidate(task, CompressionPlan(layers={n: LayerPlan(weight_bits=8) for n in ("stem.0", "layer1.0.conv1")}),
+                   cfg)
+    assert w8.recalibrated == [] and w8.accuracy() >= 0.95  # 8-bit weights barely move the inputs
+    pruned = Candidate(task, CompressionPlan(layers={"layer1.0.conv1": LayerPlan(channel_keep=0.5)}), cfg)
+    assert "layer1.0.bn1" in pruned.recalibrated and "stem.1" not in pruned.recalibrated
+    few = Candidate(task, CompressionPlan(layers={"layer1.0.conv1": LayerPlan(channel_keep=0.5)}),
+                    FinetuneConfig(calibration_batches=1))  # 32 samples: too few to re-estimate anything
+    assert few.recalibrated == []
