@@ -1,6 +1,7 @@
 """Models users bring: integer inputs, checked teachers (the rest of the bring-your-own-model work builds here)."""
 
 import optuna
+import pytest
 import torch
 from conftest import write_study
 
@@ -78,3 +79,76 @@ def test_batchnorm_statistics_are_reestimated_only_where_the_plan_moved_them():
     few = Candidate(task, CompressionPlan(layers={"layer1.0.conv1": LayerPlan(channel_keep=0.5)}),
                     FinetuneConfig(calibration_batches=1))  # 32 samples: too few to re-estimate anything
     assert few.recalibrated == []
+
+
+# --- random plans over real architectures: a layer a method cannot handle is skipped, never a failed trial ------
+
+SWEEP_SPACE = {"version": 1, "groups": [{
+    "name": "all", "types": ["Conv2d", "Linear"], "per_layer": True, "sparsity": [0.0, 0.5, 0.9],
+    "weight_bits": [2, 4, 8, 32], "activation_bits": [8, 32], "channel_keep": [0.5, 1.0], "rank_ratio": [0.25, 1.0],
+    "nm": ["dense", "2:4"], "entropy_coding": [False, True]}],
+    "student": {"width": [0.5, 1.0], "depth": [0.5, 1.0]}}
+
+
+def _zoo():
+    from helpers_tasks import TokenClassifier
+
+    from autocompress.tasks.models import GroupedConvNet, MobileNetV2, ResNet18
+
+    torch.manual_seed(0)
+    return {
+        "mobilenet_v2": (MobileNetV2(num_classes=10, width=0.35).eval(), torch.randn(1, 3, 32, 32)),
+        "resnet18": (ResNet18(num_classes=10, width=16).eval(), torch.randn(1, 3, 32, 32)),
+        "grouped_conv": (GroupedConvNet().eval(), torch.randn(1, 3, 16, 16)),
+        "token_ids": (TokenClassifier().eval(), torch.randint(0, 50, (1, 12))),
+    }
+
+
+def _sweep(name: str, n_plans: int, n_lowered: int) -> None:
+    import math
+
+    from autocompress.compress import apply, bake, calibrate, discover_layers
+    from autocompress.config import SearchSpaceConfig
+    from autocompress.evaluate.size import compressed_size
+    from autocompress.runtime import get_backend
+    from autocompress.space import SearchSpace
+
+    model, x = _zoo()[name]
+    space = SearchSpace(SearchSpaceConfig(**SWEEP_SPACE), discover_layers(model, x))
+    study = optuna.create_study(directions=["minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
+    calib = [torch.cat([x] * 8) if x.is_floating_point() else torch.randint(0, 50, (8, 12))]
+    failures = []
+    for i in range(n_plans):
+        trial = study.ask()
+        plan = space.suggest(trial)
+        try:
+            cm = apply(model, plan, x)
+            calibrate(cm, calib)
+            bake(cm)
+            with torch.no_grad():
+                out = cm.model(x)
+            assert out.shape == model(x).shape and torch.isfinite(out).all()
+            size = compressed_size(cm)[0]
+            if i < n_lowered:
+                import tempfile
+                from pathlib import Path
+
+                with tempfile.TemporaryDirectory() as tmp:
+                    lowered = get_backend("onnxruntime").lower(cm, x, calib, Path(tmp))
+                    get_backend("onnxruntime").session(lowered.artifact).run([x.numpy()])
+        except Exception as e:
+            failures.append(f"{plan.summary()[:120]}: {type(e).__name__}: {e}")
+            size = math.nan
+        study.tell(trial, size if math.isfinite(size) else 0.0)
+    assert not failures, failures[:3]
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "grouped_conv", "token_ids"])
+def test_random_plans_never_fail_on_zoo_architectures(name):
+    _sweep(name, n_plans=12, n_lowered=2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "grouped_conv", "token_ids"])
+def test_a_hundred_random_plans_never_fail_on_zoo_architectures(name):
+    _sweep(name, n_plans=100, n_lowered=10)

@@ -1,7 +1,10 @@
 """Student depth: drop trailing shape-preserving blocks of a Sequential (e.g. the extra ResNet blocks of a stage).
 
-Only a block whose output has its input's shape can be removed (it becomes an identity), so the model stays
-valid. Architectures without such blocks (LeNet, plain MLPs) keep their depth; the trial records that.
+A block is a child of a Sequential holding at least two Conv/Linear layers (a residual block, an inverted
+residual, a transformer layer; not one conv-norm-activation unit) whose output has its input's shape, so it can
+become an identity and the model stays valid. Only the outermost such blocks count: a removable block nested inside
+another (the depthwise unit of an inverted residual) is the outer block's business. Architectures without such
+blocks (LeNet, plain MLPs) keep their depth; the trial records that.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str,
         if not isinstance(seq, nn.Sequential):
             continue
         for child_name, child in seq.named_children():
-            if isinstance(child, COMPRESSIBLE) or not any(isinstance(m, COMPRESSIBLE) for m in child.modules()):
+            if isinstance(child, COMPRESSIBLE) or sum(isinstance(m, COMPRESSIBLE) for m in child.modules()) < 2:
                 continue
             full = f"{seq_name}.{child_name}" if seq_name else child_name
             candidates.setdefault(seq_name, []).append(full)
@@ -43,9 +46,11 @@ def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str,
         for h in hooks:
             h.remove()
         model.train(was_training)
+    removable = {b for blocks in candidates.values() for b in blocks if b in shapes and shapes[b][0] == shapes[b][1]}
+    outer = {b for b in removable if not any(b.startswith(other + ".") for other in removable)}
     out = {}
     for seq_name, blocks in candidates.items():
-        keep = [b for b in blocks if b in shapes and shapes[b][0] == shapes[b][1]]
+        keep = [b for b in blocks if b in outer]
         if keep:
             out[seq_name] = keep
     return out
