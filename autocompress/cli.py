@@ -37,9 +37,11 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
             test = f", test {t['test_accuracy']:.4f}" if t.get("test_accuracy") is not None else ""
             print(f"teacher: accuracy {t['accuracy']:.4f} (validation){test}, latency {t['latency_ms']:.4f} ms, "
                   f"size {t['size_bytes']} B")
-        n_fail = len(front.failed)
-        print(f"study {front.study_name!r}: {len(front.trials)} completed trials, {n_fail} failed, "
-              f"{len(front.front)} on the Pareto front; hypervolume {front.hypervolume:.4f}")
+        states = front.failed["state"]
+        n_stopped, n_fail = int((states == "PRUNED").sum()), int((states == "FAIL").sum())
+        print(f"study {front.study_name!r}: {len(front.trials)} completed trials, {n_stopped} stopped early by "
+              f"successive halving, {n_fail} failed, {len(front.front)} on the Pareto front; hypervolume "
+              f"{front.hypervolume:.4f}")
         fs = front.fidelity_summary
         if fs:
             saved = fs.get("cost_s_saved_estimate")

@@ -101,3 +101,28 @@ def test_study_with_halving_and_self_check(tmp_path, digits_task):
         assert summary["cost_s_saved_estimate"] >= 0
     else:
         assert summary["cost_s_saved_estimate"] is None  # nothing to compare a stopped trial's cost with
+
+
+def test_self_checked_trial_reports_validation_and_test_at_the_same_level(tmp_path, digits_task):
+    """A self-checked trial's accuracy and test_accuracy are both the proxy level's; the full-fidelity pair is beside
+    them (full_accuracy, full_test_accuracy)."""
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.plan import CompressionPlan
+    from autocompress.search.fidelity import steps_for
+
+    loaded = load_study_config(write_study(tmp_path, n_trials=2, warm_start=False,
+                                           fidelity={"promotion": False, "self_check": 2},
+                                           finetune={"steps": 20, "full_steps": 60}))
+    run_study(loaded, progress=False, task=digits_task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    checked = [t for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]) if t.user_attrs.get("self_check")]
+    assert checked
+    cfg = loaded.config
+    for t in checked:
+        cand = Candidate(digits_task, CompressionPlan.from_dict(t.user_attrs["plan"]), cfg.finetune,
+                         seed=cfg.seed + t.number)
+        cand.train_to(steps_for(cfg.fidelity.proxy, cfg.finetune))
+        assert t.user_attrs["accuracy"] == pytest.approx(cand.accuracy("val"))
+        assert t.user_attrs["test_accuracy"] == pytest.approx(cand.accuracy("test"))
+        cand.train_to(steps_for("full", cfg.finetune))
+        assert t.user_attrs["full_test_accuracy"] == pytest.approx(cand.accuracy("test"))

@@ -185,3 +185,16 @@ def test_ctrl_c_stops_cleanly_then_resumes(tmp_path):
     study, after = _complete(loaded)
     assert len([t for t in study.get_trials() if t.state.is_finished()]) == len(finished) + 2
     assert {t.number for t in kept} <= {t.number for t in after}  # nothing completed was lost
+
+
+def test_front_counts_stopped_trials_apart_from_failed_ones(tmp_path, digits_task, capsys):
+    path = write_study(tmp_path, n_trials=8, sampler="random", warm_start=False,
+                       fidelity={"self_check": 0})  # successive halving on, no trial exempt from it
+    run_study(load_study_config(path), progress=False, task=digits_task)
+    front = load_front(load_study_config(path).storage_url)
+    stopped = int((front.failed["state"] == "PRUNED").sum())
+    assert stopped > 0 and not (front.failed["state"] == "FAIL").any()
+    capsys.readouterr()
+    assert main(["front", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(front.trials)} completed trials, {stopped} stopped early by successive halving, 0 failed" in out

@@ -6,7 +6,8 @@ user attributes whichever backend ran it:
 plan, rung:<level> ([accuracy, latency_ms, size_bytes] at each rung reached), fidelity (level of the reported
 accuracy), accuracy / test_accuracy, latency_ms (+ p10/p90, int8_nodes, latency_source, latency_backend and kernels: the
 int8 / int4 / float kernel of each module it was scored with, which export lowers), size_bytes, compression_ratio, skipped,
-seconds (per phase), cost_s, constraints; self-check trials add full_accuracy and proxy_accuracy; stopped trials
+seconds (per phase), cost_s, constraints; self-check trials add proxy_accuracy, full_accuracy and
+full_test_accuracy (accuracy and test_accuracy stay at the proxy level); stopped trials
 (successive halving) add stopped; failed trials add error.
 """
 
@@ -103,13 +104,17 @@ class TrialRunner:
             proxy_level = self.ladder[-1]
             accuracy = trial.user_attrs[f"rung:{proxy_level}"][0] if checking else accuracy
             size = cand.size_bytes()  # trained weights may round to zero differently than at rung 0
+            # validation and test at the same (proxy) level; a self-check adds the full-fidelity pair beside
+            test_accuracy = cand.accuracy("test") if checking else None
             if checking:
                 cand.train_to(steps_for("full", cfg.finetune))
                 trial.set_user_attr("proxy_accuracy", accuracy)
                 trial.set_user_attr("full_accuracy", cand.accuracy("val"))
+                trial.set_user_attr("full_test_accuracy", cand.accuracy("test"))
                 trial.set_user_attr("self_check", True)
             metrics = {"accuracy": accuracy, "latency_ms": lat.latency_ms, "size_bytes": size}
-            self._finish(trial, t0, cand, level=proxy_level, accuracy=accuracy, size=size)
+            self._finish(trial, t0, cand, level=proxy_level, accuracy=accuracy, size=size,
+                         test_accuracy=test_accuracy)
             constraints = constraint_values(self.loaded, metrics)
             trial.set_user_attr("constraints", constraints)
             for key, value in constraints.items():
@@ -126,11 +131,13 @@ class TrialRunner:
             raise
 
     def _finish(self, trial: optuna.Trial, t0: float, cand: Candidate, *, level: str, accuracy: float,
-                size: int) -> None:
+                size: int, test_accuracy: float | None = None) -> None:
+        if test_accuracy is None and level == self.ladder[-1]:
+            test_accuracy = cand.accuracy("test")
         attrs: dict[str, Any] = {
             "fidelity": level, "accuracy": accuracy, "size_bytes": size,
             "compression_ratio": self.teacher.size_bytes / size,
-            "test_accuracy": cand.accuracy("test") if level == self.ladder[-1] else None,
+            "test_accuracy": test_accuracy,
             "seconds": {k: round(v, 3) for k, v in cand.seconds.items()},
             "cost_s": round(time.perf_counter() - t0, 3),
         }
