@@ -80,6 +80,11 @@ class CompressionPlan:
     student: StudentPlan = field(default_factory=StudentPlan)
     distill: DistillPlan = field(default_factory=DistillPlan)
 
+    @property
+    def is_identity(self) -> bool:
+        """Nothing compressed: every layer unchanged and the student the teacher's size."""
+        return all(lp.is_identity for lp in self.layers.values()) and self.student == StudentPlan()
+
     def layer(self, name: str) -> LayerPlan:
         """The plan for ``name``; layers the plan does not mention stay as they are."""
         return self.layers.get(name, LayerPlan())

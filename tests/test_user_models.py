@@ -152,3 +152,49 @@ def test_random_plans_never_fail_on_zoo_architectures(name):
 @pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "grouped_conv", "token_ids"])
 def test_a_hundred_random_plans_never_fail_on_zoo_architectures(name):
     _sweep(name, n_plans=100, n_lowered=10)
+
+
+def test_fine_tuning_keeps_the_teachers_normalization_and_the_identity_plan_is_the_teacher():
+    from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.plan import CompressionPlan, LayerPlan
+
+    task = _foreign_bn_task()
+    cfg = FinetuneConfig(calibration_batches=4, batch_size=32)
+    identity = Candidate(task, CompressionPlan(), cfg)
+    identity.train_to(200)
+    assert identity.accuracy() == 1.0
+    with torch.no_grad():
+        assert torch.equal(identity.cm.model(task.example_input), task.model(task.example_input))
+    pruned = Candidate(task, CompressionPlan(layers={"layer1.0.conv1": LayerPlan(channel_keep=0.5)}), cfg)
+    before = {n: m.running_var.clone() for n, m in pruned.cm.model.named_modules()
+              if isinstance(m, torch.nn.BatchNorm2d)}
+    pruned.train_to(50)
+    after = {n: m.running_var for n, m in pruned.cm.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert all(torch.equal(before[n], after[n]) for n in before)  # statistics kept while training
+    teacher_bn = dict(task.model.named_modules())
+    assert torch.equal(after["stem.1"], teacher_bn["stem.1"].running_var)  # an untouched one is the teacher's
+
+
+@pytest.mark.slow
+def test_fine_tuning_raises_the_metric_on_average_over_random_plans():
+    import statistics
+
+    from autocompress.compress import discover_layers
+    from autocompress.config import FinetuneConfig, SearchSpaceConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.space import SearchSpace
+
+    task = _foreign_bn_task()
+    space = SearchSpace(SearchSpaceConfig(**SWEEP_SPACE), discover_layers(task.model, task.example_input))
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    cfg = FinetuneConfig(calibration_batches=4, batch_size=32)
+    gains = []
+    for _ in range(20):
+        trial = study.ask()
+        cand = Candidate(task, space.suggest(trial), cfg)
+        zero = cand.accuracy()
+        cand.train_to(60)
+        gains.append(cand.accuracy() - zero)
+        study.tell(trial, gains[-1])
+    assert statistics.mean(gains) > 0, gains

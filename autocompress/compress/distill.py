@@ -5,6 +5,12 @@ loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
      + feature_mse * mean MSE over layers whose output has the same shape in teacher and student
      + l1 * mean |w| over the compressed layers' weights (sparsity regularisation)
 
+BatchNorm layers keep their running statistics while the candidate trains (they run in eval mode; their scale and
+shift still train): the teacher's statistics, or those re-estimated for the layers a plan changed before
+fine-tuning (:func:`autocompress.evaluate.candidate.recalibrate_batchnorm`), are not replaced by the running
+average of a few hundred fine-tuning batches, which on a pretrained teacher and a small user dataset damages more
+than it adapts.
+
 k-means weight-shared layers (``LayerPlan.weight_sharing``) are fine-tuned in Han et al.'s order within each
 call: for the first ``1 - CENTROID_SHARE`` of the steps their pruned float weights retrain, then they are
 clustered again (k-means, linear initialisation) and only their centroids train for the remaining steps.
@@ -76,6 +82,9 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
             p.cluster(mod.parametrizations.weight.original)
 
     model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()  # running statistics stay as they are (see the module docstring)
     loss = torch.tensor(float("nan"))
     step = 0
     try:

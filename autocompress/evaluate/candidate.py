@@ -155,9 +155,12 @@ class Candidate:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
 
     def train_to(self, steps: int) -> None:
-        """Fine-tune (KD) until ``steps`` mini-batches in total have been trained."""
+        """Fine-tune (KD) until ``steps`` mini-batches in total have been trained. A plan that compresses nothing
+        is not trained (the teacher is its own best student): it scores exactly the teacher's metric at every level."""
         t0 = time.perf_counter()
-        if steps > self.steps_done:
+        if steps > self.steps_done and self.plan.is_identity:
+            self.steps_done = steps
+        elif steps > self.steps_done:
             finetune(self.cm, self.task.model, self.task.train, steps=steps - self.steps_done,
                      batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done)
             self.steps_done = steps
