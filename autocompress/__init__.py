@@ -5,6 +5,8 @@ Public API (imported lazily, so ``autocompress --help`` stays fast)::
     from autocompress import load_study_config, run_study, load_front
     loaded = load_study_config("studies/quickstart.yaml")
     outcome = run_study(loaded)            # resumable; SQLite in studies/quickstart/
+    # or, with a model and data in hand (no config file, no task module):
+    outcome = autocompress.search_model(model, example_input, train=train_set, val=val_set, n_trials=60)
     front = outcome.front.front            # pandas DataFrame of Pareto-optimal trials
     best = outcome.front.pick("accuracy >= 0.97", by="size_bytes")
 """
@@ -30,6 +32,7 @@ _EXPORTS = {
     "StudyConfig": "autocompress.config",
     "SearchSpace": "autocompress.space",
     "run_study": "autocompress.search.driver",
+    "search_model": "autocompress.search.api",
     "Front": "autocompress.front",
     "load_front": "autocompress.front",
     "load": "autocompress.export",

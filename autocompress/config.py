@@ -390,6 +390,27 @@ def load_search_space(path: str | Path) -> SearchSpaceConfig:
         raise _from_validation_error(e, path) from None
 
 
+BUILTIN_SPACES = Path(__file__).parent / "search_spaces"  # shipped with the package: default, small, ...
+
+
+def builtin_spaces() -> list[str]:
+    return sorted(p.stem for p in BUILTIN_SPACES.glob("*.yaml"))
+
+
+def resolve_search_space(value: str, base: Path, *, file: str | None = None) -> Path:
+    """A search space file: ``value`` beside ``base``, in the current directory, or a built-in space's name
+    (``default``, ``small``, ``deep_compression``)."""
+    candidates = [base / value, Path(value)]
+    if not Path(value).suffix:
+        candidates.append(BUILTIN_SPACES / f"{value}.yaml")
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is None:
+        raise ConfigError(f"search space file not found (looked beside the config and in the current directory; "
+                          f"built-in spaces: {', '.join(builtin_spaces())})", file=file, field="search_space",
+                          value=value)
+    return found
+
+
 def load_study_config(path: str | Path) -> LoadedStudy:
     """Load a study config, resolve its search space and results folder. Writes nothing.
 
@@ -405,12 +426,7 @@ def load_study_config(path: str | Path) -> LoadedStudy:
     if isinstance(cfg.search_space, SearchSpaceConfig):
         space = cfg.search_space
     else:
-        candidates = [path.parent / cfg.search_space, Path(cfg.search_space)]
-        found = next((p for p in candidates if p.is_file()), None)
-        if found is None:
-            raise ConfigError("search space file not found (looked beside the config and in the current "
-                              "directory)", file=str(path), field="search_space", value=cfg.search_space)
-        space = load_search_space(found)
+        space = load_search_space(resolve_search_space(cfg.search_space, path.parent, file=str(path)))
     name = cfg.name or path.stem
     study_dir = (path.parent / path.stem).resolve()
     storage = cfg.storage or f"sqlite:///{study_dir / 'study.db'}"

@@ -198,3 +198,29 @@ def test_fine_tuning_raises_the_metric_on_average_over_random_plans():
         gains.append(cand.accuracy() - zero)
         study.tell(trial, gains[-1])
     assert statistics.mean(gains) > 0, gains
+
+
+def test_one_call_from_python_runs_a_resumable_study_and_exports(tmp_path, capsys):
+    import autocompress
+    from autocompress.cli import main
+    from autocompress.errors import ConfigError
+
+    task = load_task("helpers_tasks:tiny")
+    kw = dict(train=task.train, val=task.val, name="tiny-py", folder=tmp_path, search_space="small", n_trials=3,
+              progress=False, finetune={"steps": 10}, latency={"measure": True, "warmup": 1, "repeats": 3},
+              fidelity={"promotion": False, "self_check": 0})
+    out = autocompress.search_model(task.model, task.example_input, **kw)
+    assert out.new_trials == 3 and len(out.front.trials) >= 1 and (tmp_path / "tiny-py" / "study.db").is_file()
+    again = autocompress.search_model(task.model, task.example_input, **{**kw, "n_trials": 4})
+    assert again.new_trials == 1  # resumed, not restarted
+    assert main(["front", str(tmp_path / "tiny-py")]) == 0 and "4 completed trials" in capsys.readouterr().out
+    number = int(again.front.front["trial"].iloc[0])
+    res = export_from_study(f"sqlite:///{tmp_path / 'tiny-py' / 'study.db'}", tmp_path / "exp", trial=number,
+                            task=autocompress.Task(name="tiny-py", model=task.model, example_input=task.example_input,
+                                                   train=task.train, val=task.val),
+                            finetune="none", measure=False)
+    assert res.card["source"]["trial"] == number
+    with pytest.raises(ConfigError, match="sampler"):
+        autocompress.search_model(task.model, task.example_input, **{**kw, "sampler": "grid"})
+    with pytest.raises(autocompress.TaskError, match="given from Python"):
+        load_task("python:tiny-py")

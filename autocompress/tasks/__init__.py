@@ -43,6 +43,10 @@ def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
             raise TaskError(f"task_options {unknown} are not options of the built-in task {spec!r}; it accepts "
                             f"{accepted if accepted else 'no options'}")
         return builtins[spec](**options)
+    if spec.startswith("python:"):
+        raise TaskError(f"task {spec!r} was given from Python (autocompress.search_model), so it cannot be rebuilt "
+                        "from its name: pass the task, e.g. task=autocompress.Task(model=..., example_input=..., "
+                        "train=..., val=...)")
     if ":" not in spec:
         raise TaskError(f"unknown task {spec!r}; built-in tasks are {sorted(builtins)}, or give a user task "
                         "as 'package.module:function'")
