@@ -13,6 +13,7 @@ from torch import nn
 
 from autocompress.cli import main
 from autocompress.compress import apply, bake, calibrate
+from autocompress.compress import discover_layers as discover_layers_of
 from autocompress.config import load_study_config
 from autocompress.export.artifact import export_from_study
 from autocompress.front import KINDS_ATTR
@@ -234,3 +235,45 @@ def test_openvino_study_without_a_predictor_must_measure(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "latency.measure" in err and "'openvino' has no latency predictor yet" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+
+
+class _Block(nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.q, self.v = nn.Linear(d, d), nn.Linear(d, d)
+        self.ff = nn.Sequential(nn.Linear(d, 32), nn.GELU(), nn.Linear(32, d))
+
+    def forward(self, x):
+        a = torch.softmax(self.q(x) @ x.transpose(1, 2), -1) @ self.v(x)
+        return x + self.ff(a)
+
+
+class _Encoder(nn.Module):
+    """Transformer-style: blocks in an nn.ModuleList iterated in forward (not a called container)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = nn.ModuleList([_Block(), _Block()])
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x):
+        for block in self.layer:
+            x = block(x)
+        return self.head(x.mean(1))
+
+
+def test_layers_inside_a_module_list_are_found_and_run_int8(tmp_path):
+    """Scope names of modules in an nn.ModuleList (``/layer.0/q/MatMul``), as transformer encoders have: every
+    Linear planned int8 runs int8 (it ran float before: its node was not matched to its module)."""
+    torch.manual_seed(0)
+    model, x = _Encoder().eval(), torch.randn(1, 6, 16)
+    names = [i.name for i in discover_layers_of(model, x)]
+    assert "layer.0.q" in names and "layer.1.ff.2" in names
+    plan = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8) for n in names})
+    calib = [torch.randn(8, 6, 16)]
+    lowered = get_backend("onnxruntime").lower(_baked(model, plan, x, calib), x, calib, tmp_path)
+    assert sorted(lowered.kernels.int8) == sorted(names) and not lowered.kernels.float
+    graph = onnx.load(str(lowered.artifact)).graph
+    dq_fed = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    int8_layers = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in dq_fed]
+    assert len(int8_layers) == len(names)  # every layer's weight comes through its int8 Q/DQ pair

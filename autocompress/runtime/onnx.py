@@ -119,13 +119,24 @@ def quantize_int8(float_path: Path, out_path: Path, calib: Sequence[np.ndarray],
 
 
 def onnx_module_name(node_name: str) -> str | None:
-    """``/layer1/layer1.0/conv1/Conv`` -> ``layer1.0.conv1`` (TorchScript exporter scope names)."""
+    """The module a node of the TorchScript exporter belongs to, from its scope name.
+
+    Each scope level is a called module, named relative to the level above: a child of a called container repeats
+    the container's own name (``/layer1/layer1.0/conv1/Conv`` is ``layer1.0.conv1``), a child of a container that is
+    not called itself, such as an ``nn.ModuleList`` iterated in ``forward``, carries the container's name
+    (``/encoder/layer.0/attention/query/MatMul`` is ``encoder.layer.0.attention.query``).
+    """
     if not node_name.startswith("/"):
         return None
     parts = node_name.strip("/").split("/")[:-1]
     if not parts:
         return None
-    return ".".join(p.rsplit(".", 1)[-1] for p in parts)
+    names, previous = [], ""
+    for part in parts:
+        # `layer1.0` below `layer1`, `conv.0.0` below `conv.0`: the part repeats the level above
+        names.append(part[len(previous) + 1:] if previous and part.startswith(previous + ".") else part)
+        previous = part
+    return ".".join(names)
 
 
 def _weight_layout(node: onnx.NodeProto) -> str:
