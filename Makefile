@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade "pip>=23.2"
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,openvino]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[dev,openvino,hf]"
 	touch $(STAMP)
 
 quickstart: venv

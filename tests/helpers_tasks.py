@@ -84,3 +84,11 @@ def token_ids() -> Task:
     data = TensorDataset(ids, labels)
     train, val = torch.utils.data.random_split(data, [128, 32], generator=torch.Generator().manual_seed(1))
     return Task(name="token-ids", model=TokenClassifier().eval(), example_input=ids[:1], train=train, val=val)
+
+
+def token_splits():
+    """(train, val) of 16-token id sequences (vocabulary 200, no padding id 0) with two classes."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 200, (160, 16), generator=g)
+    labels = (ids[:, 0] < 100).long()
+    return TensorDataset(ids[:128], labels[:128]), TensorDataset(ids[128:], labels[128:])

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from . import data, models
+from . import data, hf, models
 from .metric import evaluate
 from .task import Task
 
@@ -122,3 +122,4 @@ def mnist_resnet() -> Task:
 
 
 BUILTIN_TASKS["mnist-resnet"] = mnist_resnet
+BUILTIN_TASKS["hf-classifier"] = hf.classifier_task  # a save_pretrained folder + the user's data (extra: hf)
