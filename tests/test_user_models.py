@@ -93,12 +93,14 @@ SWEEP_SPACE = {"version": 1, "groups": [{
 def _zoo():
     from helpers_tasks import TokenClassifier
 
-    from autocompress.tasks.models import GroupedConvNet, MobileNetV2, ResNet18
+    from autocompress.tasks.models import EfficientNetB0, GroupedConvNet, MobileNetV2, ResNet18, ViT
 
     torch.manual_seed(0)
     return {
         "mobilenet_v2": (MobileNetV2(num_classes=10, width=0.35).eval(), torch.randn(1, 3, 32, 32)),
         "resnet18": (ResNet18(num_classes=10, width=16).eval(), torch.randn(1, 3, 32, 32)),
+        "efficientnet_b0": (EfficientNetB0(num_classes=10, width=0.5).eval(), torch.randn(1, 3, 32, 32)),
+        "vit": (ViT().eval(), torch.randn(1, 3, 32, 32)),
         "grouped_conv": (GroupedConvNet().eval(), torch.randn(1, 3, 16, 16)),
         "token_ids": (TokenClassifier().eval(), torch.randint(0, 50, (1, 12))),
     }
@@ -143,13 +145,16 @@ def _sweep(name: str, n_plans: int, n_lowered: int) -> None:
     assert not failures, failures[:3]
 
 
-@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "grouped_conv", "token_ids"])
+ZOO = ["mobilenet_v2", "resnet18", "efficientnet_b0", "vit", "grouped_conv", "token_ids"]
+
+
+@pytest.mark.parametrize("name", ZOO)
 def test_random_plans_never_fail_on_zoo_architectures(name):
     _sweep(name, n_plans=12, n_lowered=2)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["mobilenet_v2", "resnet18", "grouped_conv", "token_ids"])
+@pytest.mark.parametrize("name", ZOO)
 def test_a_hundred_random_plans_never_fail_on_zoo_architectures(name):
     _sweep(name, n_plans=100, n_lowered=10)
 

@@ -107,7 +107,9 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
         target = channel_target(info.out_channels, width, lp.channel_keep)
         if target is not None:
             targets[info.name] = target
-    cm.skipped.update(prune_channels(model, example_input, targets, protected))
+    model, skipped = prune_channels(model, example_input, targets, protected)
+    cm.model = model
+    cm.skipped.update(skipped)
 
     # 3. low rank
     for info in present:

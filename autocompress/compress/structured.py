@@ -7,6 +7,8 @@ channels matter least; the plan says only how many to keep.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -46,13 +48,52 @@ def group_skip_reason(dg, group, guarded: set[int]) -> str | None:
     return None
 
 
-def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
-                   protected: list[str]) -> dict[str, str]:
-    """Cut each named layer down to ``targets[name]`` output channels, lowest-importance channels first.
+BREAKS_FORWARD = ("pruning it breaks the model's forward pass (e.g. a reshape into attention heads, which the "
+                  "dependency graph does not see); not pruned")
 
-    Layers pruned together with an earlier one (same dependency group) may already be at or below their
-    target. Returns ``{layer: reason}`` for layers that could not be pruned (they are left as they are).
+
+def runs(model: nn.Module, example_input: torch.Tensor) -> bool:
+    """Whether ``model`` still runs on ``example_input`` (a cut the dependency graph missed breaks it)."""
+    try:
+        with torch.no_grad():
+            model(example_input)
+        return True
+    except Exception:
+        return False
+
+
+def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
+                   protected: list[str]) -> tuple[nn.Module, dict[str, str]]:
+    """Cut each named layer down to ``targets[name]`` output channels, lowest-importance channels first; returns
+    the pruned model (``model`` itself, or a copy) and ``{layer: reason}`` for layers left as they are.
+
+    Layers pruned together with an earlier one (same dependency group) may already be at or below their target.
+    If the cuts together break the forward pass (an op Torch-Pruning's graph does not follow, like a reshape into
+    attention heads), the layers are cut one at a time from the unpruned model, each kept only if the model
+    still runs, and the others reported.
     """
+    if not any(t < out_channels(get_module(model, n)) for n, t in targets.items()):
+        return model, {}
+    original = copy.deepcopy(model)
+    skipped = _prune(model, example_input, targets, protected)
+    if runs(model, example_input):
+        return model, skipped
+    model, skipped = original, {}
+    for name, target in targets.items():
+        attempt = copy.deepcopy(model)
+        why = _prune(attempt, example_input, {name: target}, protected).get(name)
+        if why:
+            skipped[name] = why
+        elif runs(attempt, example_input):
+            model = attempt
+        else:
+            skipped[name] = BREAKS_FORWARD
+    return model, skipped
+
+
+def _prune(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
+           protected: list[str]) -> dict[str, str]:
+    """The cuts themselves (see :func:`prune_channels`), in place; ``{layer: reason}`` for layers not cut."""
     skipped: dict[str, str] = {}
     todo = {n: t for n, t in targets.items() if t < out_channels(get_module(model, n))}
     if not todo:

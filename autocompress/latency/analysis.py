@@ -40,7 +40,7 @@ from ..compress import registry
 from ..compress.depth import removable_blocks
 from ..compress.layers import LayerInfo, discover_layers, get_module, out_channels
 from ..compress.lowrank import resolve_rank
-from ..compress.structured import _prune_fn, channel_target, group_skip_reason
+from ..compress.structured import BREAKS_FORWARD, _prune_fn, channel_target, group_skip_reason, runs
 from ..plan import CompressionPlan
 from ..runtime.onnx import export_onnx, onnx_module_name
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
@@ -342,6 +342,10 @@ class TeacherAnalysis:
                 break
             if reason is not None:
                 probe.skip = reason if reason != "retry" else "pruning would remove every channel of a coupled layer"
+                continue
+            if not runs(work, self.example_input):  # as prune_channels: a cut that breaks the forward is not made
+                probe.skip = BREAKS_FORWARD
+                work, dg, before = copy.deepcopy(model), None, params
                 continue
             after = _param_shapes(work)
             delta = np.zeros_like(variant.param_base)

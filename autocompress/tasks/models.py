@@ -169,3 +169,103 @@ class GroupedConvNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(x).mean((2, 3)))
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-and-excitation: channel gates from a global average through two 1x1 convolutions."""
+
+    def __init__(self, channels: int, squeezed: int) -> None:
+        super().__init__()
+        self.reduce = nn.Conv2d(channels, squeezed, 1)
+        self.expand = nn.Conv2d(squeezed, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.expand(nn.functional.silu(self.reduce(x.mean((2, 3), keepdim=True))))
+        return x * torch.sigmoid(s)
+
+
+class MBConv(nn.Module):
+    """EfficientNet's mobile inverted bottleneck: 1x1 expand, depthwise kxk, squeeze-excitation, 1x1 project."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        layers: list[nn.Module] = []
+        if expand != 1:
+            layers += [nn.Conv2d(cin, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.SiLU()]
+        layers += [nn.Conv2d(hidden, hidden, k, stride, k // 2, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+                   nn.SiLU(), SqueezeExcite(hidden, max(1, cin // 4)),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.block = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.use_res else self.block(x)
+
+
+class EfficientNetB0(nn.Module):
+    """An EfficientNet-B0-like network (Tan & Le, 2019): MBConv blocks with squeeze-excitation and SiLU, the B0
+    stage layout (5.3 M weights at width 1.0 and 1000 classes). Random initialisation."""
+
+    STAGES = ((1, 16, 1, 1, 3), (6, 24, 2, 2, 3), (6, 40, 2, 2, 5), (6, 80, 3, 2, 3), (6, 112, 3, 1, 5),
+              (6, 192, 4, 2, 5), (6, 320, 1, 1, 3))  # expand, channels, blocks, first stride, kernel
+
+    def __init__(self, num_classes: int = 1000, width: float = 1.0, in_channels: int = 3) -> None:
+        super().__init__()
+
+        def ch(c: int) -> int:
+            return max(8, int(c * width + 4) // 8 * 8)
+
+        cin = ch(32)
+        layers: list[nn.Module] = [nn.Sequential(nn.Conv2d(in_channels, cin, 3, 2, 1, bias=False),
+                                                 nn.BatchNorm2d(cin), nn.SiLU())]
+        for t, c, n, s, k in self.STAGES:
+            for i in range(n):
+                layers.append(MBConv(cin, ch(c), k, s if i == 0 else 1, t))
+                cin = ch(c)
+        last = ch(1280)
+        layers.append(nn.Sequential(nn.Conv2d(cin, last, 1, bias=False), nn.BatchNorm2d(last), nn.SiLU()))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm transformer encoder block from nn.Linear layers: multi-head self-attention, then an MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, -1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """A small Vision Transformer (Dosovitskiy et al., 2021): patch embedding, class token, learned positions,
+    encoder blocks, a linear head. Random initialisation."""
+
+    def __init__(self, num_classes: int = 10, image: int = 32, patch: int = 4, dim: int = 64, depth: int = 4,
+                 heads: int = 4, mlp: int = 128, in_channels: int = 3) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(in_channels, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[EncoderBlock(dim, heads, mlp) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], 1) + self.pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
