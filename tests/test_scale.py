@@ -116,8 +116,9 @@ def test_sigkill_then_resume_keeps_every_completed_trial(tmp_path):
     # 300 fine-tune steps: trials long enough that the kill lands in one (10-step trials finish 200 in ~20 s)
     path = write_study(tmp_path, n_trials=200, finetune={"steps": 300}, **FAST)
     loaded = load_study_config(path)
+    log = tmp_path / "search.log"  # a file, not a pipe: a child writing much to an unread pipe would block
     proc = subprocess.Popen([sys.executable, "-m", "autocompress", "search", str(path), "--no-progress"],
-                            env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            env=ENV, stdout=subprocess.DEVNULL, stderr=log.open("w"), text=True)
     deadline, running = time.time() + 120, []
     while time.time() < deadline:
         time.sleep(0.2)
@@ -133,7 +134,7 @@ def test_sigkill_then_resume_keeps_every_completed_trial(tmp_path):
             break
     proc.kill()
     proc.wait()
-    assert running, "the study did not get going"
+    assert running, f"the study did not get going; its log ends: {log.read_text()[-2000:]}"
     kept = {t.number: t.values for t in _by_state(_study(loaded), optuna.trial.TrialState.COMPLETE)}
     killed = {t.number for t in _by_state(_study(loaded), optuna.trial.TrialState.RUNNING)}
     finished, _ = workers.count_trials(_study(loaded).get_trials(deepcopy=False))

@@ -124,7 +124,8 @@ def make_storage(url: str, *, heartbeat_s: int = 10) -> StudyStorage:
                         return StudyStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_s,
                                             grace_period=3 * heartbeat_s, heartbeat_stale_trial_callback=retry)
                 except Exception as e:  # another program (not holding our lock) created the tables meanwhile
-                    if "already exists" not in str(e) or attempt == 4:
+                    racing = "already exists" in str(e) or "UNIQUE constraint failed: alembic_version" in str(e)
+                    if not racing or attempt == 4:
                         raise
                     time.sleep(0.2 * (attempt + 1))
             raise AssertionError("unreachable")
