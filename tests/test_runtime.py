@@ -277,3 +277,31 @@ def test_layers_inside_a_module_list_are_found_and_run_int8(tmp_path):
     dq_fed = {n.output[0] for n in graph.node if n.op_type == "DequantizeLinear"}
     int8_layers = [n for n in graph.node if n.op_type in ("MatMul", "Gemm") and n.input[1] in dq_fed]
     assert len(int8_layers) == len(names)  # every layer's weight comes through its int8 Q/DQ pair
+
+
+class _DictBlock(nn.Module):
+    def __init__(self, d: int = 16) -> None:
+        super().__init__()
+        self.attn = nn.ModuleDict({"q": nn.Linear(d, d), "v": nn.Linear(d, d)})
+        self.out = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + self.out(torch.softmax(self.attn["q"](x) @ x.transpose(1, 2), -1) @ self.attn["v"](x))
+
+
+def test_layers_inside_a_module_dict_are_found_too(tmp_path):
+    """The exporter drops an nn.ModuleDict's name from the scope (``/layer.0/q/MatMul`` for ``layer.0.attn.q``):
+    the node is still matched to its module, by lowering and by the latency predictor alike."""
+    from autocompress.latency.analysis import TeacherAnalysis
+
+    torch.manual_seed(0)
+    model = nn.Sequential(_DictBlock(), _DictBlock(), nn.Flatten(), nn.Linear(6 * 16, 3)).eval()
+    x = torch.randn(1, 6, 16)
+    names = [i.name for i in discover_layers_of(model, x)]
+    assert "0.attn.q" in names and "1.attn.v" in names
+    plan = CompressionPlan(layers={n: LayerPlan(weight_bits=8, activation_bits=8) for n in names})
+    calib = [torch.randn(8, 6, 16)]
+    lowered = get_backend("onnxruntime").lower(_baked(model, plan, x, calib), x, calib, tmp_path)
+    assert sorted(lowered.kernels.int8) == sorted(names), lowered.kernels.notes
+    res = TeacherAnalysis(model, x).resolve(plan)
+    assert all(res.int8[n][0] for n in names)  # the predictor lowers the same layers to int8

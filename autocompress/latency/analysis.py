@@ -42,7 +42,7 @@ from ..compress.layers import LayerInfo, discover_layers, get_module, out_channe
 from ..compress.lowrank import resolve_rank
 from ..compress.structured import BREAKS_FORWARD, _prune_fn, channel_target, group_skip_reason, runs
 from ..plan import CompressionPlan
-from ..runtime.onnx import export_onnx, onnx_module_name
+from ..runtime.onnx import export_onnx, node_module
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
 
 log = logging.getLogger(__name__)
@@ -204,11 +204,11 @@ def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) ->
     inits = graph.initializers
     compute = [n for n in graph.nodes if n.op in COMPUTE_OPS and len(n.inputs) > 1 and n.inputs[1] in inits]
     # what the measured path's module_nodes finds: the one Conv/Gemm/MatMul node of a module's scope
+    names = [i.name for i in present]
     scopes: dict[str | None, int] = {}
-    for n in graph.nodes:
-        if n.op in COMPUTE_OPS:
-            scope = onnx_module_name(n.name)
-            scopes[scope] = scopes.get(scope, 0) + 1
+    for n in compute:  # the weighted nodes, resolved to modules as module_nodes resolves them
+        scope = node_module(n.name, names)
+        scopes[scope] = scopes.get(scope, 0) + 1
     consumers = graph.consumers()
     if len(compute) != len(present):
         raise AnalysisError(f"the exported graph has {len(compute)} Conv/Gemm/MatMul nodes with weights but the "
@@ -238,7 +238,7 @@ def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) ->
         out[info.name] = LayerNode(
             layer=info.name, node=node.name, op=node.op, weight=node.inputs[1],
             bias=node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None, bias_add=bias_add,
-            int8_ok=onnx_module_name(node.name) == info.name and scopes.get(info.name) == 1,
+            int8_ok=node_module(node.name, names) == info.name and scopes.get(info.name) == 1,
             is_conv=node.op == "Conv", groups=int(node.attrs.get("group", 1)),
             has_bias=has_bias, depthwise=node.op == "Conv" and 1 < int(node.attrs.get("group", 1)) == w[0]
             and w[1] == 1)

@@ -139,6 +139,25 @@ def onnx_module_name(node_name: str) -> str | None:
     return ".".join(names)
 
 
+def node_module(node_name: str, modules: Iterable[str]) -> str | None:
+    """The module (one of ``modules``) a weighted node belongs to: :func:`onnx_module_name`, or, when that names no
+    module, the one module whose name holds the scope's names in order with the same first and last name (a
+    container that is not called and whose name the exporter drops, like an ``nn.ModuleDict``:
+    ``/layer.0/q/MatMul`` is ``layer.0.attn.q``)."""
+    name = onnx_module_name(node_name)
+    names = set(modules)
+    if name is None or name in names:
+        return name
+    parts = name.split(".")
+
+    def holds(candidate: str) -> bool:
+        it = iter(candidate.split("."))
+        return all(p in it for p in parts)  # an ordered subsequence
+
+    found = [m for m in names if m.split(".")[0] == parts[0] and m.split(".")[-1] == parts[-1] and holds(m)]
+    return found[0] if len(found) == 1 else name
+
+
 def _weight_layout(node: onnx.NodeProto) -> str:
     """``"NK"`` when the node's weight is stored (out, in) like torch's, ``"KN"`` when transposed."""
     if node.op_type == "Gemm":
@@ -154,8 +173,8 @@ def module_nodes(model: onnx.ModelProto, modules: dict[str, nn.Module]) -> dict[
     inits = {i.name: i for i in model.graph.initializer}
     found: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
-        if node.op_type in LOWERED_OPS:
-            name = onnx_module_name(node.name)
+        if node.op_type in LOWERED_OPS and len(node.input) > 1 and node.input[1] in inits:  # weighted nodes
+            name = node_module(node.name, modules)
             if name in modules:
                 found.setdefault(name, []).append(node)
     out = {}
@@ -266,5 +285,5 @@ def graph_ops(path: Path) -> dict[str, int]:
     return dict(Counter(n.op_type for n in onnx.load(str(path)).graph.node))
 
 
-__all__ = ["export_onnx", "lower_onnx", "module_nodes", "onnx_module_name", "quantize_int8", "graph_ops",
+__all__ = ["export_onnx", "lower_onnx", "module_nodes", "node_module", "onnx_module_name", "quantize_int8", "graph_ops",
            "INPUT_NAME", "OUTPUT_NAME", "LOWERED_OPS"]
