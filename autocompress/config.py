@@ -58,12 +58,9 @@ class _LayerGroupBase(_Strict):
 
     A layer belongs to the first group that selects it; layers no group selects stay as they are. Besides
     ``name``, ``types``, ``names`` and ``per_layer``, a group has one list of choices per knob of the registered
-    compression methods (:mod:`autocompress.compress.registry`), each defaulting to ``[<unchanged>]``:
-
-    sparsity, weight_bits, activation_bits, channel_keep, rank_ratio, nm, weight_sharing, entropy_coding, ... (see
-    :class:`autocompress.plan.LayerPlan` for what each means). A method's rules between knobs hold for the
-    choice lists too, e.g. a group that may share weights (``weight_sharing: [true, ...]``) must keep float inputs
-    (``activation_bits: [32]``).
+    compression methods (:mod:`autocompress.compress.registry`; :class:`autocompress.plan.LayerPlan` documents
+    each), each defaulting to ``[<unchanged>]``. A method's rules between knobs hold for the choice lists too,
+    e.g. a group that may share weights must keep float inputs.
     """
 
     name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$")

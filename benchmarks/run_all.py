@@ -38,6 +38,12 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
     "runtime": (
         [["benchmarks/runtime.py"]],
         [["benchmarks/runtime.py", "--quick", "--out", "benchmarks/out/runtime.quick.json"]]),
+    "openvino_precision": (
+        [["benchmarks/openvino_precision.py"]],
+        [["benchmarks/openvino_precision.py", "--rounds", "2", "--runs", "50"]]),
+    "batchnorm_policy": (
+        [["benchmarks/batchnorm_policy.py"]],
+        [["benchmarks/batchnorm_policy.py", "--plans", "2", "--steps", "50"]]),
     "quickstart": (
         [["benchmarks/quickstart.py"]],
         [["benchmarks/quickstart.py", "--config", "studies/digits-smoke.yaml", "--min-ratio", "1"]],

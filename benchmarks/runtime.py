@@ -41,6 +41,7 @@ from autocompress.evaluate.candidate import Candidate  # noqa: E402
 from autocompress.evaluate.size import compressed_size, dense_size_bytes  # noqa: E402
 from autocompress.front import load_front  # noqa: E402
 from autocompress.latency.measure import materialize_plan  # noqa: E402
+from autocompress.latency.profile import fingerprint  # noqa: E402
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan  # noqa: E402
 from autocompress.runtime import TimingSpec, get_backend, time_interleaved  # noqa: E402
 from autocompress.runtime.base import feed_arrays  # noqa: E402
@@ -227,8 +228,8 @@ def main() -> None:
               if r1["plan"] == r2["plan"] and r1["backend"] == "onnxruntime" and r2["backend"] == "openvino"]
     result = {
         "command": "python benchmarks/runtime.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": get_backend("onnxruntime").fingerprint()["cpu"], "python": platform.python_version(),
-                    "cores": get_backend("onnxruntime").fingerprint()["cores"]},
+        "machine": {"cpu": fingerprint()["cpu"], "python": platform.python_version(),
+                    "cores": fingerprint()["cores"]},
         "versions": {**get_backend("onnxruntime").versions(), **get_backend("openvino").versions()},
         "timing": {"threads": 1, "batch_size": 1, "rounds": spec.rounds, "runs_per_round": spec.runs},
         "files_touched": {k: len(v) for k, v in FILES_TOUCHED.items()},

@@ -107,7 +107,12 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
         target = channel_target(info.out_channels, width, lp.channel_keep)
         if target is not None:
             targets[info.name] = target
-    model, skipped = prune_channels(model, example_input, targets, protected)
+    def unpruned() -> nn.Module:  # the model as it stood before this step (apply is deterministic)
+        again = copy.deepcopy(teacher).eval()
+        drop_blocks(again, example_input, plan.student.depth)
+        return again
+
+    model, skipped = prune_channels(model, example_input, targets, protected, fresh=unpruned)
     cm.model = model
     cm.skipped.update(skipped)
 

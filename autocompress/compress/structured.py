@@ -8,6 +8,7 @@ channels matter least; the plan says only how many to keep.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 import torch_pruning as tp
@@ -63,22 +64,21 @@ def runs(model: nn.Module, example_input: torch.Tensor) -> bool:
 
 
 def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
-                   protected: list[str]) -> tuple[nn.Module, dict[str, str]]:
+                   protected: list[str], *, fresh: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, str]]:
     """Cut each named layer down to ``targets[name]`` output channels, lowest-importance channels first; returns
     the pruned model (``model`` itself, or a copy) and ``{layer: reason}`` for layers left as they are.
 
     Layers pruned together with an earlier one (same dependency group) may already be at or below their target.
     If the cuts together break the forward pass (an op Torch-Pruning's graph does not follow, like a reshape into
-    attention heads), the layers are cut one at a time from the unpruned model, each kept only if the model
-    still runs, and the others reported.
+    attention heads), the layers are cut one at a time from the unpruned model (``fresh()`` makes it again, so the
+    usual case copies nothing), each kept only if the model still runs, and the others reported.
     """
     if not any(t < out_channels(get_module(model, n)) for n, t in targets.items()):
         return model, {}
-    original = copy.deepcopy(model)
     skipped = _prune(model, example_input, targets, protected)
     if runs(model, example_input):
         return model, skipped
-    model, skipped = original, {}
+    model, skipped = fresh(), {}
     for name, target in targets.items():
         attempt = copy.deepcopy(model)
         why = _prune(attempt, example_input, {name: target}, protected).get(name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from collections.abc import Iterable
 
 import torch
@@ -76,6 +77,19 @@ def _input_stats(model: torch.nn.Module, names: list[str], batches: list[torch.T
     return out
 
 
+# The teacher's BatchNorm input statistics on a study's calibration batches are the same for every candidate:
+# computed once per teacher and batches (weakly keyed: a teacher no longer used is let go).
+_TEACHER_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _teacher_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple]:
+    key = tuple((tuple(b.shape), float(b.double().sum()), float(b.double().abs().sum())) for b in batches)
+    per = _TEACHER_STATS.setdefault(teacher, {})
+    if key not in per:
+        per[key] = _input_stats(teacher, list(_batchnorms(teacher)), batches)
+    return per[key]
+
+
 @torch.no_grad()
 def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches: list[torch.Tensor]) -> list[str]:
     """The BatchNorms of ``model`` whose input statistics on ``batches`` differ from the same BatchNorm's in
@@ -84,7 +98,7 @@ def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches
     if not names:
         return []
     mine = _input_stats(model, names, batches)
-    theirs = _input_stats(teacher, [n for n in names if n in _batchnorms(teacher)], batches)
+    theirs = _teacher_stats(teacher, batches)
     changed = []
     for name in names:
         if name not in mine:
@@ -131,6 +145,11 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor], *
         bn.momentum = momentum
         bn.train(training)
     return list(bn_of)
+
+
+def baked_teacher(task: Task) -> CompressedModel:
+    """The teacher as a baked candidate of the plan that compresses nothing (what latency and export compare with)."""
+    return bake(apply(task.model, CompressionPlan(), task.example_input))
 
 
 class Candidate:
@@ -201,4 +220,4 @@ class Candidate:
         return timing, kernels
 
 
-__all__ = ["Candidate", "calibration_batches", "recalibrate_batchnorm"]
+__all__ = ["Candidate", "baked_teacher", "calibration_batches", "recalibrate_batchnorm"]

@@ -31,9 +31,9 @@ import numpy as np
 import optuna
 import torch
 
-from ..compress import apply, bake
 from ..config import FinetuneConfig, LatencyConfig, load_study_config
 from ..errors import AutocompressError, StudyNotFoundError
+from ..evaluate.candidate import baked_teacher
 from ..evaluate.size import compressed_size, dense_size_bytes
 from ..front import KINDS_ATTR, is_deployable, load_front
 from ..plan import CompressionPlan
@@ -262,9 +262,8 @@ def _same_kernels(a: Kernels, b: Kernels) -> bool:
 
 def teacher_artifact(task: Task, backend: Backend, folder: Path):
     """The fp32 teacher lowered on ``backend`` (the reference every export and verify times against)."""
-    cm = bake(apply(task.model, CompressionPlan(), task.example_input))
     folder.mkdir(parents=True, exist_ok=True)
-    return backend.lower(cm, task.example_input, [], folder).artifact
+    return backend.lower(baked_teacher(task), task.example_input, [], folder).artifact
 
 
 def _json_default(o: Any) -> Any:

@@ -30,11 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..compress import apply, bake
 from ..errors import ConfigError
-from ..evaluate.candidate import Candidate
+from ..evaluate.candidate import Candidate, baked_teacher
 from ..front import Front
-from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for
 from .analysis import AnalysisError
 from .model import PREDICTED_KINDS, UnsupportedOpError
@@ -183,7 +181,6 @@ class CandidateLatency:
     source: str                      # "predicted" or "measured"
     backend: str
     kernels: Kernels
-    rounds_ms: list[float] = field(default_factory=list)
 
 
 def kernels_of(res, kinds: frozenset[str]) -> Kernels:
@@ -224,14 +221,12 @@ def candidate_latency(cand: Candidate, cfg) -> CandidateLatency:
     mode = resolve_mode(cand.task, cfg)
     timing, kernels = cand.measure_latency(mode.backend, TimingSpec.of(cfg), kinds=mode.kinds)
     return CandidateLatency(latency_ms=timing.latency_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
-                            source="measured", backend=cfg.backend, kernels=kernels, rounds_ms=timing.rounds_ms)
+                            source="measured", backend=cfg.backend, kernels=kernels)
 
 
 def measure_model(task, cfg) -> float:
     """The teacher's latency (ms) measured on the study's backend, as candidates are."""
-    cm = bake(apply(task.model, CompressionPlan(), task.example_input))
-    backend = backend_for(cfg)
-    timing, _ = backend.measure(cm, task.example_input, [], TimingSpec.of(cfg))
+    timing, _ = backend_for(cfg).measure(baked_teacher(task), task.example_input, [], TimingSpec.of(cfg))
     return timing.latency_ms
 
 

@@ -52,10 +52,6 @@ class BackendError(ValueError):
     """An unknown backend, or one whose runtime is not installed."""
 
 
-def backend_names() -> list[str]:
-    return list(BACKENDS)
-
-
 def installed() -> list[str]:
     """The registered backends whose runtime is importable here."""
     return [n for n, e in BACKENDS.items() if importlib.util.find_spec(e.requires) is not None]
@@ -95,5 +91,5 @@ def backend_for(cfg: Any) -> Backend:
 
 
 __all__ = ["BACKENDS", "Backend", "BackendError", "Kernels", "KINDS", "Lowered", "Session", "Timing", "TimingSpec",
-           "backend_for", "backend_names", "check_backend", "get_backend", "installed", "resolve_kernels",
+           "backend_for", "check_backend", "get_backend", "installed", "resolve_kernels",
            "time_interleaved"]

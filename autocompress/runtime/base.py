@@ -1,4 +1,4 @@
-"""The backend interface: lower a baked candidate, open a session, time it with one statistic, say where it ran.
+"""The backend interface: lower a baked candidate, open a session, time it with one statistic.
 
 A backend (one file each: :mod:`.onnxruntime`, :mod:`.openvino`, :mod:`.torch`, registered in
 :mod:`autocompress.runtime`) is the only code that exports, quantizes, opens inference sessions and times them.
@@ -17,13 +17,12 @@ hits them alike. The figure is the median of the round medians; each round's med
 
 from __future__ import annotations
 
-import platform
 import statistics
 import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -72,9 +71,6 @@ class Timing:
     def spread(self) -> float:
         """(max - min) / median of the round medians: how much the rounds disagreed."""
         return (max(self.rounds_ms) - min(self.rounds_ms)) / self.latency_ms if self.latency_ms > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self) | {"spread": self.spread}
 
 
 @dataclass
@@ -133,8 +129,8 @@ def resolve_kernels(cm: CompressedModel, kinds: Iterable[str]) -> Kernels:
                 else:
                     out.add(name, "float", "int8 planned, run as float32 (no int8 kernel on this backend or "
                                            "predictor)")
-            elif bits <= INT4_MAX_BITS and isinstance(get_module(cm.model, name), nn.Linear) \
-                    and lp.activation_bits >= 16 and "int4" in allowed:
+            elif bits <= INT4_MAX_BITS and isinstance(get_module(cm.model, name), nn.Linear) and "int4" in allowed:
+                # (8-bit inputs were taken by the int8 branch: what reaches here has float or 16-bit inputs)
                 out.add(name, "int4")
             elif bits < 32:
                 why = ("16-bit activations: no int16 kernel on this backend" if lp.activation_bits == 16 else
@@ -206,11 +202,6 @@ class Backend(ABC):
         """What the runtime really runs for a lowered file (operator or layer-precision counts); {} when unknown."""
         return {}
 
-    def fingerprint(self, threads: int = 1) -> dict[str, Any]:
-        """The machine and runtime an artifact's latency belongs to."""
-        return {"backend": self.name, "cpu": cpu_name(), "machine": platform.machine(),
-                "cores": _cores(), "threads": threads, "versions": self.versions()}
-
     def time(self, artifacts: dict[str, Path | nn.Module], example_input: torch.Tensor,
              spec: TimingSpec) -> dict[str, Timing]:
         """Time each artifact, interleaved round by round (:func:`time_interleaved`)."""
@@ -256,18 +247,3 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
                           batch_size=spec.batch_size, backend=backend)
     return out
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cores() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -100,8 +100,7 @@ def _start(prepared: PreparedStudy) -> tuple[optuna.Trial, int]:
             # Optuna warns that heartbeats belong to `optimize`; this loop sends them itself (_Heartbeat)
             warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed", category=UserWarning)
             trial = study.ask()  # Optuna starts the oldest queued trial first
-            trial_id = storage.get_trial_id_from_study_id_trial_number(
-                storage.get_study_id_from_name(study.study_name), trial.number)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(prepared.study_id, trial.number)
             storage.set_trial_system_attr(trial_id, workers.WORKER_ATTR, workers.worker_identity())
             if storage.get_heartbeat_interval():
                 storage.record_heartbeat(trial_id)

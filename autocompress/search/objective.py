@@ -28,10 +28,12 @@ class TeacherReference:
         return asdict(self)
 
 
-def measure_teacher(task: Task, latency: LatencyConfig) -> TeacherReference:
+def measure_teacher(task: Task, latency: LatencyConfig, *, accuracy: float | None = None) -> TeacherReference:
+    """The teacher's figures; ``accuracy``: its validation metric when already computed (by ``check_task``)."""
     measured = measure_model(task, latency)
     test = evaluate(task.model, task.test, task.metric) if task.test is not None else None
-    ref = TeacherReference(accuracy=evaluate(task.model, task.val, task.metric), test_accuracy=test,
+    val = evaluate(task.model, task.val, task.metric) if accuracy is None else accuracy
+    ref = TeacherReference(accuracy=val, test_accuracy=test,
                            latency_ms=measured, size_bytes=dense_size_bytes(task.model),
                            latency_measured_ms=measured)
     # Candidates' latencies are compared with the teacher's (ratios, hypervolume): when they are predicted, the

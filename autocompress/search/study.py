@@ -40,6 +40,7 @@ class PreparedStudy:
     space: SearchSpace
     study: optuna.Study
     storage: workers.StudyStorage
+    study_id: int                    # the storage's id of the study (trial ids are looked up with it)
     teacher: TeacherReference
     objective: TrialRunner
     target: int | None
@@ -93,7 +94,7 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     """Open (``create``: or create) the study and get it ready to run trials (see the module docstring)."""
     cfg = loaded.config
     task = task or load_task(cfg.task, cfg.task_options)
-    check_task(task)  # the teacher runs, gives finite outputs and a finite metric on non-empty splits
+    teacher_val = check_task(task)  # the teacher runs, gives finite outputs, a finite metric on non-empty splits
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
     # The latency profile is loaded once per study (predict or measure), before anything is written.
@@ -112,7 +113,7 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     storage = _storage(loaded.storage_url, cfg.heartbeat_s, str(loaded.config_path))
     with workers.study_lock(storage, study.study_name):  # one worker measures the teacher, queues the warm start
         if "teacher" not in study.user_attrs:
-            teacher = measure_teacher(task, cfg.latency)
+            teacher = measure_teacher(task, cfg.latency, accuracy=teacher_val)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 study.set_metric_names(list(cfg.objectives))  # optuna-dashboard shows these names
@@ -137,7 +138,8 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     # Every worker of a study samples with its own seed (the first one: seed + finished trials).
     study.sampler = _sampler(loaded, done + 7919 * workers.worker_number(storage, study.study_name))
     objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target)
-    return PreparedStudy(loaded=loaded, task=task, space=space, study=study, storage=storage, teacher=teacher,
+    return PreparedStudy(loaded=loaded, task=task, space=space, study=study, storage=storage,
+                         study_id=storage.get_study_id_from_name(study.study_name), teacher=teacher,
                          objective=objective, target=target)
 
 

@@ -278,7 +278,7 @@ def fail_dead_trials(study: optuna.Study, storage: StudyStorage) -> int:
     Dead here: a trial whose process on this machine is gone, or one that no worker marked as its own within
     ``3 * heartbeat_s`` of starting (its worker died between Optuna creating it and marking it). Elsewhere: by
     heartbeat (Optuna's ``fail_stale_trials``)."""
-    study_id = storage.get_study_id_from_name(study.study_name)
+    study_id: int | None = None
     grace = 3 * (storage.get_heartbeat_interval() or 10)
     n = 0
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -288,6 +288,8 @@ def fail_dead_trials(study: optuna.Study, storage: StudyStorage) -> int:
             reason = f"its worker stopped before marking it as its own (no worker for {grace} s)"
         if reason is None:
             continue
+        if study_id is None:
+            study_id = storage.get_study_id_from_name(study.study_name)
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
         if not _set_reason(storage, trial_id, reason):
             continue
