@@ -26,7 +26,8 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
     if fmt == "csv":
         df[COLUMNS].to_csv(sys.stdout, index=False)
     elif fmt == "json":
-        out = {"study": front.study_name, "objectives": front.objectives, "teacher": front.teacher,
+        out = {"study": front.study_name, "objectives": front.objectives, "metric": front.metric,
+               "teacher": front.teacher,
                "hypervolume": front.hypervolume,
                "members": [{**row, "plan": front.plans[int(row["trial"])].to_dict()}
                            for row in json.loads(df[COLUMNS].to_json(orient="records"))]}
@@ -35,7 +36,7 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
         t = front.teacher
         if t:
             test = f", test {t['test_accuracy']:.4f}" if t.get("test_accuracy") is not None else ""
-            print(f"teacher: accuracy {t['accuracy']:.4f} (validation){test}, latency {t['latency_ms']:.4f} ms, "
+            print(f"teacher: {front.metric_name} {t['accuracy']:.4f} (validation){test}, latency {t['latency_ms']:.4f} ms, "
                   f"size {t['size_bytes']} B")
         states = front.failed["state"]
         n_stopped, n_fail = int((states == "PRUNED").sum()), int((states == "FAIL").sum())
@@ -53,7 +54,8 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
                 line += (f"; proxy vs full fine-tuning on {check['n']} random candidates: Kendall tau "
                          f"{check['kendall_tau']:.2f}")
             print(line)
-        print("accuracy is on the validation split (used for selection); test_accuracy is reported only.\n")
+        name = front.metric_name
+        print(f"{name} is on the validation split (used for selection); test_{name} is reported only.\n")
         print(front.table() if not all_trials else df.to_string(index=False))
 
 
@@ -126,7 +128,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             raise ConfigError(str(e), file=cfg, field="latency.backend") from None
         groups = ", ".join(g.name for g in loaded.space.groups)
         print(f"{cfg}: OK (study {loaded.study_name!r}, task {loaded.config.task}, groups: {groups}, "
-              f"objectives: {', '.join(loaded.config.objectives)})")
+              f"objectives: {', '.join(loaded.config.objectives or ['(the task metric)', 'latency_ms', 'size_bytes'])})")
     return 0
 
 

@@ -26,7 +26,8 @@ from .compress import registry
 from .errors import ConfigError
 
 # --- allowed values, in one place so errors and docs agree (per-layer knobs: the method registry) ----------
-OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"}
+OBJECTIVES = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"}  # for an accuracy metric
+COST_OBJECTIVES = ("latency_ms", "size_bytes")  # always minimized; the other objective is the task's metric
 SAMPLERS = ("nsga2", "tpe", "gp", "random")
 LAYER_TYPES = ("Conv1d", "Conv2d", "Linear")
 
@@ -180,6 +181,8 @@ class Constraints(_Strict):
     """Feasibility limits. Infeasible trials stay in the study but are marked and never on the front."""
 
     min_accuracy: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_metric: float | None = None  # the task's metric at least this (any metric; min_accuracy is its [0, 1] form)
+    max_metric: float | None = None  # the task's metric at most this (e.g. perplexity)
     max_latency_ms: float | None = Field(default=None, gt=0.0)
     max_size_bytes: int | None = Field(default=None, gt=0)
 
@@ -274,8 +277,7 @@ class StudyConfig(_Strict):
     task: str
     task_options: dict[str, Any] = Field(default_factory=dict)
     search_space: str | SearchSpaceConfig
-    objectives: dict[str, Literal["maximize", "minimize"]] = Field(
-        default_factory=lambda: dict(OBJECTIVES))
+    objectives: dict[str, Literal["maximize", "minimize"]] | None = None  # default: metric, latency_ms, size_bytes
     constraints: Constraints = Field(default_factory=Constraints)
     sampler: Literal["nsga2", "tpe", "gp", "random"] = "tpe"
     population_size: int | None = Field(default=None, ge=2)
@@ -293,15 +295,39 @@ class StudyConfig(_Strict):
 
     @field_validator("objectives")
     @classmethod
-    def _objectives(cls, v: dict[str, str]) -> dict[str, str]:
+    def _objectives(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is None:
+            return v
         if not v:
-            raise ValueError(f"must name at least one objective out of {list(OBJECTIVES)}")
+            raise ValueError(f"must name at least one objective: the task's metric (e.g. accuracy), "
+                             f"{', '.join(COST_OBJECTIVES)}")
+        metrics = [n for n in v if n not in COST_OBJECTIVES]
+        if len(metrics) > 1:
+            raise ValueError(f"names {metrics}: only one objective can be the task's metric; the others must be "
+                             f"{' or '.join(COST_OBJECTIVES)}")
         for name, direction in v.items():
-            if name not in OBJECTIVES:
-                raise ValueError(f"unknown objective {name!r}; allowed: {list(OBJECTIVES)}")
-            if direction != OBJECTIVES[name]:
-                raise ValueError(f"objective {name!r} must be {OBJECTIVES[name]!r}, but got {direction!r}")
+            if name in COST_OBJECTIVES and direction != "minimize":
+                raise ValueError(f"objective {name!r} must be 'minimize', but got {direction!r}")
+            if not name.isidentifier():
+                raise ValueError(f"objective {name!r} is not a metric name (an identifier such as accuracy)")
         return v
+
+    def objectives_for(self, metric: str, direction: str, *, file: str | None = None) -> dict[str, str]:
+        """The study's objectives for a task whose metric is ``metric`` (maximized or minimized): the config's,
+        checked against it, or by default the metric, latency_ms and size_bytes. Raises ConfigError."""
+        if self.objectives is None:
+            return {metric: direction, "latency_ms": "minimize", "size_bytes": "minimize"}
+        for name, d in self.objectives.items():
+            if name in COST_OBJECTIVES:
+                continue
+            if name != metric:
+                raise ConfigError(f"objective {name!r} is not the task's metric; the task scores {metric!r} "
+                                  f"({direction}d): allowed objectives are {metric}, {', '.join(COST_OBJECTIVES)}",
+                                  field="objectives", value=name, file=file)
+            if d != direction:
+                raise ConfigError(f"the task's metric {metric!r} is {direction}d, but the config asks it {d}d",
+                                  field="objectives", value=d, file=file)
+        return dict(self.objectives)
 
     @model_validator(mode="after")
     def _budget(self) -> StudyConfig:

@@ -14,31 +14,64 @@ import pandas as pd
 from .errors import AutocompressError, StudyNotFoundError
 from .plan import CompressionPlan
 
-# Hypervolume reference point, in the normalised minimisation space the front is scored in:
-# error = 1 - accuracy (worst 1), latency and size as ratios to the teacher (worst 2x and 1x).
+# Hypervolume reference point, in the normalised minimisation space the front is scored in: the task's metric
+# (objective "accuracy" or whatever the metric is named) as its distance from the best end of its range (accuracy:
+# error = 1 - accuracy, worst 1), or, for a metric without a range, as a ratio to the teacher's (worst 2x);
+# latency and size as ratios to the teacher (worst 2x and 1x).
 HV_REFERENCE = {"accuracy": 1.0, "latency_ms": 2.0, "size_bytes": 1.0}
+COST_OBJECTIVES = ("latency_ms", "size_bytes")
+
+# Study attribute: the task's metric (name, direction, range). Trials store its value under "accuracy" and
+# "test_accuracy" whatever it is named; a front shows it under its name too.
+METRIC_ATTR = "metric"
+DEFAULT_METRIC = {"name": "accuracy", "direction": "maximize", "range": [0.0, 1.0]}
 
 COLUMNS = ["trial", "accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio", "feasible",
            "on_front", "fidelity", "cost_s", "plan_summary"]
 
 
-def _normalised(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]) -> np.ndarray:
+def metric_reference(metric: dict[str, Any] | None) -> float:
+    """The hypervolume reference of the metric objective (see ``HV_REFERENCE``)."""
+    return 1.0 if (metric or DEFAULT_METRIC).get("range") else 2.0
+
+
+def metric_error(values: np.ndarray, metric: dict[str, Any] | None, teacher_value: float | None) -> np.ndarray:
+    """The metric in the hypervolume's minimisation space (0 = best; see ``HV_REFERENCE``)."""
+    m = metric or DEFAULT_METRIC
+    values = np.asarray(values, dtype=float)
+    maximize = m.get("direction", "maximize") == "maximize"
+    if m.get("range"):
+        lo, hi = (float(v) for v in m["range"])
+        return (hi - values) / (hi - lo) if maximize else (values - lo) / (hi - lo)
+    ref = float(teacher_value) if teacher_value else 1.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return ref / values if maximize else values / ref
+
+
+def objective_column(name: str) -> str:
+    """The trials' column an objective is read from (the metric is stored as ``accuracy``)."""
+    return name if name in COST_OBJECTIVES else "accuracy"
+
+
+def normalised(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any],
+                metric: dict[str, Any] | None = None) -> np.ndarray:
     cols = []
     for name in objectives:
-        if name == "accuracy":
-            cols.append(1.0 - df["accuracy"].to_numpy(float))
-        else:
+        if name in COST_OBJECTIVES:
             cols.append(df[name].to_numpy(float) / float(teacher[name]))
+        else:
+            cols.append(metric_error(df["accuracy"].to_numpy(float), metric, teacher.get("accuracy")))
     return np.stack(cols, axis=1) if cols else np.zeros((len(df), 0))
 
 
-def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]) -> float:
+def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any],
+                metric: dict[str, Any] | None = None) -> float:
     """Hypervolume of ``df``'s feasible rows, objectives normalised (see ``HV_REFERENCE``); 0 if none count."""
     rows = df[df["feasible"]] if "feasible" in df else df
     if rows.empty:
         return 0.0
-    points = _normalised(rows, objectives, teacher)
-    ref = np.array([HV_REFERENCE[o] for o in objectives])
+    points = normalised(rows, objectives, teacher, metric)
+    ref = np.array([HV_REFERENCE[o] if o in COST_OBJECTIVES else metric_reference(metric) for o in objectives])
     points = points[np.all(points < ref, axis=1)]
     if len(points) == 0:
         return 0.0
@@ -94,6 +127,11 @@ class Front:
     failed: pd.DataFrame
     plans: dict[int, CompressionPlan] = field(default_factory=dict)
     fidelity_summary: dict[str, Any] = field(default_factory=dict)
+    metric: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_METRIC))
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric["name"]
 
     @property
     def front(self) -> pd.DataFrame:
@@ -104,7 +142,7 @@ class Front:
 
     @property
     def hypervolume(self) -> float:
-        return hypervolume(self.trials, list(self.objectives), self.teacher)
+        return hypervolume(self.trials, list(self.objectives), self.teacher, self.metric)
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> Front:
@@ -129,6 +167,10 @@ class Front:
                 "plan_summary": plan.summary(),
             })
         trials = pd.DataFrame(rows, columns=COLUMNS)
+        metric = study.user_attrs.get(METRIC_ATTR) or dict(DEFAULT_METRIC)
+        if metric["name"] != "accuracy":  # the metric under its own name too, for pick expressions
+            trials[metric["name"]] = trials["accuracy"]
+            trials[f"test_{metric['name']}"] = trials["test_accuracy"]
         lost = study.user_attrs  # reasons of trials failed for a silent heartbeat (LOST_ATTR)
         failed_rows = [{"trial": t.number, "state": t.state.name,
                         "reason": t.user_attrs.get("error") or lost.get(LOST_ATTR.format(t.number))
@@ -137,14 +179,22 @@ class Front:
                        if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
         return cls(study_name=study.study_name, objectives=objectives, teacher=teacher, trials=trials,
                    failed=pd.DataFrame(failed_rows, columns=["trial", "state", "reason"]), plans=plans,
-                   fidelity_summary=study.user_attrs.get("fidelity_summary", {}))
+                   fidelity_summary=study.user_attrs.get("fidelity_summary", {}), metric=metric)
 
-    def pick(self, expr: str, *, by: str = "accuracy") -> pd.Series:
-        """The front member satisfying ``expr`` that is best by ``by``.
+    def direction(self, column: str) -> str:
+        """Whether a larger value of ``column`` is better (``maximize``) or worse."""
+        if column in (self.metric_name, "accuracy", f"test_{self.metric_name}", "test_accuracy"):
+            return self.metric.get("direction", "maximize")
+        return self.objectives.get(column, "minimize" if column in COST_OBJECTIVES else "maximize")
 
-        ``expr`` is a pandas query over the front's columns, e.g. ``'latency_ms <= 2 and accuracy >= 0.97'``.
+    def pick(self, expr: str, *, by: str | None = None) -> pd.Series:
+        """The front member satisfying ``expr`` that is best by ``by`` (default: the task's metric).
+
+        ``expr`` is a pandas query over the front's columns, e.g. ``'latency_ms <= 2 and accuracy >= 0.97'`` (the
+        metric is also a column under its own name, e.g. ``perplexity <= 30``).
         Raises :class:`AutocompressError` naming the closest members when nothing matches.
         """
+        by = by or self.metric_name
         front = self.front
         if front.empty:
             raise AutocompressError(f"study {self.study_name!r} has no feasible front member to pick from")
@@ -152,14 +202,15 @@ class Front:
             hits = front.query(expr, engine="python")
         except Exception as e:
             raise AutocompressError(f"cannot evaluate pick expression {expr!r}: {e}; columns are "
-                                    f"{', '.join(COLUMNS)}") from None
+                                    f"{', '.join(front.columns)}") from None
         if by not in front.columns:
-            raise AutocompressError(f"--by {by!r} is not a column; allowed: {', '.join(COLUMNS)}")
+            raise AutocompressError(f"--by {by!r} is not a column; allowed: {', '.join(front.columns)}")
+        ascending = self.direction(by) != "maximize"
         if hits.empty:
-            closest = front.sort_values(by, ascending=self.objectives.get(by, "maximize") != "maximize").head(3)
+            closest = front.sort_values(by, ascending=ascending).head(3)
+            shown = closest[["trial", "accuracy", "latency_ms", "size_bytes"]].rename(columns={"accuracy": self.metric_name})
             raise AutocompressError(f"no front member satisfies {expr!r}; closest by {by}:\n"
-                                    + closest[["trial", "accuracy", "latency_ms", "size_bytes"]].to_string(index=False))
-        ascending = self.objectives.get(by, "maximize") != "maximize"
+                                    + shown.to_string(index=False))
         return hits.sort_values(by, ascending=ascending).iloc[0]
 
     def table(self) -> str:
@@ -174,7 +225,8 @@ class Front:
         shown["latency_ms"] = shown["latency_ms"].map(lambda v: f"{v:.4f}")
         shown["compression_ratio"] = shown["compression_ratio"].map(lambda v: f"{v:.1f}x")
         shown["plan_summary"] = shown["plan_summary"].map(lambda s: s if len(s) <= 70 else s[:67] + "...")
-        return shown.to_string(index=False)
+        name = self.metric_name
+        return shown.rename(columns={"accuracy": name, "test_accuracy": f"test_{name}"}).to_string(index=False)
 
 
 def study_names(storage: str) -> list[str]:

@@ -92,3 +92,25 @@ def token_splits():
     ids = torch.randint(1, 200, (160, 16), generator=g)
     labels = (ids[:, 0] < 100).long()
     return TensorDataset(ids[:128], labels[:128]), TensorDataset(ids[128:], labels[128:])
+
+
+def lm_splits():
+    """(train, val, test) of 16-token id sequences (vocabulary 200; a repeating pattern plus noise, so a model can
+    learn it); the last sequences are padded with id 0."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randint(1, 200, (160, 1), generator=g)
+    ids = (start + torch.arange(16)) % 199 + 1
+    noise = torch.rand(160, 16, generator=g) < 0.1
+    ids = torch.where(noise, torch.randint(1, 200, (160, 16), generator=g), ids)
+    ids[-8:, 12:] = 0
+    return list(ids[:128]), list(ids[128:144]), list(ids[144:])
+
+
+def image_splits():
+    """(train, val) of 3x32x32 float images with two classes (bright left half or right half)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(96, 3, 32, 32, generator=g) * 0.5
+    y = torch.randint(0, 2, (96,), generator=g)
+    x[y == 0, :, :, :16] += 0.5
+    x[y == 1, :, :, 16:] += 0.5
+    return TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])

@@ -12,8 +12,9 @@ transformers = pytest.importorskip("transformers")
 from autocompress.cli import main  # noqa: E402
 from autocompress.config import load_study_config  # noqa: E402
 from autocompress.errors import TaskError  # noqa: E402
-from autocompress.export.artifact import export_from_study  # noqa: E402
+from autocompress.export.artifact import export_from_study, verify  # noqa: E402
 from autocompress.export.loader import load  # noqa: E402
+from autocompress.front import load_front  # noqa: E402
 from autocompress.search.driver import run_study  # noqa: E402
 from autocompress.tasks import load_task  # noqa: E402
 from autocompress.tasks.hf import load_sequence_classifier  # noqa: E402
@@ -78,3 +79,80 @@ def test_study_on_a_hf_encoder_measures_exports_and_runs_the_int64_artifact(bert
         assert onnx_model(ids).shape == (4, 2)
     assert main(["front", str(path)]) == 0
     assert "4 completed trials" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def lm_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hf-lm")
+    torch.manual_seed(0)
+    gpt2 = transformers.GPT2Config(vocab_size=200, n_positions=32, n_embd=32, n_layer=2, n_head=4, pad_token_id=0)
+    transformers.GPT2LMHeadModel(gpt2).eval().save_pretrained(root / "gpt2-tiny")
+    llama = transformers.LlamaConfig(vocab_size=200, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32,
+                                     pad_token_id=0)
+    transformers.LlamaForCausalLM(llama).eval().save_pretrained(root / "llama-tiny")
+    return root
+
+
+def test_gpt2_conv1d_projections_become_equivalent_linears(lm_folders):
+    from autocompress.tasks.hf import load_causal_lm
+
+    model = load_causal_lm(lm_folders / "gpt2-tiny")
+    raw = transformers.AutoModelForCausalLM.from_pretrained(lm_folders / "gpt2-tiny", attn_implementation="eager")
+    names = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
+    assert len(names) == 2 * 4 + 1  # c_attn, c_proj, mlp.c_fc, mlp.c_proj per layer, lm_head
+    ids = torch.randint(1, 200, (2, 16))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        ref = raw(input_ids=ids, attention_mask=mask).logits
+        assert torch.allclose(model(ids, mask), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gpt2-tiny", "llama-tiny"])
+def test_a_causal_lm_study_minimizes_perplexity_exports_and_verifies(lm_folders, tmp_path, kind):
+    options = {"folder": str(lm_folders / kind), "data": "helpers_tasks:lm_splits"}
+    path = write_study(tmp_path, task="hf-causal-lm", task_options=options, search_space=SPACE, n_trials=3,
+                       sampler="random", fidelity={"promotion": False, "self_check": 0},
+                       finetune={"steps": 5, "batch_size": 16})
+    loaded = load_study_config(path)
+    run_study(loaded, progress=False)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    assert study.metric_names[0] == "perplexity"
+    assert study.directions[0] == optuna.study.StudyDirection.MINIMIZE
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 3, [t.user_attrs.get("error") for t in study.trials]
+    teacher = study.user_attrs["teacher"]["accuracy"]
+    assert 1.0 < teacher < 400  # a perplexity, near the vocabulary size for a random model
+    identity = next((t for t in done if t.user_attrs.get("warm_start") and
+                     all(v == 32 or v == 0.0 for k, v in t.params.items() if "bits" in k)), None)
+    if identity is not None:
+        assert identity.user_attrs["accuracy"] == teacher
+    front = load_front(loaded.storage_url)
+    best = front.pick("perplexity > 0")
+    assert best["perplexity"] == front.front["perplexity"].min()
+    res = export_from_study(str(path), tmp_path / "out", pick="perplexity > 0", finetune="none")
+    assert set(res.card["inputs"]) == {"input_ids", "attention_mask"}
+    assert res.card["metric"]["name"] == "perplexity"
+    assert verify(tmp_path / "out", task=load_task("hf-causal-lm", options)).ok
+
+
+def test_a_vit_image_classifier_study_runs_and_exports(tmp_path):
+    cfg = transformers.ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2,
+                                 num_attention_heads=4, intermediate_size=64, num_labels=2)
+    torch.manual_seed(0)
+    folder = tmp_path / "vit-tiny"
+    transformers.ViTForImageClassification(cfg).eval().save_pretrained(folder)
+    options = {"folder": str(folder), "data": "helpers_tasks:image_splits"}
+    path = write_study(tmp_path, task="hf-image-classifier", task_options=options, search_space=SPACE, n_trials=3,
+                       sampler="random", fidelity={"promotion": False, "self_check": 0},
+                       finetune={"steps": 5, "batch_size": 16})
+    loaded = load_study_config(path)
+    run_study(loaded, progress=False)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 3, [t.user_attrs.get("error") for t in study.trials]
+    assert len(study.user_attrs["layers"]) == 1 + 2 * 6 + 1  # patch conv; q, k, v, o, fc1, fc2 per layer; classifier
+    export_from_study(str(path), tmp_path / "out", trial=done[0].number, finetune="none", measure=False)
+    onnx_model = load(tmp_path / "out", runtime="onnx", architecture=load_task("hf-image-classifier", options).model)
+    with torch.no_grad():
+        assert onnx_model(torch.rand(2, 3, 32, 32)).shape == (2, 2)

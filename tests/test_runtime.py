@@ -46,7 +46,7 @@ def test_onnx_export_matches_torch(tmp_path):
     m = LeNet5().eval()
     x = torch.randn(3, 1, 28, 28)
     export_onnx(m, x[:1], tmp_path / "m.onnx")
-    out = get_backend("onnxruntime").session(tmp_path / "m.onnx").run([x.numpy()])[0]  # dynamic batch
+    out = get_backend("onnxruntime").session(tmp_path / "m.onnx").run({"input": x.numpy()})[0]  # dynamic batch
     np.testing.assert_allclose(out, m(x).detach().numpy(), atol=1e-4)
 
 
@@ -184,8 +184,8 @@ def test_openvino_runs_the_qdq_graph_on_int8_kernels(tmp_path, digits_task):
     precisions = ov.runtime_precisions(lowered.artifact)
     assert sum(k == "FullyConnected" and p in ("u8", "i8") for k, p in precisions.values()) == 2
     x = torch.stack([digits_task.test[i][0] for i in range(32)])
-    ov_out = ov.session(lowered.artifact).run([x.numpy()])[0]
-    ort_out = get_backend("onnxruntime").session(lowered.artifact).run([x.numpy()])[0]
+    ov_out = ov.session(lowered.artifact).run({"input": x.numpy()})[0]
+    ort_out = get_backend("onnxruntime").session(lowered.artifact).run({"input": x.numpy()})[0]
     assert (ov_out.argmax(1) == ort_out.argmax(1)).mean() >= 0.95
     timing, _ = ov.measure(cm, digits_task.example_input, calib, TimingSpec(warmup=2, runs=5))
     assert timing.backend == "openvino" and timing.latency_ms > 0

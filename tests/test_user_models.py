@@ -137,7 +137,7 @@ def _sweep(name: str, n_plans: int, n_lowered: int) -> None:
 
                 with tempfile.TemporaryDirectory() as tmp:
                     lowered = get_backend("onnxruntime").lower(cm, x, calib, Path(tmp))
-                    get_backend("onnxruntime").session(lowered.artifact).run([x.numpy()])
+                    get_backend("onnxruntime").session(lowered.artifact).run({"input": x.numpy()})
         except Exception as e:
             failures.append(f"{plan.summary()[:120]}: {type(e).__name__}: {e}")
             size = math.nan

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..tasks.inputs import Inputs, call
 from . import registry
 from .depth import drop_blocks
 from .layers import LayerInfo, discover_layers, get_module, set_module
@@ -71,7 +72,7 @@ class CompressedModel:
                 yield n, get_module(self.model, n)
 
 
-def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor) -> CompressedModel:
+def apply(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs) -> CompressedModel:
     """Materialize ``plan`` on a copy of ``teacher`` (the teacher is not modified). Deterministic."""
     model = copy.deepcopy(teacher).eval()
     infos = discover_layers(model, example_input)
@@ -171,7 +172,7 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor
 
 
 @torch.no_grad()
-def calibrate(cm: CompressedModel, batches: Iterable[torch.Tensor]) -> None:
+def calibrate(cm: CompressedModel, batches: Iterable[Inputs]) -> None:
     """Record activation ranges on ``batches`` of inputs, then freeze them."""
     if not cm.input_quantizers:
         return
@@ -179,7 +180,7 @@ def calibrate(cm: CompressedModel, batches: Iterable[torch.Tensor]) -> None:
         q.calibrating, q.lo, q.hi = True, float("inf"), float("-inf")
     cm.model.eval()
     for x in batches:
-        cm.model(x)
+        call(cm.model, x)
     for q in cm.input_quantizers.values():
         q.calibrating = False
 

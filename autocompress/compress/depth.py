@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from ..tasks.inputs import Inputs, call
 from .layers import COMPRESSIBLE
 
 
@@ -23,7 +24,7 @@ def _record(shapes: dict, name: str, inp: torch.Tensor, out: torch.Tensor) -> No
 
 
 @torch.no_grad()
-def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str, list[str]]:
+def removable_blocks(model: nn.Module, example_input: Inputs) -> dict[str, list[str]]:
     """``{sequential_name: [block names]}`` of blocks that contain a Conv/Linear and preserve shape."""
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     hooks = []
@@ -41,7 +42,7 @@ def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str,
     was_training = model.training
     model.eval()
     try:
-        model(example_input)
+        call(model, example_input)
     finally:
         for h in hooks:
             h.remove()
@@ -56,7 +57,7 @@ def removable_blocks(model: nn.Module, example_input: torch.Tensor) -> dict[str,
     return out
 
 
-def drop_blocks(model: nn.Module, example_input: torch.Tensor, depth: float) -> list[str]:
+def drop_blocks(model: nn.Module, example_input: Inputs, depth: float) -> list[str]:
     """Replace the last ``(1 - depth)`` share of each Sequential's removable blocks by identities.
 
     Returns the names of the removed blocks.

@@ -1,7 +1,7 @@
 """Knowledge-distillation fine-tuning of a compressed candidate against its teacher.
 
-loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T))
-     + (1 - alpha) * cross_entropy(student, labels)
+loss = the task's distillation loss (:mod:`autocompress.tasks.loss`; by default, for class logits,
+       alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * cross_entropy(student, labels))
      + feature_mse * mean MSE over layers whose output has the same shape in teacher and student
      + l1 * mean |w| over the compressed layers' weights (sparsity regularisation)
 
@@ -23,6 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..tasks.inputs import call, to_device
+from ..tasks.loss import Loss, kd
 from . import CompressedModel
 from .quantize import SharedWeight
 
@@ -48,8 +50,11 @@ def _feature_pairs(cm: CompressedModel, teacher: nn.Module) -> list[tuple[nn.Mod
 
 
 def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: int, batch_size: int = 64,
-             lr: float = 1e-3, seed: int = 0) -> float:
-    """Train ``cm.model`` for ``steps`` mini-batches with the plan's distillation loss; returns the last loss."""
+             lr: float = 1e-3, seed: int = 0, loss_fn: Loss = kd, device: torch.device | str = "cpu") -> float:
+    """Train ``cm.model`` for ``steps`` mini-batches with the plan's distillation loss; returns the last loss.
+
+    ``loss_fn``: the task's distillation loss (:func:`autocompress.tasks.loss.resolve_loss`); ``device``: where the
+    student and teacher are trained (both are moved back to the CPU before returning)."""
     if steps <= 0:
         return float("nan")
     d = cm.plan.distill
@@ -81,6 +86,8 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
         for mod, p in shared:
             p.cluster(mod.parametrizations.weight.original)
 
+    model.to(device)
+    teacher.to(device)
     model.train()
     for m in model.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -94,12 +101,11 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
                     cluster()
                 feats_t.clear()
                 feats_s.clear()
+                x, y = to_device(x, device), y.to(device)
                 with torch.no_grad():
-                    t_logits = teacher(x)
-                s_logits = model(x)
-                T = d.temperature
-                kd = F.kl_div(F.log_softmax(s_logits / T, 1), F.softmax(t_logits / T, 1), reduction="batchmean")
-                loss = d.alpha * T * T * kd + (1 - d.alpha) * F.cross_entropy(s_logits, y)
+                    t_out = call(teacher, x)
+                s_out = call(model, x)
+                loss = loss_fn(s_out, t_out, y, alpha=d.alpha, temperature=d.temperature)
                 if feats_t:
                     mse = [F.mse_loss(s, t) for s, t in zip(feats_s, feats_t, strict=False) if s.shape == t.shape]
                     if mse:
@@ -119,4 +125,6 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
         for h in hooks:
             h.remove()
         model.eval()
+        model.to("cpu")
+        teacher.to("cpu")
     return float(loss.detach())

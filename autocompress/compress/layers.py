@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..tasks.inputs import Inputs, call
+
 COMPRESSIBLE = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
@@ -42,7 +44,7 @@ def set_module(model: nn.Module, name: str, new: nn.Module) -> None:
 
 
 @torch.no_grad()
-def discover_layers(model: nn.Module, example_input: torch.Tensor) -> list[LayerInfo]:
+def discover_layers(model: nn.Module, example_input: Inputs) -> list[LayerInfo]:
     """Compressible layers in execution order (layers that never run are left out).
 
     The output layer is the last one to run whose output has the model output's shape.
@@ -56,7 +58,7 @@ def discover_layers(model: nn.Module, example_input: torch.Tensor) -> list[Layer
     was_training = model.training
     model.eval()
     try:
-        out = model(example_input)
+        out = call(model, example_input)
     finally:
         for h in hooks:
             h.remove()

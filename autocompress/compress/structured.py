@@ -14,6 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..tasks.inputs import Inputs, call
 from .layers import get_module, out_channels
 from .method import Heatmap, Knob, Method
 
@@ -53,17 +54,17 @@ BREAKS_FORWARD = ("pruning it breaks the model's forward pass (e.g. a reshape in
                   "dependency graph does not see); not pruned")
 
 
-def runs(model: nn.Module, example_input: torch.Tensor) -> bool:
+def runs(model: nn.Module, example_input: Inputs) -> bool:
     """Whether ``model`` still runs on ``example_input`` (a cut the dependency graph missed breaks it)."""
     try:
         with torch.no_grad():
-            model(example_input)
+            call(model, example_input)
         return True
     except Exception:
         return False
 
 
-def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
+def prune_channels(model: nn.Module, example_input: Inputs, targets: dict[str, int],
                    protected: list[str], *, fresh: Callable[[], nn.Module]) -> tuple[nn.Module, dict[str, str]]:
     """Cut each named layer down to ``targets[name]`` output channels, lowest-importance channels first; returns
     the pruned model (``model`` itself, or a copy) and ``{layer: reason}`` for layers left as they are.
@@ -91,7 +92,7 @@ def prune_channels(model: nn.Module, example_input: torch.Tensor, targets: dict[
     return model, skipped
 
 
-def _prune(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int],
+def _prune(model: nn.Module, example_input: Inputs, targets: dict[str, int],
            protected: list[str]) -> dict[str, str]:
     """The cuts themselves (see :func:`prune_channels`), in place; ``{layer: reason}`` for layers not cut."""
     skipped: dict[str, str] = {}
@@ -101,7 +102,8 @@ def _prune(model: nn.Module, example_input: torch.Tensor, targets: dict[str, int
     # Protected layers are not handed to Torch-Pruning as `ignored_layers`: it then treats them as graph outputs
     # and refuses every group that feeds them. Instead, a group that would cut their outputs is refused below.
     guarded = {id(get_module(model, n)) for n in protected}
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example_input, forward_fn=call,
+                                            verbose=False)
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     for name, target in todo.items():
         mod = get_module(model, name)

@@ -16,7 +16,15 @@ import numpy as np
 import pandas as pd
 
 from ..compress import registry
-from ..front import HV_REFERENCE, Front, hypervolume
+from ..front import (
+    COST_OBJECTIVES,
+    HV_REFERENCE,
+    Front,
+    hypervolume,
+    metric_reference,
+    normalised,
+    objective_column,
+)
 from ..plan import CompressionPlan
 
 # The three measured objectives, recorded on every completed trial whatever the study optimises.
@@ -24,7 +32,8 @@ METRICS = ("accuracy", "latency_ms", "size_bytes")
 DEFAULT_DIRECTIONS = {"accuracy": "maximize", "latency_ms": "minimize", "size_bytes": "minimize"}
 LABELS = {"accuracy": "accuracy (validation)", "latency_ms": "latency (ms)", "size_bytes": "size (bytes)"}
 # Constraint name -> (metric, bound): ``constraints`` user attrs store ``limit - value`` or ``value - limit``.
-CONSTRAINTS = {"min_accuracy": ("accuracy", "min"), "max_latency_ms": ("latency_ms", "max"),
+CONSTRAINTS = {"min_accuracy": ("accuracy", "min"), "min_metric": ("accuracy", "min"), "max_metric": ("accuracy", "max"),
+               "max_latency_ms": ("latency_ms", "max"),
                "max_size_bytes": ("size_bytes", "max")}
 # Trial user attrs drawn only where a study records them (multi-fidelity search, latency predictor).
 EXTRA_ATTRS = ("fidelity", "latency_predicted_ms", "latency_measured_ms", "proxy_accuracy", "full_accuracy")
@@ -71,9 +80,19 @@ def _number(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def directions(objectives: dict[str, str]) -> dict[str, str]:
-    """The direction of each metric: the study's where it optimises it, the natural one otherwise."""
-    return {m: objectives.get(m, DEFAULT_DIRECTIONS[m]) for m in METRICS}
+def directions(objectives: dict[str, str], metric: dict[str, Any] | None = None) -> dict[str, str]:
+    """The direction of each metric: the study's where it optimises it, the natural one otherwise (the task's
+    metric, stored as ``accuracy``: its own direction)."""
+    out = {m: objectives.get(m, DEFAULT_DIRECTIONS[m]) for m in METRICS}
+    if metric is not None:
+        out["accuracy"] = metric.get("direction", "maximize")
+    return out
+
+
+def labels(metric: dict[str, Any] | None = None) -> dict[str, str]:
+    """Axis labels; the task's metric under its own name."""
+    name = (metric or {}).get("name", "accuracy")
+    return {**LABELS, "accuracy": f"{name} (validation)", "test_accuracy": f"{name} (test)"}
 
 
 def trial_columns(trials: pd.DataFrame) -> dict[str, Any]:
@@ -195,12 +214,6 @@ def layer_heatmaps(front: pd.DataFrame, plans: dict[int, CompressionPlan],
     return out
 
 
-def _normalised_min(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]) -> np.ndarray:
-    cols = [1.0 - df[o].to_numpy(float) if o == "accuracy" else df[o].to_numpy(float) / float(teacher[o])
-            for o in objectives]
-    return np.stack(cols, axis=1)
-
-
 def checkpoints(n: int, max_points: int) -> list[int]:
     """Prefix lengths 1..n at which a per-trial series is evaluated: all of them, or ``max_points`` spread."""
     if n <= 0:
@@ -211,22 +224,23 @@ def checkpoints(n: int, max_points: int) -> list[int]:
 
 
 def hypervolume_series(trials: pd.DataFrame, objectives: dict[str, str], teacher: dict[str, Any], *,
-                       max_points: int = 400) -> dict[str, Any]:
+                       max_points: int = 400, metric: dict[str, Any] | None = None) -> dict[str, Any]:
     """Hypervolume of the feasible front after each completed trial, in trial-number order.
 
     Same normalisation and reference point as :attr:`Front.hypervolume`, so the last value equals it. With more
     than ``max_points`` trials it is evaluated at ``max_points`` evenly spread trials (``sampled`` is True).
     """
-    objs = [o for o in objectives if o in HV_REFERENCE]
-    missing = [o for o in objs if o != "accuracy" and not _number(teacher.get(o))]
+    objs = list(objectives)
+    columns = [objective_column(o) for o in objs]
+    missing = [o for o in objs if o in COST_OBJECTIVES and not _number(teacher.get(o))]
     if not objs or missing:
         why = "the study records no teacher reference" if missing else "no objective with a hypervolume reference"
         return {"trial": [], "hypervolume": [], "sampled": False, "note": f"hypervolume unavailable: {why}"}
     df = trials.sort_values("trial").reset_index(drop=True)
-    ok = df["feasible"].astype(bool).to_numpy() & df[objs].notna().all(axis=1).to_numpy()
+    ok = df["feasible"].astype(bool).to_numpy() & df[columns].notna().all(axis=1).to_numpy()
     points = np.zeros((len(df), len(objs)))
     if ok.any():
-        points[ok] = _normalised_min(df[ok], objs, teacher)
+        points[ok] = normalised(df[ok], objs, teacher, metric)
     marks = checkpoints(len(df), max_points)
     front_idx: list[int] = []
     xs, ys, value, changed, prefix = [], [], 0.0, False, 0
@@ -245,12 +259,12 @@ def hypervolume_series(trials: pd.DataFrame, objectives: dict[str, str], teacher
             front_idx.append(i)
             changed = True
         if changed:
-            value = hypervolume(df.iloc[front_idx], objs, teacher)
+            value = hypervolume(df.iloc[front_idx], objs, teacher, metric)
             changed = False
         xs.append(int(df["trial"].iloc[mark - 1]))
         ys.append(sig(value, 8))
     return {"trial": xs, "hypervolume": ys, "sampled": len(marks) < len(df), "note": None,
-            "reference": {o: HV_REFERENCE[o] for o in objs}}
+            "reference": {o: HV_REFERENCE[o] if o in COST_OBJECTIVES else metric_reference(metric) for o in objs}}
 
 
 def cost_series(attrs: pd.DataFrame) -> dict[str, Any]:
@@ -367,7 +381,7 @@ def dashboard_data(sd: StudyData, *, target: str, study_name: str | None = None,
     """Everything the page draws, as one JSON-ready dict (no NaN: missing values are None)."""
     front = sd.front
     trials = front.trials
-    dirs = directions(front.objectives)
+    dirs = directions(front.objectives, front.metric)
     front_df = front.front if len(trials) else trials  # (Front.front needs at least one row)
     failed_reasons = [str(r) for r in front.failed["reason"]] if not front.failed.empty else []
     teacher = {k: sig(v) for k, v in front.teacher.items() if _number(v) is not None}
@@ -380,7 +394,8 @@ def dashboard_data(sd: StudyData, *, target: str, study_name: str | None = None,
         "objectives": dict(front.objectives),
         "directions": dirs,
         "metrics": list(METRICS),
-        "labels": LABELS,
+        "labels": labels(front.metric),
+        "metric": front.metric,
         "status_names": list(STATUS),
         "teacher": teacher,
         "counts": {"complete": len(trials), "failed": _n_state(sd.attrs, "FAIL"),
@@ -393,7 +408,7 @@ def dashboard_data(sd: StudyData, *, target: str, study_name: str | None = None,
         "pair_fronts": pair_fronts(trials, dirs),
         "heatmaps": layer_heatmaps(front_df, front.plans, sd.layers),
         "hypervolume_series": hypervolume_series(trials, front.objectives, front.teacher,
-                                                 max_points=max_hv_points),
+                                                 max_points=max_hv_points, metric=front.metric),
         "cost": cost_series(sd.attrs),
         "latency_calibration": latency_calibration(sd.attrs),
         "accuracy_calibration": accuracy_calibration(sd.attrs),

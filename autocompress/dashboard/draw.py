@@ -88,6 +88,7 @@ DRAW_JS = r"""
   }
   function show(id, visible) { var el = $(id); if (el) el.hidden = !visible; }
   function label(m) { return D.labels[m] || m; }
+  function metricName() { return (D.metric && D.metric.name) || "accuracy"; }
   function pick(col, idx) { var out = new Array(idx.length); for (var i = 0; i < idx.length; i++) out[i] = col[idx[i]]; return out; }
   function axis(m, extra) {
     var a = {title: {text: label(m)}, type: m === "size_bytes" ? "log" : "linear", zeroline: false, automargin: true};
@@ -129,7 +130,7 @@ DRAW_JS = r"""
       byTrial[T.trial[i]] = i;
       var test = T.test_accuracy[i] === null ? "" : " (test " + fmt("accuracy", T.test_accuracy[i]) + ")";
       hover[i] = "<b>trial " + T.trial[i] + "</b> · " + D.status_names[T.status[i]] +
-        "<br>accuracy " + fmt("accuracy", T.accuracy[i]) + test +
+        "<br>" + metricName() + " " + fmt("accuracy", T.accuracy[i]) + test +
         "<br>latency " + fmt("latency_ms", T.latency_ms[i]) +
         "<br>size " + fmt("size_bytes", T.size_bytes[i]) + " · compression " + fmt("compression_ratio", T.compression_ratio[i]) +
         "<br>plan: " + plans[T.summary[i]];
@@ -323,9 +324,11 @@ DRAW_JS = r"""
     }
     show("hv-plot", true);
     var ref = S.reference || {}, refText = Object.keys(ref).map(function (k) {
-      return k === "accuracy" ? "error " + ref[k] : k + " " + ref[k] + "× teacher";
+      var cost = k === "latency_ms" || k === "size_bytes", ranged = D.metric && D.metric.range;
+      return !cost && ranged ? k + " error " + ref[k] : k + " " + ref[k] + "× teacher";
     }).join(", ");
-    note("hv-note", "Objectives normalised (1 − accuracy, latency and size as ratios to the teacher); reference point: " +
+    note("hv-note", "Objectives normalised (the task's metric as its distance from the best end of its range, or " +
+      "as a ratio to the teacher's; latency and size as ratios to the teacher); reference point: " +
       refText + "." + (S.sampled ? " Evaluated at " + S.trial.length + " trials spread over the study." : ""));
     return plot("hv-plot", [{type: "scatter", mode: S.trial.length > 200 ? "lines" : "lines+markers", x: S.trial,
       y: S.hypervolume, line: {shape: "hv", color: C.front}, marker: {size: 4}, name: "hypervolume",
@@ -417,13 +420,13 @@ DRAW_JS = r"""
       (c.running ? ", " + c.running + " running" : "") + " · " + c.feasible + " feasible · " + c.front + " on the Pareto front" +
       (D.hypervolume === null ? "" : " · hypervolume " + Number(D.hypervolume).toFixed(4)));
     if (t.accuracy !== undefined) {
-      parts.push("teacher: accuracy " + fmt("accuracy", t.accuracy) + " (validation)" +
+      parts.push("teacher: " + metricName() + " " + fmt("accuracy", t.accuracy) + " (validation)" +
         (t.test_accuracy !== undefined ? ", test " + fmt("accuracy", t.test_accuracy) : "") +
         ", latency " + fmt("latency_ms", t.latency_ms) + ", size " + fmt("size_bytes", t.size_bytes));
     }
     parts.push("objectives: " + Object.keys(D.objectives).map(function (k) { return k + " (" + D.objectives[k] + ")"; }).join(", ") +
       (D.constraints.length ? " · constraints: " + D.constraints.map(function (x) { return x.name + " = " + x.value; }).join(", ") : "") +
-      " · accuracy is on the validation split; test accuracy is reported only.");
+      " · " + metricName() + " is on the validation split; on test it is reported only.");
     if (D.last_error) parts.push("last failure: " + D.last_error);
     var el = $("summary");
     el.textContent = "";
@@ -446,7 +449,7 @@ DRAW_JS = r"""
     note("table-note", rows.length ? "" : "No feasible front member yet.");
     if (!rows.length) return;
     var head = table.createTHead().insertRow();
-    ["trial", "accuracy", "test acc.", "latency", "size", "compression", "plan", "export"].forEach(function (h) {
+    ["trial", metricName(), "test", "latency", "size", "compression", "plan", "export"].forEach(function (h) {
       var th = document.createElement("th"); th.textContent = h; head.appendChild(th);
     });
     var body = table.createTBody();

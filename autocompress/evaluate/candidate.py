@@ -20,18 +20,19 @@ from ..config import FinetuneConfig
 from ..plan import CompressionPlan
 from ..runtime import Backend, Kernels, Timing, TimingSpec
 from ..tasks import Task
+from ..tasks.inputs import Inputs, batch_len, call, collate, tensors
 from ..tasks.metric import evaluate
 from .size import compressed_size
 
 
-def calibration_batches(task: Task, n: int, batch_size: int = 32) -> list[torch.Tensor]:
+def calibration_batches(task: Task, n: int, batch_size: int = 32) -> list[Inputs]:
     """The first ``n`` training batches (deterministic), used to calibrate activation ranges."""
     xs = []
     for i in range(n):
         chunk = [task.train[j][0] for j in range(i * batch_size, min((i + 1) * batch_size, len(task.train)))]
         if not chunk:
             break
-        xs.append(torch.stack(chunk))
+        xs.append(collate(chunk))
     return xs
 
 
@@ -48,7 +49,7 @@ def _batchnorms(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
 
 
 @torch.no_grad()
-def _input_stats(model: torch.nn.Module, names: list[str], batches: list[torch.Tensor]) -> dict[str, tuple]:
+def _input_stats(model: torch.nn.Module, names: list[str], batches: list[Inputs]) -> dict[str, tuple]:
     """Per-channel mean and variance of each named BatchNorm's input over ``batches`` (eval mode)."""
     sums: dict[str, list] = {}
 
@@ -65,7 +66,7 @@ def _input_stats(model: torch.nn.Module, names: list[str], batches: list[torch.T
     model.eval()
     try:
         for x in batches:
-            model(x)
+            call(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -82,8 +83,9 @@ def _input_stats(model: torch.nn.Module, names: list[str], batches: list[torch.T
 _TEACHER_STATS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def _teacher_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, tuple]:
-    key = tuple((tuple(b.shape), float(b.double().sum()), float(b.double().abs().sum())) for b in batches)
+def _teacher_stats(teacher: torch.nn.Module, batches: list[Inputs]) -> dict[str, tuple]:
+    key = tuple((tuple(b.shape), float(b.double().sum()), float(b.double().abs().sum()))
+                for batch in batches for b in tensors(batch))
     per = _TEACHER_STATS.setdefault(teacher, {})
     if key not in per:
         per[key] = _input_stats(teacher, list(_batchnorms(teacher)), batches)
@@ -91,7 +93,7 @@ def _teacher_stats(teacher: torch.nn.Module, batches: list[torch.Tensor]) -> dic
 
 
 @torch.no_grad()
-def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches: list[torch.Tensor]) -> list[str]:
+def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches: list[Inputs]) -> list[str]:
     """The BatchNorms of ``model`` whose input statistics on ``batches`` differ from the same BatchNorm's in
     ``teacher`` (by more than :data:`BN_SHIFT`), or whose channels changed; for an identity plan: none."""
     names = list(_batchnorms(model))
@@ -115,7 +117,7 @@ def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor], *,
+def recalibrate_batchnorm(model: torch.nn.Module, batches: list[Inputs], *,
                           reference: torch.nn.Module | None = None) -> list[str]:
     """Re-estimate BatchNorm running statistics on ``batches`` (cumulative average), weights untouched; returns
     the BatchNorms re-estimated.
@@ -128,7 +130,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor], *
     if not bn_of or not batches:
         return []
     if reference is not None:
-        if sum(len(x) for x in batches) < MIN_BN_SAMPLES:
+        if sum(batch_len(x) for x in batches) < MIN_BN_SAMPLES:
             return []
         bn_of = {n: bn_of[n] for n in changed_batchnorms(reference, model, batches)}
         if not bn_of:
@@ -140,7 +142,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor], *
         bn.momentum = None  # cumulative moving average over the batches below
         bn.train()
     for x in batches:
-        model(x)
+        call(model, x)
     for bn, (momentum, training) in zip(bns, saved, strict=True):
         bn.momentum = momentum
         bn.train(training)
@@ -181,7 +183,8 @@ class Candidate:
             self.steps_done = steps
         elif steps > self.steps_done:
             finetune(self.cm, self.task.model, self.task.train, steps=steps - self.steps_done,
-                     batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done)
+                     batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done,
+                     loss_fn=self.task.distill_loss)
             self.steps_done = steps
         self._add_time("finetune", t0)
 

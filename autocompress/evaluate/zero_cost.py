@@ -17,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tasks.inputs import Inputs, call, first, map_inputs
+
 
 def params(model: nn.Module) -> float:
     return float(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
 
 
 @torch.no_grad()
-def flops(model: nn.Module, example_input: torch.Tensor) -> float:
+def flops(model: nn.Module, example_input: Inputs) -> float:
     total = 0
 
     def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
@@ -35,14 +37,14 @@ def flops(model: nn.Module, example_input: torch.Tensor) -> float:
 
     hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     try:
-        model.eval()(example_input[:1])
+        call(model.eval(), first(example_input))
     finally:
         for h in hooks:
             h.remove()
     return float(total)
 
 
-def synflow(model: nn.Module, example_input: torch.Tensor) -> float:
+def synflow(model: nn.Module, example_input: Inputs) -> float:
     m = copy.deepcopy(model).double().eval()
     with torch.no_grad():
         for p in m.parameters():
@@ -50,7 +52,9 @@ def synflow(model: nn.Module, example_input: torch.Tensor) -> float:
     for p in m.parameters():
         p.requires_grad_(True)
     m.zero_grad()
-    m(torch.ones_like(example_input[:1], dtype=torch.float64)).sum().backward()
+    ones = map_inputs(lambda t: torch.ones_like(t, dtype=torch.float64) if t.is_floating_point() else t,
+                      first(example_input))
+    call(m, ones).sum().backward()
     return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None).detach())
 
 
@@ -73,7 +77,7 @@ def snip(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return float(sum((p * p.grad).abs().sum() for p in m.parameters() if p.grad is not None).detach())
 
 
-def all_scores(model: nn.Module, example_input: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+def all_scores(model: nn.Module, example_input: Inputs, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Every zero-cost score of ``model`` (``x``, ``y``: one labelled batch)."""
     return {"params": params(model), "flops": flops(model, example_input), "synflow": synflow(model, example_input),
             "grad_norm": grad_norm(model, x, y), "snip": snip(model, x, y)}

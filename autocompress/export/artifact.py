@@ -40,6 +40,8 @@ from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for, get_backend
 from ..runtime.onnx import export_onnx, graph_ops
 from ..tasks import Task, load_task
+from ..tasks.inputs import call
+from ..tasks.inputs import spec as input_spec
 from .card import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -140,10 +142,10 @@ def _install(tmp: Path, out: Path, force: bool) -> None:
 def _smoke(folder: Path, task: Task, formats: list[str]) -> None:
     """Load the folder through the public loader (checksums included) and run each format once."""
     with torch.no_grad():
-        expected = task.model(task.example_input).shape
+        expected = call(task.model, task.example_input).shape
         for fmt in formats:
             model = load(folder, runtime=fmt, architecture=task.model)
-            out = model(task.example_input)
+            out = call(model, task.example_input)
             if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(expected):
                 raise ExportError(f"the {fmt} artifact returned {getattr(out, 'shape', type(out).__name__)}, "
                                   f"expected shape {tuple(expected)}")
@@ -201,8 +203,7 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
             quantizers = [{"layer": layer, "module": cm.modules[layer][0], "bits": q.bits, "lo": q.lo, "hi": q.hi}
                           for layer, q in cm.input_quantizers.items()]
             meta = {"type": TORCH_FORMAT, "version": 1, "architecture": arch,
-                    "input": {"shape": list(task.example_input.shape),
-                              "dtype": str(task.example_input.dtype).removeprefix("torch.")},
+                    "inputs": input_spec(task.example_input),
                     "input_quantizers": quantizers, "weights": index}
             torch_dir = tmp if "torch" in fmts else scratch
             safe_path(torch_dir, WEIGHTS_FILE).write_bytes(data)
@@ -237,10 +238,11 @@ def export_plan(task: Task, plan: CompressionPlan, out: str | Path, *, formats: 
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "source": source or {}, "task": {"spec": spec or task.name, "options": task_options or {}},
             "architecture": arch, "formats": fmts,
-            "input": meta["input"] | {"name": "input"}, "output": {"name": "output"},
+            "inputs": meta["inputs"], "input": {"name": next(iter(meta["inputs"]))} | next(iter(meta["inputs"].values())),
+            "output": {"name": "output"},
             "plan": plan.to_dict(), "plan_summary": plan.summary(), "skipped": cm.skipped,
             "finetune": mat.finetune, "lowering": low, "layers": layers,
-            "latency_config": lat_cfg.model_dump(), "metrics": metrics,
+            "latency_config": lat_cfg.model_dump(), "metric": task.metric.describe(), "metrics": metrics,
             "versions": versions(), "machine": machine(),
         }
         card["files"] = file_table(tmp, payload)
@@ -283,7 +285,7 @@ def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, la
     data = task.test if task.test is not None else task.val
     agree = agreement(rebuilt, onnx_model, data)
     with torch.no_grad():
-        same = float((rebuilt(task.example_input) - cm.model(task.example_input)).abs().max())
+        same = float((call(rebuilt, task.example_input) - call(cm.model, task.example_input)).abs().max())
     teacher = teacher_artifact(task, backend, scratch / "teacher")
     export = onnx_path if backend.files else backend.lower(cm, task.example_input, calibration, scratch).artifact
     timed = backend.time({"teacher": teacher, "export": export}, task.example_input,
@@ -388,11 +390,11 @@ def open_study_source(target: str, study_name: str | None = None) -> StudySource
 
 
 def export_from_study(target: str, out: str | Path, *, trial: int | None = None, pick: str | None = None,
-                      by: str = "accuracy", study_name: str | None = None, formats: str | list[str] = FORMATS,
+                      by: str | None = None, study_name: str | None = None, formats: str | list[str] = FORMATS,
                       finetune: str | int = "full", force: bool = False, task: Task | None = None,
                       rounds: int = LATENCY_ROUNDS, measure: bool = True) -> ExportResult:
     """Export trial ``trial``, or the front member ``pick`` selects (best by ``by``), of a study, with the kernel
-    kinds the study scored its candidates with."""
+    kinds the study scored its candidates with; ``by`` defaults to the task's metric."""
 
     if (trial is None) == (pick is None):
         raise ExportError("give exactly one of --trial N or --pick 'EXPR'")
@@ -425,7 +427,7 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
     source = {
         "study": front.study_name, "storage": redact(src.storage_url),
         "config": str(src.config_path) if src.config_path else None, "trial": number, "pick": pick,
-        "by": by if pick is not None else None, "on_front": bool(row["on_front"]), "deployable_in_study": deployable,
+        "by": (by or front.metric_name) if pick is not None else None, "on_front": bool(row["on_front"]), "deployable_in_study": deployable,
         "search": {k: (None if row[k] is None or (isinstance(row[k], float) and np.isnan(row[k])) else
                        float(row[k]))
                    for k in ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio")},
@@ -466,13 +468,15 @@ def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_t
            latency_tol: float = 0.25) -> VerifyReport:
     """Check checksums, then re-measure accuracy (test and validation) and latency and compare with the card.
 
-    acc_tol:     largest allowed absolute accuracy difference (0.005 = half a point)
+    acc_tol:     largest allowed metric difference: absolute for a metric with a range, as a share of it (0.005 =
+                 half a point of accuracy); relative for a metric without one (0.005 = 0.5 % of perplexity)
     latency_tol: largest allowed relative latency difference (0.25 = 25 %; latency depends on the machine and
                  its load, the speedup over the teacher measured alongside is steadier)
     """
     folder = Path(path)
     card = verify_files(folder)
     spec, options = card["task"]["spec"], card["task"].get("options") or {}
+    given = task is not None  # a task passed in is also the architecture to rebuild on
     if task is None:
         try:
             task = load_task(spec, options)
@@ -493,17 +497,19 @@ def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_t
                 ok, rule = abs(got / expected - 1) <= rel, f"(within {rel:.0%})"
         rows.append({"what": what, "card": expected, "measured": got, "ok": ok, "rule": rule})
 
-    arch = task.model if card.get("architecture", {}).get("kind") == "unknown" else None
+    arch = task.model if given or card.get("architecture", {}).get("kind") == "unknown" else None
     models = {}
     for fmt in card.get("formats", []):
         models[fmt] = load(folder, runtime=fmt, architecture=arch)
+    # a metric with a range (accuracy in [0, 1]) is compared in absolute terms, one without (perplexity) relatively
+    ranged = task.metric.range is not None
+    tol = {"absolute": acc_tol * (task.metric.range[1] - task.metric.range[0])} if ranged else {"rel": acc_tol}
+    name = task.metric.name
     for fmt, model in models.items():
         for split, data in (("test", task.test), ("val", task.val)):
             if data is not None:
-                row(f"{split} accuracy ({fmt})", acc.get(f"{fmt}_{split}"), accuracy(model, data, task.metric),
-                    absolute=acc_tol)
-    row("teacher test accuracy", acc.get("teacher_test"), accuracy(task.model, task.test, task.metric),
-        absolute=acc_tol)
+                row(f"{split} {name} ({fmt})", acc.get(f"{fmt}_{split}"), accuracy(model, data, task.metric), **tol)
+    row(f"teacher test {name}", acc.get("teacher_test"), accuracy(task.model, task.test, task.metric), **tol)
     if "onnx" in models:
         cfg = LatencyConfig(**card.get("latency_config", {}))
         try:

@@ -133,11 +133,12 @@ def render_readme(card: dict[str, Any]) -> str:
         lines.append("- parts of the plan not applied: " + "; ".join(f"{k}: {v}" for k, v in card["skipped"].items()))
     if m:
         acc, lat, size = m["accuracy"], m["latency"], m["size"]
+        name = card.get("metric", {}).get("name", "accuracy")  # the task's metric, stored under "accuracy"
         lines += ["", "## Measured", "", "| | teacher (fp32) | export | search-time (trial) |", "|---|---:|---:|---:|",
-                  f"| test accuracy (torch) | {_f(acc['teacher_test'])} | {_f(acc['torch_test'])} | "
+                  f"| test {name} (torch) | {_f(acc['teacher_test'])} | {_f(acc['torch_test'])} | "
                   f"{_f(src.get('search', {}).get('test_accuracy'))} |",
-                  f"| test accuracy (ONNX Runtime) | | {_f(acc['onnx_test'])} | |",
-                  f"| validation accuracy | {_f(acc['teacher_val'])} | {_f(acc['torch_val'])} | "
+                  f"| test {name} (ONNX Runtime) | | {_f(acc['onnx_test'])} | |",
+                  f"| validation {name} | {_f(acc['teacher_val'])} | {_f(acc['torch_val'])} | "
                   f"{_f(src.get('search', {}).get('accuracy'))} |",
                   f"| latency ms (ONNX Runtime, {lat['threads']} thread(s), batch {lat['batch_size']}) | "
                   f"{_f(lat['teacher_ms'])} | {_f(lat['export_ms'])} | {_f(lat.get('predicted_ms'))} |",

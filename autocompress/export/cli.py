@@ -96,8 +96,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     which = e.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, metavar="N", help="export completed trial number N")
     which.add_argument("--pick", metavar="EXPR", help="export the best front member satisfying EXPR (see below)")
-    e.add_argument("--by", default="accuracy", metavar="COLUMN",
-                   help="with --pick: the column the best match is chosen by (default: accuracy; e.g. latency_ms)")
+    e.add_argument("--by", default=None, metavar="COLUMN",
+                   help="with --pick: the column the best match is chosen by (default: the task's metric, e.g. "
+                        "accuracy; or latency_ms, size_bytes)")
     e.add_argument("-o", "--output", required=True, metavar="DIR", help="new folder to write (must not exist)")
     e.add_argument("--format", type=_formats, default="onnx,torch", metavar="onnx,torch",
                    help="artifacts to write, comma-separated (default: onnx,torch)")

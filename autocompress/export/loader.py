@@ -23,9 +23,9 @@ from ..compress import apply
 from ..compress.layers import get_module
 from ..compress.quantize import InputQuantizer
 from ..plan import CompressionPlan, LayerPlan
-from ..runtime.base import as_array
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..tasks import load_task, models
+from ..tasks.inputs import INPUT_NAME, feed, from_spec
 from .card import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -105,8 +105,7 @@ def rebuild_torch(folder: Path, architecture: nn.Module | None = None) -> nn.Mod
     if meta.get("type") != TORCH_FORMAT or meta.get("version") != 1:
         raise ArtifactError(f"{folder / INDEX_FILE}: not a version-1 {TORCH_FORMAT}")
     arch = architecture if architecture is not None else resolve_architecture(meta.get("architecture", {}))
-    spec = meta["input"]
-    example = torch.zeros([int(d) for d in spec["shape"]], dtype=getattr(torch, spec.get("dtype", "float32")))
+    example = from_spec(meta["inputs"] if "inputs" in meta else {INPUT_NAME: meta["input"]})
     try:
         with torch.enable_grad():  # the pruning dependency graph traces with autograd
             cm = apply(arch, structure_plan(plan), example)
@@ -131,16 +130,18 @@ def rebuild_torch(folder: Path, architecture: nn.Module | None = None) -> nn.Mod
 
 
 class OnnxModule(nn.Module):
-    """The ONNX artifact in an ONNX Runtime session, callable like a module: ``(N, ...) tensor -> tensor``."""
+    """The ONNX artifact in an ONNX Runtime session, callable like the model it was exported from (one tensor,
+    positional tensors or keyword tensors in; a tensor out)."""
 
     def __init__(self, path: Path, threads: int = 1) -> None:
         super().__init__()
         self.path = Path(path)
         self.session = OnnxRuntimeBackend().inference_session(self.path, threads=threads)
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.session.run(None, {self.input_name: as_array(x)})[0]
+    def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
+        arrays = feed(None, kwargs if kwargs else args[0] if len(args) == 1 else tuple(args))
+        out = self.session.run(None, {n: arrays[n] for n in self.input_names})[0]
         return torch.from_numpy(out)
 
 

@@ -15,7 +15,8 @@ def agreement(a: nn.Module, b: nn.Module, data: Dataset) -> dict[str, float]:
     """Share of ``data`` where two models' arg-max agree, and their largest absolute output difference."""
     out_a, _ = predict(a, data)
     out_b, _ = predict(b, data)
-    return {"argmax": float((out_a.argmax(1) == out_b.argmax(1)).float().mean()),
+    dim = -1 if out_a.dim() == 3 else 1  # per-token logits (batch, length, vocab): agreement per token
+    return {"argmax": float((out_a.argmax(dim) == out_b.argmax(dim)).float().mean()),
             "max_abs_diff": float((out_a - out_b).abs().max())}
 
 

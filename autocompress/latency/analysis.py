@@ -43,6 +43,7 @@ from ..compress.lowrank import resolve_rank
 from ..compress.structured import BREAKS_FORWARD, _prune_fn, channel_target, group_skip_reason, runs
 from ..plan import CompressionPlan
 from ..runtime.onnx import export_onnx, node_module
+from ..tasks.inputs import Inputs, call, feed, first, repeat_first
 from .graph import Fusions, OnnxGraph, model_with_shapes, optimized_graph, runtime_fusions, tensor_shapes
 
 log = logging.getLogger(__name__)
@@ -185,17 +186,12 @@ def _flat_index(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int
     return index, np.asarray(values, dtype=np.int64)
 
 
-def _export(model: nn.Module, example_input: torch.Tensor) -> onnx.ModelProto:
+def _export(model: nn.Module, example_input: Inputs) -> onnx.ModelProto:
 
     with tempfile.TemporaryDirectory(prefix="autocompress-predict-") as tmp:
         path = Path(tmp) / "model.onnx"
         export_onnx(model, example_input, path)
         return onnx.load(str(path))
-
-
-def _batch(example_input: torch.Tensor, batch_size: int) -> np.ndarray:
-    x = example_input[:1]
-    return x.repeat(batch_size, *([1] * (x.dim() - 1))).numpy().astype(np.float32)
 
 
 def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) -> dict[str, LayerNode]:
@@ -257,11 +253,11 @@ class TeacherAnalysis:
     batch_size:    the batch size latency is predicted at
     """
 
-    def __init__(self, teacher: nn.Module, example_input: torch.Tensor, *, batch_size: int = 1,
+    def __init__(self, teacher: nn.Module, example_input: Inputs, *, batch_size: int = 1,
                  prune_probes: bool = True) -> None:
         self.prune_probes = prune_probes  # False: plans may not prune channels (micro-benchmarks)
         self.teacher = teacher
-        self.example_input = example_input[:1]
+        self.example_input = first(example_input)
         self.batch_size = batch_size
         self.infos = discover_layers(teacher, self.example_input)
         self.blocks = removable_blocks(teacher, self.example_input)
@@ -296,7 +292,8 @@ class TeacherAnalysis:
         present = [i for i in self.infos if not any(i.name.startswith(b + ".") for b in removed)]
         onnx_model = _export(model, self.example_input)
         graph = OnnxGraph.from_model(onnx_model)
-        feeds = {graph.inputs[0]: _batch(self.example_input, self.batch_size)}
+        arrays = feed(model, repeat_first(self.example_input, self.batch_size))
+        feeds = {name: arrays[name] for name in graph.inputs}
         shapes = tensor_shapes(onnx_model, feeds)
         fusions = runtime_fusions(graph, optimized_graph(onnx_model, "extended"))
         # quantize_int8 hands the runtime a graph with inferred shapes, which enables more fusions (e.g. Add +
@@ -466,10 +463,11 @@ class TeacherAnalysis:
                         skipped=skipped)
 
 
-def _dependency_graph(model: nn.Module, example_input: torch.Tensor):
+def _dependency_graph(model: nn.Module, example_input: Inputs):
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, forward_fn=call,
+                                                     verbose=False)
 
 
 def _prune_one(dg, model: nn.Module, name: str, protected: list[str]) -> tuple[str | None, bool]:

@@ -21,6 +21,7 @@ from torch import nn
 from ..compress import CompressedModel, apply, bake, calibrate
 from ..plan import CompressionPlan
 from ..runtime import Kernels, TimingSpec, get_backend
+from ..tasks.inputs import Inputs, first, map_inputs
 from .model import PREDICTED_KINDS
 
 
@@ -33,29 +34,32 @@ class Measurement:
     int8_nodes: int = 0
 
 
-def default_calibration(example_input: torch.Tensor) -> list[torch.Tensor]:
+def default_calibration(example_input: Inputs) -> list[Inputs]:
+    """Eight random samples shaped like ``example_input`` (integer inputs: copies of it, as token ids have no
+    distribution to draw from)."""
     g = torch.Generator().manual_seed(0)
-    return [torch.randn(8, *example_input.shape[1:], generator=g)]
+    return [map_inputs(lambda t: torch.randn(8, *t.shape[1:], generator=g) if t.is_floating_point()
+                       else t[:1].repeat(8, *([1] * (t.dim() - 1))), example_input)]
 
 
-def materialize_plan(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor,
+def materialize_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs,
                      calibration: Sequence[torch.Tensor]) -> CompressedModel:
     """``plan`` applied to ``teacher``, activation ranges calibrated, baked (no fine-tuning: latency only)."""
-    cm = apply(teacher, plan, example_input[:1])
+    cm = apply(teacher, plan, first(example_input))
     calibrate(cm, calibration)
     cm.model.eval()
     return bake(cm)
 
 
-def lower_plan(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, folder: Path, *,
+def lower_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, folder: Path, *,
                calibration: Sequence[torch.Tensor], backend: str = "onnxruntime") -> tuple[Path | nn.Module, Kernels]:
     """Materialize ``plan`` and lower it into ``folder`` as the search would time it: (artifact, kernels)."""
     cm = materialize_plan(teacher, plan, example_input, calibration)
-    lowered = get_backend(backend).lower(cm, example_input[:1], calibration, folder, kinds=PREDICTED_KINDS[backend])
+    lowered = get_backend(backend).lower(cm, first(example_input), calibration, folder, kinds=PREDICTED_KINDS[backend])
     return lowered.artifact, lowered.kernels
 
 
-def measure_plan(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, *,
+def measure_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, *,
                  calibration: Sequence[torch.Tensor] | None = None, backend: str = "onnxruntime", threads: int = 1,
                  batch_size: int = 1, warmup: int = 20, runs: int = 100, rounds: int = 3) -> Measurement:
     """Materialize, lower and time ``plan`` as the search does (see the module docstring)."""

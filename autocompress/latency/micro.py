@@ -25,6 +25,7 @@ from torch import nn
 
 from ..compress.layers import discover_layers
 from ..plan import CompressionPlan, LayerPlan
+from ..tasks.inputs import Inputs
 from ..tasks.models import BasicBlock
 
 # --- modules -----------------------------------------------------------------------------------------------
@@ -271,7 +272,7 @@ FAMILIES: dict[str, float] = {
 }
 
 
-def random_plan(model: nn.Module, example_input: torch.Tensor, rng: np.random.Generator, *,
+def random_plan(model: nn.Module, example_input: Inputs, rng: np.random.Generator, *,
                 int8: float = 0.45, low_rank: float = 0.15) -> CompressionPlan:
     """Per layer: float or int8 (weights 2-8 bits, 8-bit inputs) or weight-only; low rank; sparsity. No pruning:
     the micro spec already has the pruned sizes."""

@@ -14,10 +14,10 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..plan import CompressionPlan
+from ..tasks.inputs import Inputs, signature_key
 from .analysis import Resolved, TeacherAnalysis
 from .lowering import Lowered, Lowerer
 from .model import PREDICTED_KINDS
@@ -56,7 +56,7 @@ class LatencyPredictor:
     batch_size:    the batch size to predict at (the search's ``latency.batch_size``)
     """
 
-    def __init__(self, teacher: nn.Module, example_input: torch.Tensor,
+    def __init__(self, teacher: nn.Module, example_input: Inputs,
                  profile: LatencyProfile | str | Path | None = None, *, batch_size: int = 1,
                  threads: int = 1, backend: str | None = None) -> None:
         self.profile = resolve_profile(profile, threads=threads, backend=backend)
@@ -111,12 +111,12 @@ class LatencyPredictor:
 _PREDICTORS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LatencyPredictor]] = weakref.WeakKeyDictionary()
 
 
-def predict(teacher: nn.Module, plan: CompressionPlan, example_input: torch.Tensor, *,
+def predict(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, *,
             profile: LatencyProfile | str | Path | None = None, batch_size: int = 1,
             backend: str | None = None) -> float:
     """Predicted latency (ms) of ``plan`` applied to ``teacher``; the teacher's analysis is cached."""
     prof = resolve_profile(profile, backend=backend)
-    key = (id(prof), tuple(example_input.shape[1:]), batch_size)
+    key = (id(prof), signature_key(example_input), batch_size)
     per_teacher = _PREDICTORS.setdefault(teacher, {})
     if key not in per_teacher:
         per_teacher[key] = LatencyPredictor(teacher, example_input, prof, batch_size=batch_size)

@@ -111,7 +111,7 @@ def matmul_variant_samples(n: int, rng: np.random.Generator, *, threads: int, bl
                 model = onnx.load(str(path))
                 lowered = runtime_lowered(model, feeds)
                 sess = backend.session(path, threads=threads)
-                m = time_interleaved({"m": lambda s=sess, x=feeds["input"]: s.run([x])}, spec, backend=backend.name)["m"]
+                m = time_interleaved({"m": lambda s=sess, f=feeds: s.run(f)}, spec, backend=backend.name)["m"]
                 samples.append(Sample.from_lowered(lowered, m.latency_ms, tag=tag, group="micro",
                                                    spec={"family": tag, "rows": rows, "k": k, "n": nn_,
                                                          "rounds_ms": m.rounds_ms}))

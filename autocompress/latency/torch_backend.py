@@ -22,19 +22,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..tasks.inputs import Inputs, call
 from .analysis import Resolved
 from .lowering import FEATURES, Kernel, Lowered, Op, _elems, kernel_of, layer_weight
 
 SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
 
 
-def module_calls(model: nn.Module, example_input: torch.Tensor) -> int:
+def module_calls(model: nn.Module, example_input: Inputs) -> int:
     """How many ``nn.Module`` calls one forward pass makes (containers included)."""
     count = [0]
     handles = [m.register_forward_pre_hook(lambda *_: count.__setitem__(0, count[0] + 1)) for m in model.modules()]
     try:
         with torch.inference_mode():
-            model(example_input)
+            call(model, example_input)
     finally:
         for h in handles:
             h.remove()

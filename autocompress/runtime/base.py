@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import nn
 
 from ..compress import CompressedModel
 from ..compress.layers import get_module
+from ..tasks.inputs import Inputs, feed, repeat_first
 
 KINDS = ("int8", "int4", "float")  # kernel kinds a compressed module can run; float is always possible
 INT4_MAX_BITS = 4                  # weight-only layers with <= 4-bit weights may run int4 kernels
@@ -141,28 +141,20 @@ def resolve_kernels(cm: CompressedModel, kinds: Iterable[str]) -> Kernels:
     return out
 
 
-def batch_of(example_input: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
-    """``batch_size`` copies of the first sample of ``example_input``."""
-    x = example_input[:1]
-    return x.repeat(batch_size, *([1] * (x.dim() - 1))).contiguous()
-
-
-def as_array(x: torch.Tensor) -> np.ndarray:
-    """A tensor as a runtime's input: float32 for floating tensors, integer inputs (token ids) keep their dtype."""
-    x = x.detach().cpu()
-    return x.numpy().astype(np.float32) if x.is_floating_point() else x.numpy()
-
-
-def feed_arrays(example_input: torch.Tensor, batch_size: int = 1) -> list[np.ndarray]:
-    """The model's inputs as numpy arrays for a runtime (see :func:`as_array`)."""
-    return [as_array(batch_of(example_input, batch_size))]
+def feed_arrays(model: nn.Module | None, example_input: Inputs, batch_size: int = 1) -> dict[str, np.ndarray]:
+    """``batch_size`` copies of the first sample of ``example_input`` as the named arrays a session is fed
+    (:func:`autocompress.tasks.inputs.feed`)."""
+    return feed(model, repeat_first(example_input, batch_size))
 
 
 class Session(ABC):
-    """An open inference session of one artifact: ``run(arrays) -> list of output arrays``."""
+    """An open inference session of one artifact: ``run(named arrays) -> list of output arrays``.
+
+    ``inputs`` maps input names to arrays (:func:`autocompress.tasks.inputs.feed`); inputs the artifact does not
+    have (an input the exporter found unused) are not fed."""
 
     @abstractmethod
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         ...
 
 
@@ -185,7 +177,7 @@ class Backend(ABC):
     files: ClassVar[bool] = True
 
     @abstractmethod
-    def lower(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+    def lower(self, cm: CompressedModel, example_input: Inputs, calibration: Sequence[Inputs],
               folder: Path, *, kinds: Iterable[str] | None = None) -> Lowered:
         """Lower the baked ``cm`` into ``folder`` with the kernels :func:`resolve_kernels` picks among ``kinds``
         (default: all this backend has); ``calibration``: input batches for int8 activation ranges."""
@@ -202,17 +194,17 @@ class Backend(ABC):
         """What the runtime really runs for a lowered file (operator or layer-precision counts); {} when unknown."""
         return {}
 
-    def time(self, artifacts: dict[str, Path | nn.Module], example_input: torch.Tensor,
+    def time(self, artifacts: dict[str, Path | nn.Module], example_input: Inputs,
              spec: TimingSpec) -> dict[str, Timing]:
         """Time each artifact, interleaved round by round (:func:`time_interleaved`)."""
-        feed = feed_arrays(example_input, spec.batch_size)
+        arrays = feed_arrays(None, example_input, spec.batch_size)
         calls = {}
         for key, artifact in artifacts.items():
             sess = self.session(artifact, threads=spec.threads)
-            calls[key] = (lambda s=sess: s.run(feed))
+            calls[key] = (lambda s=sess: s.run(arrays))
         return time_interleaved(calls, spec, backend=self.name)
 
-    def measure(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+    def measure(self, cm: CompressedModel, example_input: Inputs, calibration: Sequence[Inputs],
                 spec: TimingSpec, *, kinds: Iterable[str] | None = None,
                 keep_dir: Path | None = None) -> tuple[Timing, Kernels]:
         """Lower ``cm`` (in a temporary folder, or ``keep_dir``) and time it."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..compress import CompressedModel
 from ..compress.quantize import InputQuantizer
+from ..tasks.inputs import Inputs, call, from_named
 from .base import Backend, Lowered, Session, resolve_kernels
 
 
@@ -34,13 +35,13 @@ class TorchSession(Session):
     def __init__(self, model: nn.Module, threads: int) -> None:
         self.model, self.threads = model, max(1, threads)
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         before = torch.get_num_threads()
         if before != self.threads:
             torch.set_num_threads(self.threads)
         try:
             with torch.inference_mode():
-                out = self.model(*[torch.from_numpy(np.asarray(x)) for x in inputs])
+                out = call(self.model, from_named(inputs))
         finally:
             if before != self.threads:
                 torch.set_num_threads(before)
@@ -56,7 +57,7 @@ class TorchBackend(Backend):
         if device != "cpu":
             raise ValueError(f"the torch backend runs on device 'cpu' only, not {device!r}")
 
-    def lower(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+    def lower(self, cm: CompressedModel, example_input: Inputs, calibration: Sequence[Inputs],
               folder: Path, *, kinds: Iterable[str] | None = None) -> Lowered:
         if not cm.baked:
             raise ValueError("lowering needs a baked candidate (autocompress.compress.bake)")

@@ -40,36 +40,46 @@ from torch import nn
 from ..compress import CompressedModel, set_input_quantizers
 from ..compress.layers import get_module
 from ..compress.quantize import weight_codes
-from .base import INT4_MAX_BITS, Kernels, as_array, resolve_kernels
+from ..tasks.inputs import INPUT_NAME, Inputs, feed, named
+from .base import INT4_MAX_BITS, Kernels, resolve_kernels
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME, OUTPUT_NAME = "input", "output"
+OUTPUT_NAME = "output"
 LOWERED_OPS = ("Conv", "Gemm", "MatMul")
 INT4_BLOCK = 32  # MatMulNBits block along K; every block of a row gets the row's scale, so this is exact
 OPSET = 17
 
 
-def export_onnx(model: nn.Module, example_input: torch.Tensor, path: Path) -> None:
-    """Export with a dynamic batch dimension. Uses the TorchScript exporter (fast); falls back to dynamo."""
+def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> None:
+    """Export with a dynamic batch dimension on every input, inputs named as :func:`~autocompress.tasks.inputs.named`
+    names them. Uses the TorchScript exporter (fast); falls back to dynamo."""
     model.eval()
-    kwargs = dict(input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=OPSET)
+    named_inputs = named(model, example_input)
+    names = list(named_inputs)
+    if isinstance(example_input, dict):
+        args, kwargs = (), named_inputs
+    else:
+        args, kwargs = tuple(named_inputs.values()), None
+    options = dict(input_names=names, output_names=[OUTPUT_NAME], opset_version=OPSET,
+                   dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}})
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(model, (example_input,), str(path), dynamo=False, **kwargs)
+            torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=False, **options)
         except Exception as first:  # pragma: no cover - depends on the model
             log.info("TorchScript ONNX export failed (%s); trying the dynamo exporter", first)
-            torch.onnx.export(model, (example_input,), str(path), dynamo=True, input_names=[INPUT_NAME],
-                              output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch")},))
+            batch = torch.export.Dim("batch")
+            shapes = {n: {0: batch} for n in names} if kwargs else tuple({0: batch} for _ in names)
+            torch.onnx.export(model, args, str(path), kwargs=kwargs, dynamo=True, input_names=names,
+                              output_names=[OUTPUT_NAME], dynamic_shapes=shapes)
 
 
 class _Reader:
-    """ONNX Runtime calibration data reader over a list of input batches."""
+    """ONNX Runtime calibration data reader over input batches (named arrays), fed only the graph's inputs."""
 
-    def __init__(self, batches: Sequence[np.ndarray]) -> None:
-        self._it = iter([{INPUT_NAME: b} for b in batches])
+    def __init__(self, batches: Sequence[dict[str, np.ndarray]], input_names: Sequence[str]) -> None:
+        self._it = iter([{n: b[n] for n in input_names} for b in batches])
 
     def get_next(self):
         return next(self._it, None)
@@ -97,7 +107,7 @@ def inline_constant_identities(model: onnx.ModelProto) -> int:
     return done
 
 
-def quantize_int8(float_path: Path, out_path: Path, calib: Sequence[np.ndarray], nodes: list[str]) -> None:
+def quantize_int8(float_path: Path, out_path: Path, calib: Sequence[dict[str, np.ndarray]], nodes: list[str]) -> None:
     """Static QDQ int8 (per-channel symmetric weights, uint8 activations) of ``nodes`` only."""
     # ONNX Runtime's quantizer is the field's tool for QDQ graphs; OpenVINO reads the same graph.
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -108,10 +118,11 @@ def quantize_int8(float_path: Path, out_path: Path, calib: Sequence[np.ndarray],
     try:
         with tempfile.TemporaryDirectory(prefix="autocompress-q-") as tmp:
             model = onnx.load(str(float_path))
+            input_names = [i.name for i in model.graph.input]
             if inline_constant_identities(model):
                 float_path = Path(tmp) / "float.onnx"
                 onnx.save(model, str(float_path))
-            quantize_static(str(float_path), str(out_path), _Reader(calib), quant_format=QuantFormat.QDQ,
+            quantize_static(str(float_path), str(out_path), _Reader(calib, input_names), quant_format=QuantFormat.QDQ,
                             nodes_to_quantize=nodes, per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
     finally:
@@ -234,7 +245,7 @@ def _int4_node(graph: onnx.GraphProto, node: onnx.NodeProto, codes: np.ndarray) 
     return None
 
 
-def lower_onnx(cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor], path: Path,
+def lower_onnx(cm: CompressedModel, example_input: Inputs, calibration: Sequence[Inputs], path: Path,
                kinds: Iterable[str]) -> Kernels:
     """Export the baked ``cm`` to ONNX at ``path`` with each module lowered to the kernel
     :func:`~.base.resolve_kernels` picks among ``kinds`` (see the module docstring); returns what each module runs.
@@ -264,7 +275,7 @@ def lower_onnx(cm: CompressedModel, example_input: torch.Tensor, calibration: Se
             if not calibration:
                 raise ValueError("int8 layers need calibration batches")
             current = Path(tmp) / "int8.onnx"
-            quantize_int8(float_path, current, [as_array(c) for c in calibration],
+            quantize_int8(float_path, current, [feed(cm.model, c) for c in calibration],
                           [nodes[n].name for n in kernels.int8])
             model = onnx.load(str(current))
         for name in list(kernels.int4):

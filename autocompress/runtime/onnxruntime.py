@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 
 from ..compress import CompressedModel
+from ..tasks.inputs import Inputs
 from .base import KINDS, Backend, Lowered, Session, feed_arrays
 from .onnx import graph_ops, lower_onnx
 
@@ -50,8 +50,8 @@ class OrtSession(Session):
         self.sess = sess
         self.input_names = [i.name for i in sess.get_inputs()]
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return self.sess.run(None, dict(zip(self.input_names, inputs, strict=True)))
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.sess.run(None, {n: inputs[n] for n in self.input_names})
 
 
 class OnnxRuntimeBackend(Backend):
@@ -73,14 +73,14 @@ class OnnxRuntimeBackend(Backend):
         return ort.InferenceSession(str(model) if isinstance(model, Path) else model, opts,
                                     providers=[self.provider])
 
-    def lower(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+    def lower(self, cm: CompressedModel, example_input: Inputs, calibration: Sequence[Inputs],
               folder: Path, *, kinds: Iterable[str] | None = None) -> Lowered:
         allowed = self.kinds if kinds is None else self.kinds & frozenset(kinds)
         path = Path(folder) / "model.onnx"
         kernels = lower_onnx(cm, example_input, calibration, path, allowed)
         if kernels.int4:
             try:  # this runtime build must accept the int4 kernels; otherwise those layers run float
-                self.session(path).run(feed_arrays(example_input))
+                self.session(path).run(feed_arrays(cm.model, example_input))
             except Exception as e:
                 log.warning("ONNX Runtime refused the int4 (MatMulNBits) layers (%s); keeping them float", e)
                 int4 = list(kernels.int4)

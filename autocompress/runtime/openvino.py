@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
-import torch
 
 from ..compress import CompressedModel
+from ..tasks.inputs import Inputs
 from .base import Backend, Lowered, Session
 from .onnx import lower_onnx
 
@@ -37,6 +37,7 @@ class OvSession(Session):
     def __init__(self, core, artifact: Path, device: str, threads: int) -> None:
         self.core, self.artifact, self.device, self.threads = core, artifact, device, threads
         self.compiled: dict[tuple, tuple] = {}
+        self.names: list[str] | None = None
 
     def _request(self, shapes: tuple):
         if shapes not in self.compiled:
@@ -46,9 +47,12 @@ class OvSession(Session):
             self.compiled[shapes] = (compiled, compiled.create_infer_request())
         return self.compiled[shapes]
 
-    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        compiled, request = self._request(tuple(tuple(x.shape) for x in inputs))
-        request.infer(list(inputs))
+    def run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if self.names is None:
+            self.names = [i.get_any_name() for i in self.core.read_model(str(self.artifact)).inputs]
+        arrays = [inputs[n] for n in self.names]
+        compiled, request = self._request(tuple(tuple(x.shape) for x in arrays))
+        request.infer(arrays)
         return [request.get_output_tensor(i).data.copy() for i in range(len(compiled.outputs))]
 
 
@@ -63,7 +67,7 @@ class OpenVINOBackend(Backend):
                              f"{', '.join(self.core.available_devices)}")
         self.device = device
 
-    def lower(self, cm: CompressedModel, example_input: torch.Tensor, calibration: Sequence[torch.Tensor],
+    def lower(self, cm: CompressedModel, example_input: Inputs, calibration: Sequence[Inputs],
               folder: Path, *, kinds: Iterable[str] | None = None) -> Lowered:
         allowed = self.kinds if kinds is None else self.kinds & frozenset(kinds)
         path = Path(folder) / "model.onnx"

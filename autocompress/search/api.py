@@ -18,6 +18,7 @@ that rebuild a task (``export``, ``verify``) need it passed back (``task=autocom
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,18 +30,24 @@ from torch.utils.data import Dataset
 from ..config import LoadedStudy, SearchSpaceConfig, StudyConfig, load_search_space, resolve_search_space
 from ..errors import ConfigError
 from ..tasks import Task
-from ..tasks.metric import Metric, top1
+from ..tasks.inputs import Inputs
+from ..tasks.loss import UserLoss
+from ..tasks.metric import ACCURACY, Metric, MetricFn
 from .driver import StudyOutcome, run_study
 
 WHERE = "autocompress.search_model()"
 
 
-def search_model(model: nn.Module, example_input: torch.Tensor, *, train: Dataset, val: Dataset,
-           test: Dataset | None = None, metric: Metric = top1, name: str = "study", folder: str | Path = "studies",
+def search_model(model: nn.Module, example_input: Inputs, *, train: Dataset, val: Dataset,
+                 test: Dataset | None = None, metric: Metric | MetricFn = ACCURACY,
+                 forward: Callable[[nn.Module, Inputs], torch.Tensor] | None = None, loss: str | UserLoss = "kd",
+                 name: str = "study", folder: str | Path = "studies",
            search_space: str | Path | dict[str, Any] = "default", n_trials: int | None = 30,
            storage: str | None = None, progress: bool = True, **config: Any) -> StudyOutcome:
     """Search compressed versions of ``model`` (see the module docstring); returns the study's outcome.
 
+    example_input, metric, forward, loss: as the fields of :class:`autocompress.Task` (inputs of any structure; a
+                  metric with a name and direction, e.g. ``autocompress.PERPLEXITY``; the distillation loss)
     search_space: a built-in space's name (``default``, ``small``, ``deep_compression``), a YAML file, or a
                   mapping like a space file's content
     config:       any other study-config field, e.g. ``objectives={"accuracy": "maximize", "size_bytes":
@@ -48,7 +55,8 @@ def search_model(model: nn.Module, example_input: torch.Tensor, *, train: Datase
     """
     if not re.fullmatch(r"[A-Za-z0-9_.\-]+", name):
         raise ConfigError("must be letters, digits, '.', '_' or '-'", file=WHERE, field="name", value=name)
-    task = Task(name=name, model=model, example_input=example_input, train=train, val=val, test=test, metric=metric)
+    task = Task(name=name, model=model, example_input=example_input, train=train, val=val, test=test, metric=metric,
+                forward=forward, loss=loss)
     folder = Path(folder)
     if isinstance(search_space, dict):
         try:

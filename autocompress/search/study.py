@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import optuna
 
 from ..compress.layers import discover_layers
-from ..config import LoadedStudy
+from ..config import OBJECTIVES, LoadedStudy
 from ..errors import ConfigError
-from ..front import KINDS_ATTR
+from ..front import KINDS_ATTR, METRIC_ATTR
 from ..latency.study import prepare as prepare_latency
 from ..space import SearchSpace
 from ..tasks import Task, check_task, load_task
@@ -73,8 +73,11 @@ def _storage(url: str, heartbeat_s: int = 10, file: str | None = None) -> worker
                           value=url, file=file) from None
 
 
-def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
-    directions = list(loaded.config.objectives.values())
+def open_study(loaded: LoadedStudy, *, create: bool, objectives: dict[str, str] | None = None) -> optuna.Study:
+    """The study of ``loaded`` (``create``: created when missing) with ``objectives`` (default: the config's, or
+    accuracy, latency_ms and size_bytes)."""
+    objectives = objectives or loaded.config.objectives or dict(OBJECTIVES)
+    directions = list(objectives.values())
     storage = _storage(loaded.storage_url, loaded.config.heartbeat_s, str(loaded.config_path))
     if create:
         study = optuna.create_study(study_name=loaded.study_name, storage=storage, directions=directions,
@@ -82,9 +85,9 @@ def open_study(loaded: LoadedStudy, *, create: bool) -> optuna.Study:
     else:
         study = optuna.load_study(study_name=loaded.study_name, storage=storage)
     stored = study.user_attrs.get("objectives")
-    if stored is not None and list(stored) != list(loaded.config.objectives):
+    if stored is not None and list(stored) != list(objectives):
         raise ConfigError(f"study {loaded.study_name!r} already exists with objectives {list(stored)}; the "
-                          f"config now asks for {list(loaded.config.objectives)}. Use another `name` or storage",
+                          f"config now asks for {list(objectives)}. Use another `name` or storage",
                           file=str(loaded.config_path), field="objectives")
     return study
 
@@ -95,6 +98,8 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     cfg = loaded.config
     task = task or load_task(cfg.task, cfg.task_options)
     teacher_val = check_task(task)  # the teacher runs, gives finite outputs, a finite metric on non-empty splits
+    metric = task.metric
+    objectives = cfg.objectives_for(metric.name, metric.direction, file=str(loaded.config_path))
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))
     # The latency profile is loaded once per study (predict or measure), before anything is written.
@@ -105,7 +110,7 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
         loaded.study_dir.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = open_study(loaded, create=create)
+        study = open_study(loaded, create=create, objectives=objectives)
     except Exception:
         if made_dir:  # a storage that cannot be opened leaves nothing behind
             shutil.rmtree(loaded.study_dir, ignore_errors=True)
@@ -116,8 +121,9 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
             teacher = measure_teacher(task, cfg.latency, accuracy=teacher_val)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                study.set_metric_names(list(cfg.objectives))  # optuna-dashboard shows these names
-            study.set_user_attr("objectives", dict(cfg.objectives))
+                study.set_metric_names(list(objectives))  # optuna-dashboard shows these names
+            study.set_user_attr("objectives", objectives)
+            study.set_user_attr(METRIC_ATTR, metric.describe())
             study.set_user_attr("teacher", teacher.to_dict())
             study.set_user_attr("task", cfg.task)
             # the kernel kinds candidates are scored with: export lowers a front member with these
@@ -137,7 +143,8 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     done, _ = workers.count_trials(study.get_trials(deepcopy=False))  # the study's trials, not this worker's
     # Every worker of a study samples with its own seed (the first one: seed + finished trials).
     study.sampler = _sampler(loaded, done + 7919 * workers.worker_number(storage, study.study_name))
-    objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target)
+    objective = TrialRunner(task=task, space=space, loaded=loaded, teacher=teacher, horizon=target,
+                            objectives=objectives)
     return PreparedStudy(loaded=loaded, task=task, space=space, study=study, storage=storage,
                          study_id=storage.get_study_id_from_name(study.study_name), teacher=teacher,
                          objective=objective, target=target)

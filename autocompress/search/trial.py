@@ -22,21 +22,25 @@ import optuna
 
 from ..config import LoadedStudy
 from ..evaluate.candidate import Candidate
+from ..front import objective_column
 from ..latency.study import candidate_latency, latency_attrs
 from ..space import SearchSpace
 from ..tasks import Task
 from .fidelity import promote, rungs, self_check_numbers, steps_for
 from .objective import TeacherReference
 
-MINIMISE_SIGN = {"accuracy": -1.0, "latency_ms": 1.0, "size_bytes": 1.0}
-
 
 def constraint_values(loaded: LoadedStudy, metrics: dict[str, float]) -> dict[str, float]:
-    """Optuna constraint values (<= 0 is feasible) for the config's constraints."""
+    """Optuna constraint values (<= 0 is feasible) for the config's constraints (``metrics["accuracy"]``: the
+    task's metric, whatever its name)."""
     c = loaded.config.constraints
     out = {}
     if c.min_accuracy is not None:
         out["min_accuracy"] = c.min_accuracy - metrics["accuracy"]
+    if c.min_metric is not None:
+        out["min_metric"] = c.min_metric - metrics["accuracy"]
+    if c.max_metric is not None:
+        out["max_metric"] = metrics["accuracy"] - c.max_metric
     if c.max_latency_ms is not None:
         out["max_latency_ms"] = metrics["latency_ms"] - c.max_latency_ms
     if c.max_size_bytes is not None:
@@ -48,10 +52,13 @@ class TrialRunner:
     """The study's objective: ``runner(trial) -> tuple of objective values`` (raises TrialPruned when stopped)."""
 
     def __init__(self, *, task: Task, space: SearchSpace, loaded: LoadedStudy, teacher: TeacherReference,
-                 horizon: int | None = None) -> None:
+                 horizon: int | None = None, objectives: dict[str, str] | None = None) -> None:
         self.task, self.space, self.loaded, self.teacher = task, space, loaded, teacher
         cfg = loaded.config
-        self.objectives = list(cfg.objectives)
+        objectives = objectives or cfg.objectives_for(task.metric.name, task.metric.direction)
+        self.objectives = list(objectives)
+        # minimisation-space sign of each objective's column (rung points are compared there)
+        self.signs = {objective_column(o): (-1.0 if d == "maximize" else 1.0) for o, d in objectives.items()}
         self.ladder = rungs(cfg.fidelity)
         self.check = self_check_numbers(cfg.seed, horizon or cfg.n_trials or 100, cfg.fidelity.self_check)
         if cfg.fidelity.proxy == "full":
@@ -68,7 +75,7 @@ class TrialRunner:
             if t.number == trial.number:
                 index = len(rows)
             metrics = dict(zip(("accuracy", "latency_ms", "size_bytes"), values, strict=True))
-            rows.append([MINIMISE_SIGN[o] * metrics[o] for o in self.objectives])
+            rows.append([sign * metrics[column] for column, sign in self.signs.items()])
         return np.asarray(rows, dtype=float), index
 
     def __call__(self, trial: optuna.Trial) -> tuple[float, ...]:
@@ -119,7 +126,7 @@ class TrialRunner:
             trial.set_user_attr("constraints", constraints)
             for key, value in constraints.items():
                 trial.set_constraint(key, value)
-            values = tuple(float(metrics[o]) for o in self.objectives)
+            values = tuple(float(metrics[objective_column(o)]) for o in self.objectives)
             if not all(math.isfinite(v) for v in values):
                 raise ValueError(f"non-finite objective values {dict(zip(self.objectives, values, strict=True))}")
             return values

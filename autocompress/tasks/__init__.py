@@ -18,12 +18,12 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import nn
 
 from ..errors import TaskError
-from .metric import top1
-from .task import Task, check_task
+from .inputs import Inputs, problem
+from .metric import ACCURACY, MSE, PERPLEXITY, Metric, top1
+from .task import Task, TaskForward, check_task
 
 
 def _builtin() -> dict[str, Callable[..., Task]]:
@@ -73,10 +73,12 @@ def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
                         f"but returned {type(result).__name__}")
     if not isinstance(result.model, nn.Module):
         raise TaskError(f"task {spec!r}: `model` must be a torch.nn.Module, got {type(result.model).__name__}")
-    if not isinstance(result.example_input, torch.Tensor):
-        raise TaskError(f"task {spec!r}: `example_input` must be a tensor, got {type(result.example_input).__name__}")
+    why = problem(result.example_input)
+    if why is not None:
+        raise TaskError(f"task {spec!r}: `example_input` must be a tensor, a tuple of tensors or a dict of tensors, "
+                        f"but is {why}")
     result.model.eval()
     return result
 
 
-__all__ = ["Task", "load_task", "check_task", "top1"]
+__all__ = ["ACCURACY", "MSE", "PERPLEXITY", "Inputs", "Metric", "Task", "TaskForward", "check_task", "load_task", "top1"]

@@ -122,4 +122,7 @@ def mnist_resnet() -> Task:
 
 
 BUILTIN_TASKS["mnist-resnet"] = mnist_resnet
-BUILTIN_TASKS["hf-classifier"] = hf.classifier_task  # a save_pretrained folder + the user's data (extra: hf)
+# a save_pretrained folder + the user's data (extra: hf)
+BUILTIN_TASKS["hf-classifier"] = hf.classifier_task
+BUILTIN_TASKS["hf-image-classifier"] = hf.image_classifier_task
+BUILTIN_TASKS["hf-causal-lm"] = hf.causal_lm_task

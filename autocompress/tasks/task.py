@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,28 +12,72 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import TaskError
-from .metric import Metric, evaluate, top1
+from .inputs import Inputs, call, describe, problem
+from .loss import UserLoss, resolve_loss
+from .metric import ACCURACY, Metric, MetricFn, evaluate
+
+
+class TaskForward(nn.Module):
+    """The user's model run by the task's ``forward(model, inputs) -> tensor`` (e.g. ``model(**x).logits``).
+
+    The model is this module's child ``model``, so its layers' names start with ``model.``; export and every runtime
+    run this module, so what is exported is what the task's forward computes."""
+
+    def __init__(self, model: nn.Module, forward: Callable[[nn.Module, Inputs], torch.Tensor]) -> None:
+        super().__init__()
+        self.model = model
+        self.task_forward = forward
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        x = kwargs if kwargs else args[0] if len(args) == 1 else tuple(args)
+        return self.task_forward(self.model, x)
 
 
 @dataclass(kw_only=True)
 class Task:
     """Everything a study needs to know about the model being compressed.
 
-    model:         the trained teacher (float32, CPU)
-    example_input: one input batch of shape (1, ...) used to trace shapes and export
-    train / val:   datasets of ``(input, target)``; the search fine-tunes on train and scores on val
+    model:         the trained teacher (float32; moved to the study's ``device`` for training)
+    example_input: one input batch of size 1: a tensor, a tuple of tensors (positional arguments) or a dict of
+                   tensors (keyword arguments, e.g. ``input_ids`` and ``attention_mask``), of any dtype
+    train / val:   datasets of ``(input, target)`` pairs, inputs structured like ``example_input``; the search
+                   fine-tunes on train and scores on val
     test:          held out; reported, never used for selection
-    metric:        ``metric(outputs, targets) -> float``, higher is better (default: top-1 accuracy)
+    metric:        an :class:`~autocompress.tasks.metric.Metric` (name, direction, range), or a function
+                   ``(outputs, targets) -> float`` scored like accuracy (higher is better, in [0, 1]);
+                   default top-1 accuracy
+    forward:       optional ``forward(model, inputs) -> tensor`` when calling the model is not ``model(inputs)``,
+                   ``model(*inputs)`` or ``model(**inputs)`` returning a tensor (e.g. ``model(**x).logits``)
+    loss:          the distillation loss while candidates fine-tune: ``"kd"`` (class logits; default), ``"lm"``
+                   (causal-LM token logits), ``"mse"`` or ``"cosine"`` (embeddings, regression), or a function
+                   ``loss(student_out, teacher_out, targets) -> scalar tensor`` (see :mod:`autocompress.tasks.loss`)
     """
 
     name: str
     model: nn.Module
-    example_input: torch.Tensor
+    example_input: Inputs
     train: Dataset
     val: Dataset
     test: Dataset | None = None
-    metric: Metric = top1
+    metric: Metric | MetricFn = ACCURACY
+    forward: Callable[[nn.Module, Inputs], torch.Tensor] | None = None
+    loss: str | UserLoss | None = "kd"
     info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        try:
+            self.metric = Metric.of(self.metric)
+            resolve_loss(self.loss)
+        except (TypeError, ValueError) as e:
+            raise TaskError(f"task {self.name!r}: {e}") from None
+        if isinstance(self.example_input, list):
+            self.example_input = tuple(self.example_input)
+        if self.forward is not None and not isinstance(self.model, TaskForward):
+            self.model = TaskForward(self.model, self.forward)
+
+    @property
+    def distill_loss(self):
+        return resolve_loss(self.loss)
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -62,16 +107,21 @@ def check_task(task: Task) -> float:
             raise fail(f"its {split} split is empty (the search fine-tunes on train and scores on validation)")
     if task.test is not None and len(task.test) == 0:
         raise fail("its test split is given but empty (give None to have no test split)")
+    why = problem(task.example_input)
+    if why is not None:
+        raise fail(f"its example_input is {why}")
     task.model.eval()
     try:
-        out = task.model(task.example_input)
+        out = call(task.model, task.example_input)
     except Exception as e:
-        shape = tuple(task.example_input.shape) if isinstance(task.example_input, torch.Tensor) else "?"
-        raise fail(f"the teacher does not run on its own example input (shape {shape}): {type(e).__name__}: "
-                   f"{str(e).splitlines()[0] if str(e) else ''}") from None
+        raise fail(f"the teacher does not run on its own example input ({describe(task.example_input)}): "
+                   f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     tensors = _tensors(out)
     if not tensors:
         raise fail(f"the teacher returned {type(out).__name__}, not tensors")
+    if not isinstance(out, torch.Tensor):
+        raise fail(f"the teacher returned a {type(out).__name__}, not one tensor; give the task a "
+                   "`forward(model, inputs)` returning the tensor to score (e.g. lambda m, x: m(**x).logits)")
     if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
         raise fail("the teacher's outputs on its example input are not finite (NaN or inf): a broken checkpoint?")
     try:
