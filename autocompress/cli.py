@@ -91,14 +91,18 @@ def cmd_search(args: argparse.Namespace) -> int:
                           field="--storage", value=args.storage)
     if args.trial_cpus is not None and args.trial_cpus < 1:
         raise ConfigError("must be a whole number of CPUs, at least 1", field="--trial-cpus", value=args.trial_cpus)
-    if args.backend != "ray" and (args.address is not None or args.trial_cpus is not None):
-        raise ConfigError("is only used with --backend ray", field="--address" if args.address else "--trial-cpus",
-                          value=args.address or args.trial_cpus)
+    if args.trial_gpus is not None and args.trial_gpus <= 0:
+        raise ConfigError("must be a positive number of GPUs (a fraction shares one)", field="--trial-gpus",
+                          value=args.trial_gpus)
+    ray_only = {"--address": args.address, "--trial-cpus": args.trial_cpus, "--trial-gpus": args.trial_gpus}
+    given = [(flag, v) for flag, v in ray_only.items() if v is not None]
+    if args.backend != "ray" and given:
+        raise ConfigError("is only used with --backend ray", field=given[0][0], value=given[0][1])
     if args.storage:
         loaded = loaded.model_copy(update={"storage_url": args.storage})
     print(f"study {loaded.study_name!r}: task {loaded.config.task}, results in {loaded.study_dir}")
     outcome = run_study(loaded, n_trials=args.n_trials, progress=not args.no_progress, backend=args.backend,
-                        address=args.address, trial_cpus=args.trial_cpus)
+                        address=args.address, trial_cpus=args.trial_cpus, trial_gpus=args.trial_gpus)
     print()
     _print_front(outcome.front, "table")
     print(f"\nresults: {outcome.study_dir} (storage {outcome.storage_url})")
@@ -161,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--trial-cpus", type=int, default=None, metavar="N",
                    help="CPUs Ray reserves per trial (default: the config's latency.threads, usually 1); "
                         "2 gives latency measurement a spare core")
+    s.add_argument("--trial-gpus", type=float, default=None, metavar="N",
+                   help="GPUs Ray reserves per trial for fine-tuning (with `device: cuda` or `auto`; a fraction "
+                        "such as 0.25 shares one GPU among trials); latency stays on the latency backend's target")
     s.set_defaults(func=cmd_search)
 
     f = sub.add_parser("front", help="print a study's Pareto front", description=(

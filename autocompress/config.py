@@ -193,6 +193,9 @@ class FinetuneConfig(_Strict):
     steps:      mini-batches at the ``short`` fidelity level
     full_steps: mini-batches at the ``full`` level (fine-tuning to convergence; what export uses)
     calibration_batches: training batches (of 32) used for activation ranges and BatchNorm recalibration
+    device:     where candidates fine-tune and are evaluated: ``auto`` (CUDA when available, else CPU), ``cpu``,
+                ``cuda``, ``cuda:N`` or ``mps``; the study config's top-level ``device`` sets it. Latency is
+                measured on the latency backend's own target whatever this is.
     """
 
     steps: int = Field(default=200, ge=0)
@@ -200,6 +203,7 @@ class FinetuneConfig(_Strict):
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
     calibration_batches: int = Field(default=4, ge=1)
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
 
     @model_validator(mode="after")
     def _order(self) -> FinetuneConfig:
@@ -328,6 +332,20 @@ class StudyConfig(_Strict):
                 raise ConfigError(f"the task's metric {metric!r} is {direction}d, but the config asks it {d}d",
                                   field="objectives", value=d, file=file)
         return dict(self.objectives)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _device(cls, data: Any) -> Any:
+        """The top-level ``device`` is where candidates train: it is kept on the fine-tuning settings."""
+        if isinstance(data, dict) and "device" in data:
+            data = dict(data)
+            device = data.pop("device")
+            finetune = dict(data.get("finetune") or {})
+            if "device" in finetune and finetune["device"] != device:
+                raise ValueError(f"`device` ({device!r}) and `finetune.device` ({finetune['device']!r}) disagree; "
+                                 "give one")
+            data["finetune"] = {**finetune, "device": device}
+        return data
 
     @model_validator(mode="after")
     def _budget(self) -> StudyConfig:

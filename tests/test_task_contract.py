@@ -219,3 +219,26 @@ def test_a_bad_example_input_is_a_task_error_naming_what_it_is():
     for bad, needle in ((np.zeros((1, 4)), "ndarray"), ({"x": 1}, "not a tensor"), ((), "empty tuple")):
         with pytest.raises(TaskError, match=needle):
             check_task(Task(name="t", model=model, example_input=bad, train=data, val=data))
+
+
+def test_device_is_validated_and_candidates_train_where_it_says(tmp_path):
+    from autocompress.cli import main
+    from autocompress.config import StudyConfig
+    from autocompress.evaluate.candidate import Candidate
+
+    cfg = StudyConfig.model_validate({"task": "digits-mlp", "search_space": "small", "device": "cpu"})
+    assert cfg.finetune.device == "cpu"
+    with pytest.raises(Exception, match="device"):
+        StudyConfig.model_validate({"task": "digits-mlp", "search_space": "small", "device": "tpu"})
+    task = regression_task()
+    cand = Candidate(task, CompressionPlan(layers={"a": LayerPlan(weight_bits=4)}), cfg.finetune)
+    assert cand.device.type == "cpu"
+    cand.train_to(3)
+    assert all(p.device.type == "cpu" for p in cand.cm.model.parameters())
+    if not torch.cuda.is_available():
+        path = write_study(tmp_path, task="python:regression", search_space=SPACE, device="cuda")
+        with pytest.raises(ConfigError, match="CUDA") as e:
+            run_study(load_study_config(path), progress=False, task=task)
+        assert "field `device`" in str(e.value)
+        assert not (tmp_path / "s").exists()
+    assert main(["search", str(write_study(tmp_path, file="g")), "--trial-gpus", "1"]) == 2

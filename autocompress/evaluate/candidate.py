@@ -20,7 +20,7 @@ from ..config import FinetuneConfig
 from ..plan import CompressionPlan
 from ..runtime import Backend, Kernels, Timing, TimingSpec
 from ..tasks import Task
-from ..tasks.inputs import Inputs, batch_len, call, collate, tensors
+from ..tasks.inputs import Inputs, batch_len, call, collate, resolve_device, tensors
 from ..tasks.metric import evaluate
 from .size import compressed_size
 
@@ -164,6 +164,7 @@ class Candidate:
     def __init__(self, task: Task, plan: CompressionPlan, finetune_cfg: FinetuneConfig, *, seed: int = 0) -> None:
         t0 = time.perf_counter()
         self.task, self.plan, self.cfg, self.seed = task, plan, finetune_cfg, seed
+        self.device = resolve_device(finetune_cfg.device)  # where it trains and is evaluated
         self.cm = apply(task.model, plan, task.example_input)
         self.calib = calibration_batches(task, finetune_cfg.calibration_batches)
         self.recalibrated = recalibrate_batchnorm(self.cm.model, self.calib, reference=task.model)
@@ -184,7 +185,7 @@ class Candidate:
         elif steps > self.steps_done:
             finetune(self.cm, self.task.model, self.task.train, steps=steps - self.steps_done,
                      batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done,
-                     loss_fn=self.task.distill_loss)
+                     loss_fn=self.task.distill_loss, device=self.device)
             self.steps_done = steps
         self._add_time("finetune", t0)
 
@@ -192,7 +193,7 @@ class Candidate:
         """Metric on ``val`` or ``test`` (None when the task has no test split)."""
         t0 = time.perf_counter()
         data = self.task.val if split == "val" else self.task.test
-        value = None if data is None else evaluate(self.cm.model, data, self.task.metric)
+        value = None if data is None else evaluate(self.cm.model, data, self.task.metric, device=self.device)
         self._add_time("evaluate", t0)
         if value is not None and not math.isfinite(value):
             raise ValueError(f"the metric returned {value} on the {split} split")

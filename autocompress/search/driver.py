@@ -68,30 +68,31 @@ def post_study_steps() -> list[Callable[[optuna.Study, Task, LoadedStudy], None]
     return [deployability_gate, latency_check]
 
 
-def _executor(backend: str, *, address: str | None, trial_cpus: int | None, loaded: LoadedStudy) -> Executor:
+def _executor(backend: str, *, address: str | None, trial_cpus: int | None, loaded: LoadedStudy,
+              trial_gpus: float | None = None) -> Executor:
     if backend == "local":
         return LocalExecutor()
     if backend == "ray":
         from .ray_backend import RayExecutor  # lazy: Ray takes seconds to import, only studies naming it pay
 
         cpus = loaded.config.latency.threads if trial_cpus is None else trial_cpus
-        return RayExecutor.connect(address, trial_cpus=cpus)
+        return RayExecutor.connect(address, trial_cpus=cpus, trial_gpus=trial_gpus or 0.0)
     raise ConfigError("unknown backend", field="backend", value=backend, allowed="local, ray")
 
 
 def run_study(loaded: LoadedStudy, *, n_trials: int | None = None, progress: bool = True,
               task: Task | None = None, backend: str = "local", address: str | None = None,
-              trial_cpus: int | None = None) -> StudyOutcome:
+              trial_cpus: int | None = None, trial_gpus: float | None = None) -> StudyOutcome:
     """Run (or continue) the study until it holds ``n_trials`` finished trials or ``timeout_s`` passes.
 
     ``backend="ray"`` runs the trials on a Ray cluster (``address``: ``None`` starts a local one, ``"auto"`` or
-    ``HOST:PORT`` joins one; ``trial_cpus`` per trial); see :mod:`autocompress.search.ray_backend`. Any number of
+    ``HOST:PORT`` joins one; ``trial_cpus`` and ``trial_gpus`` reserved per trial); see :mod:`autocompress.search.ray_backend`. Any number of
     processes may run the same study on a shared storage: they share ``n_trials`` (see :mod:`.workers`).
     """
     cfg = loaded.config
     start = time.perf_counter()
     # connect first: a wrong address or too few CPUs fails before anything is written
-    executor = _executor(backend, address=address, trial_cpus=trial_cpus, loaded=loaded)
+    executor = _executor(backend, address=address, trial_cpus=trial_cpus, loaded=loaded, trial_gpus=trial_gpus)
     try:
         prepared = prepare_study(loaded, task=task, n_trials=n_trials, create=True)
         study = prepared.study

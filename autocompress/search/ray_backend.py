@@ -100,13 +100,16 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, *, trial_cpus: int, started: bool, cluster_cpus: float, nodes: int) -> None:
+    def __init__(self, *, trial_cpus: int, started: bool, cluster_cpus: float, nodes: int,
+                 trial_gpus: float = 0.0) -> None:
         self.trial_cpus, self.started, self.cluster_cpus, self.nodes = trial_cpus, started, cluster_cpus, nodes
+        self.trial_gpus = trial_gpus
 
     @classmethod
-    def connect(cls, address: str | None, *, trial_cpus: int) -> RayExecutor:
+    def connect(cls, address: str | None, *, trial_cpus: int, trial_gpus: float = 0.0) -> RayExecutor:
         """Join the cluster at ``address`` (``None``: start Ray here, bound to 127.0.0.1). Raises ConfigError
-        naming the flag when the address cannot be reached or no node has ``trial_cpus`` CPUs."""
+        naming the flag when the address cannot be reached or no node has ``trial_cpus`` CPUs (``trial_gpus``
+        GPUs)."""
         if not isinstance(trial_cpus, int) or trial_cpus < 1:
             raise ConfigError("must be a whole number of CPUs, at least 1", field="--trial-cpus", value=trial_cpus)
         _check_address(address)
@@ -134,7 +137,12 @@ class RayExecutor:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         per_node = [float(n.get("Resources", {}).get("CPU", 0)) for n in nodes]
         session = cls(trial_cpus=trial_cpus, started=started and local, cluster_cpus=sum(per_node),
-                      nodes=len(nodes))
+                      nodes=len(nodes), trial_gpus=trial_gpus)
+        gpus = [float(n.get("Resources", {}).get("GPU", 0)) for n in nodes]
+        if trial_gpus > max(gpus, default=0):
+            session.close()
+            raise ConfigError(f"no node of the Ray cluster has that many GPUs (largest: {max(gpus, default=0):g})",
+                              field="--trial-gpus", value=trial_gpus)
         if trial_cpus > max(per_node, default=0):
             session.close()
             raise ConfigError(f"no node of the Ray cluster has that many CPUs (largest: {max(per_node, default=0):g})",
@@ -158,7 +166,7 @@ class RayExecutor:
         trainable = tune.with_resources(
             tune.with_parameters(_tune_trial, loaded=loaded, target=target, deadline=deadline,
                                  threads=self.trial_cpus),
-            {"cpu": self.trial_cpus})
+            {"cpu": self.trial_cpus, **({"gpu": self.trial_gpus} if self.trial_gpus else {})})
         progress = _Progress(bar)
         with _env(TUNE_DISABLE_SIGINT_HANDLER="1", RAY_AIR_NEW_OUTPUT="0", TUNE_DISABLE_AUTO_CALLBACK_LOGGERS="1"):
             for _ in range(ROUNDS):

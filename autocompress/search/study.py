@@ -22,6 +22,7 @@ from ..front import KINDS_ATTR, METRIC_ATTR
 from ..latency.study import prepare as prepare_latency
 from ..space import SearchSpace
 from ..tasks import Task, check_task, load_task
+from ..tasks.inputs import resolve_device
 from . import workers
 from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
@@ -99,6 +100,10 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
     task = task or load_task(cfg.task, cfg.task_options)
     teacher_val = check_task(task)  # the teacher runs, gives finite outputs, a finite metric on non-empty splits
     metric = task.metric
+    try:
+        resolve_device(cfg.finetune.device)  # a study asking for an absent GPU stops here, not in every trial
+    except ValueError as e:
+        raise ConfigError(str(e), file=str(loaded.config_path), field="device") from None
     objectives = cfg.objectives_for(metric.name, metric.direction, file=str(loaded.config_path))
     layers = discover_layers(task.model, task.example_input)
     space = SearchSpace(loaded.space, layers, source=str(loaded.config_path))

@@ -86,6 +86,22 @@ def to_device(x: Inputs, device: torch.device | str) -> Inputs:
     return map_inputs(lambda t: t.to(device), x)
 
 
+def resolve_device(spec: str = "auto") -> torch.device:
+    """``auto`` (CUDA when available, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` as a device; raises
+    ValueError saying what this machine has when the device is not available."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if (device.index or 0) >= n:
+            raise ValueError(f"device {spec!r} is not available: this machine has {n} CUDA device(s) for this torch "
+                             f"build (torch {torch.__version__}); use `device: cpu` or `auto`")
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {spec!r} is not available on this machine; use `device: cpu` or `auto`")
+    return device
+
+
 def concat(batches: list[Inputs]) -> Inputs:
     """Batches of one structure joined along the batch dimension."""
     head = batches[0]
@@ -160,5 +176,5 @@ def feed(model: nn.Module | None, x: Inputs) -> dict[str, np.ndarray]:
 
 
 __all__ = ["INPUT_NAME", "Inputs", "as_array", "batch_len", "call", "collate", "concat", "describe", "feed", "first",
-           "from_named", "from_spec", "map_inputs", "named", "problem", "repeat_first", "signature_key", "spec", "tensors",
+           "from_named", "from_spec", "map_inputs", "named", "problem", "repeat_first", "resolve_device", "signature_key", "spec", "tensors",
            "to_device"]

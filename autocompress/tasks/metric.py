@@ -98,14 +98,22 @@ MSE = Metric(_mse, "mse", "minimize", None)
 @torch.no_grad()
 def predict(model: nn.Module, data: Dataset, batch_size: int = 512,
             device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenated model outputs and targets over ``data`` (model in eval mode), on the CPU."""
+    """Concatenated model outputs and targets over ``data`` (model in eval mode), on the CPU; with ``device``, the
+    model runs there (and is moved back to the CPU)."""
     model.eval()
     outs, ys = [], []
-    for x, y in DataLoader(data, batch_size=batch_size):
-        if device is not None:
-            x = to_device(x, device)
-        outs.append(call(model, x).detach().cpu())
-        ys.append(y)
+    moved = device is not None and torch.device(device).type != "cpu"
+    if moved:
+        model.to(device)
+    try:
+        for x, y in DataLoader(data, batch_size=batch_size):
+            if moved:
+                x = to_device(x, device)
+            outs.append(call(model, x).detach().cpu())
+            ys.append(y)
+    finally:
+        if moved:
+            model.to("cpu")
     return torch.cat(outs), torch.cat(ys)
 
 
