@@ -41,7 +41,7 @@ bench-quick: venv system-deps
 
 # ruff, and the import layers of pyproject.toml ([tool.importlinter]): each layer imports only those below it
 lint: venv
-	$(BIN)/ruff check autocompress tests benchmarks
+	$(BIN)/ruff check autocompress tests benchmarks examples
 	$(BIN)/lint-imports
 
 clean:

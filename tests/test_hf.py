@@ -156,3 +156,39 @@ def test_a_vit_image_classifier_study_runs_and_exports(tmp_path):
     onnx_model = load(tmp_path / "out", runtime="onnx", architecture=load_task("hf-image-classifier", options).model)
     with torch.no_grad():
         assert onnx_model(torch.rand(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_student_depth_drops_transformer_layers_of_a_module_list(bert_folder, lm_folders, tmp_path):
+    """Depth over the encoder's nn.ModuleList: the last layers become pass-throughs (names of the others kept), the
+    model still runs, lowers to ONNX and is predicted; a study with depth in its space fails no trial."""
+    from autocompress.compress import apply, bake
+    from autocompress.compress.depth import SkipBlock
+    from autocompress.plan import CompressionPlan, StudentPlan
+    from autocompress.runtime import get_backend
+    from autocompress.tasks.hf import load_causal_lm
+    from autocompress.tasks.inputs import call
+
+    model = load_sequence_classifier(bert_folder)
+    ids = torch.randint(1, 200, (1, 16))
+    cm = apply(model, CompressionPlan(student=StudentPlan(depth=0.5)), ids)
+    layers = cm.model.model.bert.encoder.layer
+    assert [type(m).__name__ for m in layers] == ["BertLayer", "SkipBlock"]
+    lowered = get_backend("onnxruntime").lower(bake(cm), ids, [], tmp_path)
+    assert lowered.artifact.is_file()
+    lm = load_causal_lm(lm_folders / "llama-tiny")
+    x = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    cm = apply(lm, CompressionPlan(student=StudentPlan(depth=0.5)), x)
+    assert isinstance(cm.model.model.model.layers[1], SkipBlock)
+    with torch.no_grad():
+        assert call(cm.model, x).shape == (1, 16, 200)
+    space = {**SPACE, "student": {"depth": [0.5, 1.0]}}
+    path = write_study(tmp_path, task="hf-classifier",
+                       task_options={"folder": str(bert_folder), "data": "helpers_tasks:token_splits"},
+                       search_space=space, n_trials=4, sampler="random", warm_start=False,
+                       fidelity={"promotion": False, "self_check": 0}, finetune={"steps": 5, "batch_size": 16})
+    loaded = load_study_config(path)
+    run_study(loaded, progress=False)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert len(done) == 4, [t.user_attrs.get("error") for t in study.trials]
+    assert {t.params.get("student:depth") for t in done} >= {0.5}, [t.params for t in done]

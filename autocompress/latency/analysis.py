@@ -37,7 +37,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..compress import registry
-from ..compress.depth import removable_blocks
+from ..compress.depth import removable_blocks, skip_blocks
 from ..compress.layers import LayerInfo, discover_layers, get_module, out_channels
 from ..compress.lowrank import resolve_rank
 from ..compress.structured import BREAKS_FORWARD, _prune_fn, channel_target, group_skip_reason, runs
@@ -260,7 +260,8 @@ class TeacherAnalysis:
         self.example_input = first(example_input)
         self.batch_size = batch_size
         self.infos = discover_layers(teacher, self.example_input)
-        self.blocks = removable_blocks(teacher, self.example_input)
+        self.tuple_blocks: set[str] = set()
+        self.blocks = removable_blocks(teacher, self.example_input, tuples=self.tuple_blocks)
         self._variants: dict[tuple[str, ...], Variant] = {}
 
     # --- depth ---------------------------------------------------------------------------------------------
@@ -282,9 +283,7 @@ class TeacherAnalysis:
     # --- analysis ------------------------------------------------------------------------------------------
     def _model(self, removed: tuple[str, ...]) -> nn.Module:
         model = copy.deepcopy(self.teacher).eval()
-        for full in removed:
-            parent, _, child = full.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
+        skip_blocks(model, removed, self.tuple_blocks)  # as compress.depth.drop_blocks does
         return model
 
     def _build(self, removed: tuple[str, ...]) -> Variant:

@@ -6,6 +6,8 @@ Built-in tasks (real data shipped inside installed packages, nothing downloaded)
 - ``mnist-lenet300`` LeNet-300-100 on the same data
 - ``digits-mlp``     a 64-64-32-10 MLP on scikit-learn's 8x8 digits (fast; for tests)
 - ``mnist-resnet``   a ResNet-style CNN (width 16, one basic block per stage) on the MNIST subset
+- ``hf-classifier``, ``hf-image-classifier``, ``hf-causal-lm``: a Hugging Face ``save_pretrained`` folder and the
+  user's data (:mod:`autocompress.tasks.hf`)
 
 A user task is ``"package.module:function"``: the function is imported and called (this runs the user's code)
 with the study's ``task_options`` and returns a :class:`Task` (or a dict with the same fields).
@@ -13,7 +15,6 @@ with the study's ``task_options`` and returns a :class:`Task` (or a dict with th
 
 from __future__ import annotations
 
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -23,7 +24,7 @@ from torch import nn
 from ..errors import TaskError
 from .inputs import Inputs, problem
 from .metric import ACCURACY, MSE, PERPLEXITY, Metric, top1
-from .task import Task, TaskForward, check_task
+from .task import Task, TaskForward, check_task, import_user_module
 
 
 def _builtin() -> dict[str, Callable[..., Task]]:
@@ -52,7 +53,7 @@ def load_task(spec: str, options: dict[str, Any] | None = None) -> Task:
                         "as 'package.module:function'")
     module_name, _, func_name = spec.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = import_user_module(module_name)
     except Exception as e:  # ImportError, or the user's module raising at import
         raise TaskError(f"task {spec!r}: cannot import module {module_name!r}: {type(e).__name__}: {e}") from None
     func = getattr(module, func_name, None)

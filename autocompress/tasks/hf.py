@@ -14,9 +14,10 @@ task taking ``folder`` and ``data`` (``module:function`` returning ``(train, val
                            of one length (padding id where the sequence is shorter); next-token targets are derived
 
 Every ``nn.Linear`` is a layer the search can compress (attention projections, MLPs, heads; GPT-2's ``Conv1D``
-projections are converted to equivalent ``nn.Linear`` on load); embeddings and LayerNorm are left alone. Not yet:
-attention-head pruning with heads kept consistent, and student depth over the ``nn.ModuleList`` of layers (a cut
-that breaks the attention's head reshape is undone and reported in the trial's ``skipped``, never a failed trial).
+projections are converted to equivalent ``nn.Linear`` on load); embeddings and LayerNorm are left alone. Student
+depth drops the last transformer layers of the ``nn.ModuleList`` (:mod:`autocompress.compress.depth`). Not yet:
+attention-head pruning with heads kept consistent (a channel cut that breaks the attention's head reshape is undone
+and reported in the trial's ``skipped``, never a failed trial).
 
 As a built-in task::
 
@@ -36,7 +37,7 @@ from torch.utils.data import Dataset
 
 from ..errors import TaskError
 from .metric import PERPLEXITY
-from .task import Task
+from .task import Task, import_user_module
 
 
 class SequenceClassifier(nn.Module):
@@ -142,7 +143,7 @@ def load_causal_lm(folder: str | Path) -> CausalLM:
 def _splits(data: str) -> tuple[Dataset, Dataset, Dataset | None]:
     module_name, _, func_name = data.partition(":")
     try:
-        splits = getattr(importlib.import_module(module_name), func_name)()
+        splits = getattr(import_user_module(module_name), func_name)()
     except Exception as e:
         raise TaskError(f"task_options.data {data!r}: {type(e).__name__}: {e}") from None
     if not isinstance(splits, tuple | list) or len(splits) not in (2, 3):

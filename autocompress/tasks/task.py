@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import importlib
 import math
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -15,6 +19,15 @@ from ..errors import TaskError
 from .inputs import Inputs, call, describe, problem
 from .loss import UserLoss, resolve_loss
 from .metric import ACCURACY, Metric, MetricFn, evaluate
+
+
+def import_user_module(name: str) -> ModuleType:
+    """Import the user's module ``name`` (their task or data code) as ``python -m`` would: the current directory is
+    searched too, so ``autocompress search`` finds ``mypackage.tasks`` run from the folder holding ``mypackage``."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    return importlib.import_module(name)
 
 
 class TaskForward(nn.Module):
