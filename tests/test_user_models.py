@@ -248,3 +248,56 @@ def test_a_cut_that_breaks_the_forward_pass_is_undone_and_reported_in_apply_and_
     assert cm.model.get_submodule("blocks.0.mlp.0").out_features == 64  # the other cut is kept
     assert cm.model(x).shape == (1, 10)
     assert TeacherAnalysis(model, x).resolve(plan).skipped == cm.skipped
+
+
+def _bounds(name: str) -> dict[str, float]:
+    """Identity, 8-bit-weight and full-int8 (ONNX Runtime) metric changes of a built-in teacher, calibrated on 64
+    samples (two batches of 32), as a user with a small calibration set would."""
+    import tempfile
+    from pathlib import Path
+
+    from autocompress.compress import discover_layers
+    from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.export.loader import OnnxModule
+    from autocompress.plan import CompressionPlan, LayerPlan
+    from autocompress.runtime import get_backend
+    from autocompress.tasks.metric import evaluate
+
+    task = load_task(name)
+    cfg = FinetuneConfig(calibration_batches=2)
+    teacher = evaluate(task.model, task.val, task.metric)
+
+    def everywhere(**knobs):
+        return CompressionPlan(layers={i.name: LayerPlan(**knobs)
+                                       for i in discover_layers(task.model, task.example_input)})
+
+    out = {"identity": Candidate(task, CompressionPlan(), cfg).accuracy() - teacher}
+    for level in ("zero-shot", "short", "full"):  # the identity plan is never trained: the teacher at every level
+        cand = Candidate(task, CompressionPlan(), cfg)
+        cand.train_to({"zero-shot": 0, "short": 20, "full": 40}[level])
+        out[f"identity_{level}"] = cand.accuracy() - teacher
+    out["w8"] = Candidate(task, everywhere(weight_bits=8), cfg).accuracy() - teacher
+    cand = Candidate(task, everywhere(weight_bits=8, activation_bits=8), cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        lowered = get_backend("onnxruntime").lower(cand.baked(), task.example_input, cand.calib, Path(tmp))
+        assert lowered.kernels.int8 and not lowered.kernels.float
+        out["int8"] = evaluate(OnnxModule(lowered.artifact), task.val, task.metric) - teacher
+    return out
+
+
+def _check_bounds(d: dict[str, float]) -> None:
+    assert all(d[k] == 0.0 for k in d if k.startswith("identity")), d
+    assert d["w8"] >= -0.005, d   # 8-bit per-channel weights alone: within half a point
+    assert d["int8"] >= -0.01, d  # weights and activations int8 on the runtime: within one point
+
+
+@pytest.mark.parametrize("name", ["digits-mlp", "mnist-lenet5", "mnist-resnet"])
+def test_the_machinery_never_damages_a_builtin_teacher(name):
+    _check_bounds(_bounds(name))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mnist-resnet18", "mnist-mobilenetv2", "mnist-lenet300"])
+def test_the_machinery_never_damages_a_pretrained_zoo_teacher(name):
+    _check_bounds(_bounds(name))

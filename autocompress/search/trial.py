@@ -4,7 +4,8 @@ Backends (the local Optuna loop, Ray workers) all call :class:`TrialRunner`, so 
 user attributes whichever backend ran it:
 
 plan, rung:<level> ([accuracy, latency_ms, size_bytes] at each rung reached), fidelity (level of the reported
-accuracy), accuracy / test_accuracy, latency_ms (+ p10/p90, int8_nodes, latency_source, latency_backend and kernels: the
+accuracy), accuracy / test_accuracy (the task's metric on validation / test, whatever its name: the study attribute
+``metric`` says its name and direction), latency_ms (+ p10/p90, int8_nodes, latency_source, latency_backend and kernels: the
 int8 / int4 / float kernel of each module it was scored with, which export lowers), size_bytes, compression_ratio, skipped,
 seconds (per phase), cost_s, constraints; self-check trials add proxy_accuracy, full_accuracy and
 full_test_accuracy (accuracy and test_accuracy stay at the proxy level); stopped trials

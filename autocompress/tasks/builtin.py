@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..errors import TaskError
 from . import data, hf, models
 from .metric import evaluate
 from .task import Task
@@ -122,6 +123,34 @@ def mnist_resnet() -> Task:
 
 
 BUILTIN_TASKS["mnist-resnet"] = mnist_resnet
+
+
+def mnist_resnet18() -> Task:
+    """ResNet-18 (the reference architecture, 11.2 M weights, one input channel, 10 classes) trained on the MNIST
+    subset: a real-size pretrained teacher for the zoo benchmarks."""
+    splits = data.mnist()
+    model = cached_teacher("mnist-resnet18", lambda: models.ResNet18(num_classes=10, in_channels=1), splits,
+                           epochs=6, lr=1e-3)
+    return Task(name="mnist-resnet18", model=model, example_input=splits.train[0][0].unsqueeze(0),
+                train=splits.train, val=splits.val, test=splits.test)
+
+
+def mnist_mobilenetv2(size: int = 28) -> Task:
+    """MobileNetV2 (the reference architecture, 2.2 M weights, one input channel, 10 classes) on the MNIST subset;
+    ``size``: image side (28, or MNIST resized, e.g. 96, where MobileNetV2 is compute-bound rather than
+    overhead-bound on a CPU)."""
+    if not 16 <= size <= 224:
+        raise TaskError(f"task_options.size must be in [16, 224], got {size}")
+    splits = data.mnist(size=size)
+    name = "mnist-mobilenetv2" if size == 28 else f"mnist-mobilenetv2-{size}px"
+    model = cached_teacher(name, lambda: models.MobileNetV2(num_classes=10, in_channels=1), splits,
+                           epochs=8 if size <= 32 else 4, lr=2e-3)
+    return Task(name=name, model=model, example_input=splits.train[0][0].unsqueeze(0),
+                train=splits.train, val=splits.val, test=splits.test)
+
+
+BUILTIN_TASKS["mnist-resnet18"] = mnist_resnet18
+BUILTIN_TASKS["mnist-mobilenetv2"] = mnist_mobilenetv2
 # a save_pretrained folder + the user's data (extra: hf)
 BUILTIN_TASKS["hf-classifier"] = hf.classifier_task
 BUILTIN_TASKS["hf-image-classifier"] = hf.image_classifier_task

