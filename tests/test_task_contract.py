@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from autocompress import MSE, Task
 from autocompress.compress import apply, bake
-from autocompress.config import load_study_config
+from autocompress.config import FinetuneConfig, load_study_config
 from autocompress.errors import ConfigError, TaskError
 from autocompress.export.artifact import export_from_study, verify
 from autocompress.export.loader import load
@@ -242,3 +242,34 @@ def test_device_is_validated_and_candidates_train_where_it_says(tmp_path):
         assert "field `device`" in str(e.value)
         assert not (tmp_path / "s").exists()
     assert main(["search", str(write_study(tmp_path, file="g")), "--trial-gpus", "1"]) == 2
+
+
+def test_the_tasks_collate_function_batches_every_split():
+    """Sequences of different lengths, padded by the user's collate into {input_ids, attention_mask} batches: the
+    teacher check, calibration, fine-tuning and evaluation all batch through it."""
+    from autocompress.evaluate.candidate import Candidate, calibration_batches
+
+    g = torch.Generator().manual_seed(0)
+    seqs = [torch.randint(1, 50, (int(n),), generator=g) for n in torch.randint(3, 10, (96,), generator=g)]
+    labels = [int(s[0] < 25) for s in seqs]
+    calls = []
+
+    def pad(samples):
+        calls.append(len(samples))
+        n = max(len(s) for s, _ in samples)
+        ids = torch.zeros(len(samples), n, dtype=torch.long)
+        for i, (s, _) in enumerate(samples):
+            ids[i, :len(s)] = s
+        return {"input_ids": ids, "attention_mask": (ids != 0).long()}, torch.tensor([y for _, y in samples])
+
+    data = list(zip(seqs, labels, strict=True))
+    example = pad(data[:1])[0]
+    task = Task(name="padded", model=MaskedBag(classes=2).eval(), example_input=example, train=data[:64],
+                val=data[64:], collate=pad)
+    assert 0.0 <= check_task(task) <= 1.0 and calls
+    batches = calibration_batches(task, 2)
+    assert set(batches[0]) == {"input_ids", "attention_mask"} and len(batches[0]["input_ids"]) == 32
+    cand = Candidate(task, CompressionPlan(layers={"fc1": LayerPlan(weight_bits=4)}), FinetuneConfig(steps=3))
+    before = len(calls)
+    cand.train_to(3)
+    assert len(calls) > before and math.isfinite(cand.accuracy())

@@ -21,9 +21,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..tasks.inputs import call, to_device
+from ..tasks.inputs import call, loader, to_device
 from ..tasks.loss import Loss, kd
 from . import CompressedModel
 from .quantize import SharedWeight
@@ -59,7 +59,7 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
         return float("nan")
     d = cm.plan.distill
     torch.manual_seed(seed)
-    loader = DataLoader(data, batch_size=batch_size, shuffle=True, drop_last=len(data) > batch_size,
+    batches = loader(data, batch_size, shuffle=True, drop_last=len(data) > batch_size,
                         generator=torch.Generator().manual_seed(seed))
     model = cm.model
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -96,7 +96,7 @@ def finetune(cm: CompressedModel, teacher: nn.Module, data: Dataset, *, steps: i
     step = 0
     try:
         while step < steps:
-            for x, y in loader:
+            for x, y in batches:
                 if shared and step == share_at:
                     cluster()
                 feats_t.clear()

@@ -20,7 +20,7 @@ from ..config import FinetuneConfig
 from ..plan import CompressionPlan
 from ..runtime import Backend, Kernels, Timing, TimingSpec
 from ..tasks import Task
-from ..tasks.inputs import Inputs, batch_len, call, collate, resolve_device, tensors
+from ..tasks.inputs import Inputs, batch_len, call, collate_of, resolve_device, tensors
 from ..tasks.metric import evaluate
 from .size import compressed_size
 
@@ -29,10 +29,10 @@ def calibration_batches(task: Task, n: int, batch_size: int = 32) -> list[Inputs
     """The first ``n`` training batches (deterministic), used to calibrate activation ranges."""
     xs = []
     for i in range(n):
-        chunk = [task.train[j][0] for j in range(i * batch_size, min((i + 1) * batch_size, len(task.train)))]
+        chunk = [task.train[j] for j in range(i * batch_size, min((i + 1) * batch_size, len(task.train)))]
         if not chunk:
             break
-        xs.append(collate(chunk))
+        xs.append(collate_of(task.train)(chunk)[0])  # the inputs of a batch made as training makes it
     return xs
 
 

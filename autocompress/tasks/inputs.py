@@ -16,7 +16,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 Inputs = Union[torch.Tensor, tuple[torch.Tensor, ...], dict[str, torch.Tensor]]  # noqa: UP007 (a runtime alias)
 
@@ -76,6 +76,30 @@ def collate(samples: list[Inputs]) -> Inputs:
     """Samples of one structure stacked into a batch (PyTorch's default collate; tuples stay tuples)."""
     batch = default_collate(samples)
     return tuple(batch) if isinstance(batch, list) else batch
+
+
+class Collated(Dataset):
+    """A task's split with the user's collate function (``Task.collate``), which every loader of it uses."""
+
+    def __init__(self, data: Dataset, collate_fn: Callable[[list], Any]) -> None:
+        self.data, self.collate_fn = data, collate_fn
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.data[i]
+
+
+def collate_of(data: Dataset) -> Callable[[list], Any]:
+    """The collate function batches of ``data`` are made with: the task's (:class:`Collated`), or PyTorch's
+    default (tuples kept as tuples)."""
+    return data.collate_fn if isinstance(data, Collated) else collate
+
+
+def loader(data: Dataset, batch_size: int, **kwargs: Any) -> DataLoader:
+    """A DataLoader over a task's split, batched with its collate function (:func:`collate_of`)."""
+    return DataLoader(data, batch_size=batch_size, collate_fn=collate_of(data), **kwargs)
 
 
 def batch_len(x: Inputs) -> int:
@@ -175,6 +199,6 @@ def feed(model: nn.Module | None, x: Inputs) -> dict[str, np.ndarray]:
     return {k: as_array(t) for k, t in named(model, x).items()}
 
 
-__all__ = ["INPUT_NAME", "Inputs", "as_array", "batch_len", "call", "collate", "concat", "describe", "feed", "first",
-           "from_named", "from_spec", "map_inputs", "named", "problem", "repeat_first", "resolve_device", "signature_key", "spec", "tensors",
+__all__ = ["INPUT_NAME", "Collated", "Inputs", "as_array", "batch_len", "call", "collate", "collate_of", "concat", "describe", "feed", "first",
+           "from_named", "from_spec", "loader", "map_inputs", "named", "problem", "repeat_first", "resolve_device", "signature_key", "spec", "tensors",
            "to_device"]

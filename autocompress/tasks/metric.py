@@ -10,9 +10,9 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from .inputs import call, to_device
+from .inputs import call, loader, to_device
 
 MetricFn = Callable[[torch.Tensor, torch.Tensor], float]
 
@@ -106,7 +106,7 @@ def predict(model: nn.Module, data: Dataset, batch_size: int = 512,
     if moved:
         model.to(device)
     try:
-        for x, y in DataLoader(data, batch_size=batch_size):
+        for x, y in loader(data, batch_size):
             if moved:
                 x = to_device(x, device)
             outs.append(call(model, x).detach().cpu())

@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import TaskError
-from .inputs import Inputs, call, describe, problem
+from .inputs import Collated, Inputs, call, describe, problem
 from .loss import UserLoss, resolve_loss
 from .metric import ACCURACY, Metric, MetricFn, evaluate
 
@@ -64,6 +64,8 @@ class Task:
     loss:          the distillation loss while candidates fine-tune: ``"kd"`` (class logits; default), ``"lm"``
                    (causal-LM token logits), ``"mse"`` or ``"cosine"`` (embeddings, regression), or a function
                    ``loss(student_out, teacher_out, targets) -> scalar tensor`` (see :mod:`autocompress.tasks.loss`)
+    collate:       optional ``collate(samples) -> (inputs, targets)`` batching the splits' samples (e.g. padding
+                   sequences of different lengths); default: PyTorch's default collate
     """
 
     name: str
@@ -75,6 +77,7 @@ class Task:
     metric: Metric | MetricFn = ACCURACY
     forward: Callable[[nn.Module, Inputs], torch.Tensor] | None = None
     loss: str | UserLoss | None = "kd"
+    collate: Callable[[list], Any] | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -85,6 +88,11 @@ class Task:
             raise TaskError(f"task {self.name!r}: {e}") from None
         if isinstance(self.example_input, list):
             self.example_input = tuple(self.example_input)
+        if self.collate is not None:  # every loader of a split batches with it (autocompress.tasks.inputs.loader)
+            for split in ("train", "val", "test"):
+                data = getattr(self, split)
+                if data is not None and not isinstance(data, Collated):
+                    setattr(self, split, Collated(data, self.collate))
         if self.forward is not None and not isinstance(self.model, TaskForward):
             self.model = TaskForward(self.model, self.forward)
 
