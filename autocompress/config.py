@@ -273,8 +273,9 @@ class LatencyConfig(_Strict):
 class StudyConfig(_Strict):
     """A study: which task, which search space, which objectives, how long, where results go.
 
-    ``warm_start`` queues a few uniform plans (8 and 4 bits everywhere, with and without sparsity) as the first
-    trials of a new study, so the front starts from what an expert would try first; the sampler does the rest.
+    ``warm_start`` queues a few uniform plans (int8 weights and inputs; 8, 4 and 3-bit weights, with and without
+    sparsity) as the first trials of a new study, so the front starts from what an expert would try first; the
+    sampler does the rest.
     """
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")

@@ -71,9 +71,11 @@ class SearchSpace:
             return [1.0]
         return list(getattr(a.group, knob))
 
-    def uniform_params(self, *, weight_bits: int, sparsity: float) -> dict[str, object]:
+    def uniform_params(self, *, weight_bits: int, sparsity: float,
+                       activation_bits: int | None = None) -> dict[str, object]:
         """Optuna parameters of a uniform plan: every layer at (the choice closest to) ``weight_bits`` and
-        ``sparsity``, everything else left as in the teacher (largest keep/rank/width/depth, float inputs).
+        ``sparsity`` (and ``activation_bits`` when given), everything else left as in the teacher (largest
+        keep/rank/width/depth, float inputs).
 
         Used to warm-start a study with the plans an expert would try first.
         """
@@ -84,6 +86,8 @@ class SearchSpace:
 
         targets = {k.name: k.default if k.uniform is None else k.uniform for k in registry.KNOBS.values()}
         targets |= {"weight_bits": weight_bits, "sparsity": sparsity}
+        if activation_bits is not None:
+            targets["activation_bits"] = activation_bits
         params: dict[str, object] = {}
         for name, choices in self.distributions().items():
             section, _, knob = name.rpartition(":")

@@ -4,7 +4,8 @@ machinery does to the teacher's metric, int8 speedup, and the best member of a d
     .venv/bin/python benchmarks/zoo.py [--models mnist-resnet18,mnist-mobilenetv2] [--plans 100] [--trials 30]
                                       [--steps 200] [--out benchmarks/results/zoo.json]
 
-A model is a built-in task, with options after ``@`` (``mnist-mobilenetv2@size=96``).
+A model is a built-in task, with options after ``@`` (``mnist-mobilenetv2@size=96``,
+``hf-causal-lm@folder=examples/hf/models/gpt2-bytes;data=examples.hf.data:lm_splits``).
 
 For each built-in task (teachers trained by the project on the MNIST subset, cached on first use):
 
@@ -18,7 +19,8 @@ For each built-in task (teachers trained by the project on the MNIST subset, cac
 - ``int8_speedup``: fp32 teacher / int8 model, both on ONNX Runtime (1 thread, batch 1), timed interleaved
 - ``best_within_1pt``: of a ``--trials``-trial default study (measured latency, successive halving, no deployability
   gate, no self-check), the front member with the best measured speedup against the teacher among those within 1 point of its
-  validation metric, and its size ratio
+  validation metric (1 % of the metric's range; for a metric without one, such as perplexity, 1 % of the teacher's
+  value), and its size ratio
 
 Figures go to ``--out`` (JSON) and are printed; ``benchmarks/RESULTS.md`` records a run.
 """
@@ -134,7 +136,11 @@ def study_figures(name: str, task: Task, trials: int, folder: Path, steps: int) 
     outcome = run_study(load_study_config(path), progress=False, task=task)
     front, teacher = outcome.front, outcome.front.teacher
     members = front.front
-    close = members[members["accuracy"] >= teacher["accuracy"] - 0.01]
+    m = task.metric  # "within 1 point": 1 % of the metric's range, or 1 % of the teacher's value without one
+    slack = 0.01 * (m.range[1] - m.range[0]) if m.range else 0.01 * abs(teacher["accuracy"])
+    ok = members["accuracy"] >= teacher["accuracy"] - slack if m.maximize else \
+        members["accuracy"] <= teacher["accuracy"] + slack
+    close = members[ok]
     best = None
     if not close.empty:
         row = close.loc[close["latency_ms"].idxmin()]
@@ -164,7 +170,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         for name in args.models.split(","):
             spec, _, opts = name.partition("@")  # e.g. mnist-mobilenetv2@size=96
-            options = {k: int(v) for k, v in (o.split("=") for o in opts.split(";") if o)}
+            options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split(";") if o)}
             task = load_task(spec, options)
             teacher_val = evaluate(task.model, task.val, task.metric)
             row: dict[str, object] = {"teacher_val": teacher_val,

@@ -198,3 +198,15 @@ def test_front_counts_stopped_trials_apart_from_failed_ones(tmp_path, digits_tas
     assert main(["front", str(path)]) == 0
     out = capsys.readouterr().out
     assert f"{len(front.trials)} completed trials, {stopped} stopped early by successive halving, 0 failed" in out
+
+
+def test_the_first_warm_start_is_one_uniform_int8_quantization(tmp_path, digits_task):
+    """What a user gets without a search (8-bit weights and inputs everywhere, int8 kernels on the runtime) is the
+    first trial of every study, so the front is never worse than it."""
+    loaded = load_study_config(write_study(tmp_path, n_trials=1, fidelity={"promotion": False, "self_check": 0}))
+    run_study(loaded, progress=False, task=digits_task)
+    first = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url).trials[0]
+    assert first.user_attrs["warm_start"] == "uniform w8 s0 a8"
+    plan = CompressionPlan.from_dict(first.user_attrs["plan"])
+    assert {(lp.weight_bits, lp.activation_bits, lp.sparsity) for lp in plan.layers.values()} == {(8, 8, 0.0)}
+    assert first.user_attrs["kernels"]["int8"] and not first.user_attrs["kernels"]["float"]

@@ -28,7 +28,9 @@ from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
 
 # Uniform (weight bits, sparsity) plans queued first in a new study when `warm_start` is on.
-WARM_START = ((8, 0.0), (4, 0.0), (4, 0.5), (3, 0.5), (4, 0.75))
+# Uniform plans queued first (weight bits, sparsity, activation bits): what an expert tries first, the first being
+# one uniform int8 post-training quantization (8-bit weights and inputs: int8 kernels on the runtime).
+WARM_START = ((8, 0.0, 8), (8, 0.0, 32), (4, 0.0, 32), (4, 0.5, 32), (3, 0.5, 32), (4, 0.75, 32))
 
 
 @dataclass
@@ -139,11 +141,12 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
         teacher = TeacherReference(**study.user_attrs["teacher"])
         if cfg.warm_start and not study.get_trials(deepcopy=False):
             queued: list[dict] = []
-            for bits, sparsity in WARM_START:
-                params = space.uniform_params(weight_bits=bits, sparsity=sparsity)
+            for bits, sparsity, act in WARM_START:
+                params = space.uniform_params(weight_bits=bits, sparsity=sparsity, activation_bits=act)
                 if params not in queued:
                     queued.append(params)
-                    study.enqueue_trial(params, user_attrs={"warm_start": f"uniform w{bits} s{sparsity:g}"})
+                    label = f"uniform w{bits} s{sparsity:g}" + (f" a{act}" if act < 32 else "")
+                    study.enqueue_trial(params, user_attrs={"warm_start": label})
     target = n_trials if n_trials is not None else cfg.n_trials
     done, _ = workers.count_trials(study.get_trials(deepcopy=False))  # the study's trials, not this worker's
     # Every worker of a study samples with its own seed (the first one: seed + finished trials).
