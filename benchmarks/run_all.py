@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -26,6 +27,9 @@ QUICK_PROFILE = "benchmarks/out/latency_profile.quick.json"
 
 # name -> (full command, quick command); each a list of argv lists run in order. latency_predictor comes first:
 # it writes the profile search_quality predicts latency from.
+ZOO_MODELS = ("mnist-resnet18,mnist-mobilenetv2,"
+              "hf-classifier@folder=examples/hf/models/bert-bytes;data=examples.hf.data:classifier_splits,"
+              "hf-causal-lm@folder=examples/hf/models/gpt2-bytes;data=examples.hf.data:lm_splits")
 BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
     "latency_predictor": (
         [["-m", "autocompress", "profile", "-o", PROFILE],
@@ -44,6 +48,13 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
     "batchnorm_policy": (
         [["benchmarks/batchnorm_policy.py"]],
         [["benchmarks/batchnorm_policy.py", "--plans", "2", "--steps", "50"]]),
+    "zoo": (
+        [["examples/hf/make_models.py"],
+         ["benchmarks/zoo.py", "--models", ZOO_MODELS],
+         ["benchmarks/zoo.py", "--models", "mnist-mobilenetv2@size=96", "--steps", "100",
+          "--out", "benchmarks/results/zoo_96px.json"]],
+        [["benchmarks/zoo.py", "--models", "mnist-resnet", "--plans", "5", "--trials", "3", "--steps", "20",
+          "--out", "benchmarks/out/zoo.quick.json"]]),
     "quickstart": (
         [["benchmarks/quickstart.py"]],
         [["benchmarks/quickstart.py", "--config", "studies/digits-smoke.yaml", "--min-ratio", "1"]],
@@ -106,14 +117,14 @@ def main() -> int:
         commands = BENCHMARKS[name][1 if args.quick else 0]
         if args.list:
             for argv in commands:
-                print(f"{name:<18} OMP_NUM_THREADS=1 .venv/bin/python {' '.join(argv)}")
+                print(f"{name:<18} OMP_NUM_THREADS=1 .venv/bin/python {shlex.join(argv)}")
             continue
         log_path = OUT / f"{name}.{mode}.log"
         t0 = time.perf_counter()
         rc = 0
         with log_path.open("w") as log:
             for argv in commands:
-                log.write(f"$ python {' '.join(argv)}\n")
+                log.write(f"$ python {shlex.join(argv)}\n")
                 log.flush()
                 rc = subprocess.call([sys.executable, *argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
                 if rc:
