@@ -134,6 +134,11 @@ def test_a_causal_lm_study_minimizes_perplexity_exports_and_verifies(lm_folders,
     assert set(res.card["inputs"]) == {"input_ids", "attention_mask"}
     assert res.card["metric"]["name"] == "perplexity"
     assert verify(tmp_path / "out", task=load_task("hf-causal-lm", options)).ok
+    onnx_lm = load(tmp_path / "out", runtime="onnx", architecture=load_task("hf-causal-lm", options).model)
+    for length in (8, 16):  # token ids have a dynamic sequence axis: the artifact runs at any length
+        ids = torch.randint(1, 200, (2, length))
+        with torch.no_grad():
+            assert onnx_lm(input_ids=ids, attention_mask=torch.ones_like(ids)).shape == (2, length, 200)
 
 
 def test_a_vit_image_classifier_study_runs_and_exports(tmp_path):

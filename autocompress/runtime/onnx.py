@@ -40,7 +40,7 @@ from torch import nn
 from ..compress import CompressedModel, set_input_quantizers
 from ..compress.layers import get_module
 from ..compress.quantize import weight_codes
-from ..tasks.inputs import INPUT_NAME, Inputs, feed, named
+from ..tasks.inputs import INPUT_NAME, Inputs, call, feed, named
 from .base import INT4_MAX_BITS, Kernels, resolve_kernels
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,9 @@ OPSET = 17
 
 
 def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> None:
-    """Export with a dynamic batch dimension on every input, inputs named as :func:`~autocompress.tasks.inputs.named`
-    names them. Uses the TorchScript exporter (fast); falls back to dynamo."""
+    """Export with a dynamic batch dimension on every input (and a dynamic sequence dimension on token ids), inputs
+    named as :func:`~autocompress.tasks.inputs.named` names them. Uses the TorchScript exporter (fast); falls back
+    to dynamo."""
     model.eval()
     named_inputs = named(model, example_input)
     names = list(named_inputs)
@@ -61,8 +62,19 @@ def export_onnx(model: nn.Module, example_input: Inputs, path: Path) -> None:
         args, kwargs = (), named_inputs
     else:
         args, kwargs = tuple(named_inputs.values()), None
+    # every input has a dynamic batch axis; token ids (integer inputs of two or more dimensions) a dynamic
+    # sequence axis too, so an exported sequence model runs at any length
+    axes = {n: {0: "batch", 1: "sequence"} if not t.is_floating_point() and t.dim() >= 2 else {0: "batch"}
+            for n, t in named_inputs.items()}
+    out_axes = {0: "batch"}
+    lengths = {t.shape[1] for n, t in named_inputs.items() if 1 in axes[n]}
+    if lengths:  # per-token outputs (batch, length, ...) follow the sequence length
+        with torch.no_grad():
+            out = call(model, example_input)
+        if isinstance(out, torch.Tensor) and out.dim() >= 3 and out.shape[1] in lengths:
+            out_axes[1] = "sequence"
     options = dict(input_names=names, output_names=[OUTPUT_NAME], opset_version=OPSET,
-                   dynamic_axes={**{n: {0: "batch"} for n in names}, OUTPUT_NAME: {0: "batch"}})
+                   dynamic_axes={**axes, OUTPUT_NAME: out_axes})
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
