@@ -54,6 +54,12 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
                 line += (f"; proxy vs full fine-tuning on {check['n']} random candidates: Kendall tau "
                          f"{check['kendall_tau']:.2f}")
             print(line)
+        if front.unassigned or front.left_alone:
+            parts = [f"{len(front.unassigned)} layer(s) in no search group ({', '.join(front.unassigned[:3])}"
+                     f"{', ...' if len(front.unassigned) > 3 else ''})"] if front.unassigned else []
+            parts += [f"{kind} x{len(names)} ({names[0]}{', ...' if len(names) > 1 else ''})"
+                      for kind, names in front.left_alone.items()]
+            print("left as in the teacher (no method handles them, or no group names them): " + "; ".join(parts))
         name = front.metric_name
         print(f"{name} is on the validation split (used for selection); test_{name} is reported only.\n")
         print(front.table() if not all_trials else df.to_string(index=False))

@@ -128,6 +128,9 @@ class Front:
     plans: dict[int, CompressionPlan] = field(default_factory=dict)
     fidelity_summary: dict[str, Any] = field(default_factory=dict)
     metric: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_METRIC))
+    # layers no search group covers, and weighted modules no method handles (by type): what the study left alone
+    unassigned: list[str] = field(default_factory=list)
+    left_alone: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def metric_name(self) -> str:
@@ -179,7 +182,9 @@ class Front:
                        if t.state in (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED)]
         return cls(study_name=study.study_name, objectives=objectives, teacher=teacher, trials=trials,
                    failed=pd.DataFrame(failed_rows, columns=["trial", "state", "reason"]), plans=plans,
-                   fidelity_summary=study.user_attrs.get("fidelity_summary", {}), metric=metric)
+                   fidelity_summary=study.user_attrs.get("fidelity_summary", {}), metric=metric,
+                   unassigned=study.user_attrs.get("unassigned_layers", []),
+                   left_alone=study.user_attrs.get("left_alone", {}))
 
     def direction(self, column: str) -> str:
         """Whether a larger value of ``column`` is better (``maximize``) or worse."""

@@ -78,7 +78,12 @@ def test_study_on_a_hf_encoder_measures_exports_and_runs_the_int64_artifact(bert
     with torch.no_grad():
         assert onnx_model(ids).shape == (4, 2)
     assert main(["front", str(path)]) == 0
-    assert "4 completed trials" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 completed trials" in out
+    # embeddings and LayerNorm are left as they are, and said so
+    left = study.user_attrs["left_alone"]
+    assert len(left["Embedding"]) == 3 and len(left["LayerNorm"]) == 5, left
+    assert "Embedding x3" in out and "LayerNorm x5" in out
 
 
 @pytest.fixture(scope="module")

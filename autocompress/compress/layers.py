@@ -74,3 +74,17 @@ def discover_layers(model: nn.Module, example_input: Inputs) -> list[LayerInfo]:
         infos.append(LayerInfo(name=name, type_name=type(mod).__name__, out_channels=out_channels(mod),
                                weight_numel=mod.weight.numel(), is_output=name == output_name))
     return infos
+
+
+def left_alone(model: nn.Module, infos: list[LayerInfo]) -> dict[str, list[str]]:
+    """Modules holding weights that no compression method handles (embeddings, LayerNorm, ...), by type name, as
+    a study reports them. BatchNorm is not listed: it follows its convolution (pruned with it, folded on export)."""
+    found = {i.name for i in infos}
+    out: dict[str, list[str]] = {}
+    for name, m in model.named_modules():
+        if name in found or isinstance(m, (*COMPRESSIBLE, nn.modules.batchnorm._BatchNorm)):
+            continue
+        if next(m.parameters(recurse=False), None) is not None:
+            out.setdefault(type(m).__name__, []).append(name)
+    return out
+

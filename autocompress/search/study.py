@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import optuna
 
-from ..compress.layers import discover_layers
+from ..compress.layers import discover_layers, left_alone
 from ..config import OBJECTIVES, LoadedStudy
 from ..errors import ConfigError
 from ..front import KINDS_ATTR, METRIC_ATTR
@@ -138,6 +138,7 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
             study.set_user_attr("layers", [{"name": i.name, "type": i.type_name, "out_channels": i.out_channels,
                                             "is_output": i.is_output} for i in layers])
             study.set_user_attr("unassigned_layers", space.unassigned)
+            study.set_user_attr("left_alone", left_alone(task.model, layers))
         teacher = TeacherReference(**study.user_attrs["teacher"])
         if cfg.warm_start and not study.get_trials(deepcopy=False):
             queued: list[dict] = []
