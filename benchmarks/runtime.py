@@ -93,7 +93,7 @@ def time_candidates(model, x, plans: dict[str, CompressionPlan], calib, spec: Ti
             folder.mkdir(parents=True)
             lowered = backend.lower(cm, x, calib, folder)
             session = backend.session(lowered.artifact, threads=spec.threads)
-            feed = feed_arrays(cm.model, x, spec.batch_size)
+            feed = feed_arrays(x, spec.batch_size)
             calls[(label, name)] = (lambda s=session, f=feed: s.run(f))
             k = lowered.kernels
             rows[(label, name)] = {"plan": label, "backend": name, "kernels": {"int8": len(k.int8), "int4": len(k.int4),

@@ -74,8 +74,7 @@ def method_skips(task: Task) -> dict[str, object]:
               "nm_2_4": uniform(task, nm="2:4"), "depth_0.5": CompressionPlan(student=StudentPlan(depth=0.5))}
     for method, plan in probes.items():
         cm = apply(task.model, plan, task.example_input)
-        reasons = {k: v for k, v in cm.skipped.items()}
-        out["skipped"][method] = {"n": len(reasons), "examples": dict(list(reasons.items())[:3])}
+        out["skipped"][method] = {"n": len(cm.skipped), "examples": dict(list(cm.skipped.items())[:3])}
     return out
 
 
@@ -101,7 +100,7 @@ def sweep(task: Task, n_plans: int, n_lowered: int = 10) -> dict[str, object]:
             if i < n_lowered:
                 with tempfile.TemporaryDirectory() as tmp:
                     lowered = get_backend("onnxruntime").lower(cm, task.example_input, calib, Path(tmp))
-                    get_backend("onnxruntime").session(lowered.artifact).run(feed(None, task.example_input))
+                    get_backend("onnxruntime").session(lowered.artifact).run(feed(task.example_input))
         except Exception as e:  # a failure is the figure this measures
             failures.append(f"{plan.summary()[:100]}: {type(e).__name__}: {str(e)[:200]}")
         study.tell(trial, 0.0)

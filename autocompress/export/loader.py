@@ -25,7 +25,7 @@ from ..compress.quantize import InputQuantizer
 from ..plan import CompressionPlan, LayerPlan
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from ..tasks import load_task, models
-from ..tasks.inputs import INPUT_NAME, feed, from_spec
+from ..tasks.inputs import INPUT_NAME, feed, from_call, from_spec
 from .card import (
     ARTIFACT_FORMAT,
     ARTIFACT_VERSION,
@@ -140,7 +140,7 @@ class OnnxModule(nn.Module):
         self.input_names = [i.name for i in self.session.get_inputs()]
 
     def forward(self, *args: torch.Tensor, **kwargs: torch.Tensor) -> torch.Tensor:
-        arrays = feed(None, kwargs if kwargs else args[0] if len(args) == 1 else tuple(args))
+        arrays = feed(from_call(args, kwargs))
         out = self.session.run(None, {n: arrays[n] for n in self.input_names})[0]
         return torch.from_numpy(out)
 

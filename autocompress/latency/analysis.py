@@ -291,7 +291,7 @@ class TeacherAnalysis:
         present = [i for i in self.infos if not any(i.name.startswith(b + ".") for b in removed)]
         onnx_model = _export(model, self.example_input)
         graph = OnnxGraph.from_model(onnx_model)
-        arrays = feed(model, repeat_first(self.example_input, self.batch_size))
+        arrays = feed(repeat_first(self.example_input, self.batch_size))
         feeds = {name: arrays[name] for name in graph.inputs}
         shapes = tensor_shapes(onnx_model, feeds)
         fusions = runtime_fusions(graph, optimized_graph(onnx_model, "extended"))

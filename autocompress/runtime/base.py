@@ -141,10 +141,10 @@ def resolve_kernels(cm: CompressedModel, kinds: Iterable[str]) -> Kernels:
     return out
 
 
-def feed_arrays(model: nn.Module | None, example_input: Inputs, batch_size: int = 1) -> dict[str, np.ndarray]:
+def feed_arrays(example_input: Inputs, batch_size: int = 1) -> dict[str, np.ndarray]:
     """``batch_size`` copies of the first sample of ``example_input`` as the named arrays a session is fed
     (:func:`autocompress.tasks.inputs.feed`)."""
-    return feed(model, repeat_first(example_input, batch_size))
+    return feed(repeat_first(example_input, batch_size))
 
 
 class Session(ABC):
@@ -197,7 +197,7 @@ class Backend(ABC):
     def time(self, artifacts: dict[str, Path | nn.Module], example_input: Inputs,
              spec: TimingSpec) -> dict[str, Timing]:
         """Time each artifact, interleaved round by round (:func:`time_interleaved`)."""
-        arrays = feed_arrays(None, example_input, spec.batch_size)
+        arrays = feed_arrays(example_input, spec.batch_size)
         calls = {}
         for key, artifact in artifacts.items():
             sess = self.session(artifact, threads=spec.threads)

@@ -287,7 +287,7 @@ def lower_onnx(cm: CompressedModel, example_input: Inputs, calibration: Sequence
             if not calibration:
                 raise ValueError("int8 layers need calibration batches")
             current = Path(tmp) / "int8.onnx"
-            quantize_int8(float_path, current, [feed(cm.model, c) for c in calibration],
+            quantize_int8(float_path, current, [feed(c) for c in calibration],
                           [nodes[n].name for n in kernels.int8])
             model = onnx.load(str(current))
         for name in list(kernels.int4):

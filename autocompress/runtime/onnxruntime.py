@@ -80,7 +80,7 @@ class OnnxRuntimeBackend(Backend):
         kernels = lower_onnx(cm, example_input, calibration, path, allowed)
         if kernels.int4:
             try:  # this runtime build must accept the int4 kernels; otherwise those layers run float
-                self.session(path).run(feed_arrays(cm.model, example_input))
+                self.session(path).run(feed_arrays(example_input))
             except Exception as e:
                 log.warning("ONNX Runtime refused the int4 (MatMulNBits) layers (%s); keeping them float", e)
                 int4 = list(kernels.int4)

@@ -49,6 +49,11 @@ def call(model: Callable[..., Any], x: Inputs) -> Any:
     return model(x)
 
 
+def from_call(args: tuple, kwargs: dict) -> Inputs:
+    """The inputs a module's ``forward(*args, **kwargs)`` was called with, as :func:`call` passes them."""
+    return kwargs if kwargs else args[0] if len(args) == 1 else tuple(args)
+
+
 def map_inputs(fn: Callable[[torch.Tensor], torch.Tensor], x: Inputs) -> Inputs:
     """``x`` with ``fn`` applied to every tensor, structure kept."""
     if isinstance(x, dict):
@@ -126,16 +131,6 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return device
 
 
-def concat(batches: list[Inputs]) -> Inputs:
-    """Batches of one structure joined along the batch dimension."""
-    head = batches[0]
-    if isinstance(head, dict):
-        return {k: torch.cat([b[k] for b in batches]) for k in head}
-    if isinstance(head, tuple | list):
-        return tuple(torch.cat([b[i] for b in batches]) for i in range(len(head)))
-    return torch.cat(batches)
-
-
 def describe(x: Inputs) -> str:
     """``(1, 3, 32, 32) float32`` or ``input_ids (1, 16) int64, attention_mask (1, 16) int64``."""
     def one(t: torch.Tensor) -> str:
@@ -194,11 +189,11 @@ def as_array(t: torch.Tensor) -> np.ndarray:
     return t.numpy().astype(np.float32) if t.is_floating_point() else t.numpy()
 
 
-def feed(model: nn.Module | None, x: Inputs) -> dict[str, np.ndarray]:
-    """``x`` as the named arrays a runtime session is fed."""
-    return {k: as_array(t) for k, t in named(model, x).items()}
+def feed(x: Inputs) -> dict[str, np.ndarray]:
+    """``x`` as the named arrays a runtime session is fed (sessions take them by name, so their order is moot)."""
+    return {k: as_array(t) for k, t in named(None, x).items()}
 
 
-__all__ = ["INPUT_NAME", "Collated", "Inputs", "as_array", "batch_len", "call", "collate", "collate_of", "concat", "describe", "feed", "first",
-           "from_named", "from_spec", "loader", "map_inputs", "named", "problem", "repeat_first", "resolve_device", "signature_key", "spec", "tensors",
+__all__ = ["INPUT_NAME", "Collated", "Inputs", "as_array", "batch_len", "call", "collate", "collate_of", "describe", "feed", "first",
+           "from_call", "from_named", "from_spec", "loader", "map_inputs", "named", "problem", "repeat_first", "resolve_device", "signature_key", "spec", "tensors",
            "to_device"]

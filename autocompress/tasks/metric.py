@@ -46,10 +46,6 @@ class Metric:
     def maximize(self) -> bool:
         return self.direction == "maximize"
 
-    def better(self, a: float, b: float) -> bool:
-        """Whether ``a`` is better than ``b``."""
-        return a > b if self.maximize else a < b
-
     def describe(self) -> dict[str, Any]:
         """What a study records about its metric (``front`` and the dashboard read it back)."""
         return {"name": self.name, "direction": self.direction,

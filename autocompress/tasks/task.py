@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..errors import TaskError
-from .inputs import Collated, Inputs, call, describe, problem
+from .inputs import Collated, Inputs, call, describe, from_call, problem
 from .loss import UserLoss, resolve_loss
 from .metric import ACCURACY, Metric, MetricFn, evaluate
 
@@ -42,8 +42,7 @@ class TaskForward(nn.Module):
         self.task_forward = forward
 
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
-        x = kwargs if kwargs else args[0] if len(args) == 1 else tuple(args)
-        return self.task_forward(self.model, x)
+        return self.task_forward(self.model, from_call(args, kwargs))
 
 
 @dataclass(kw_only=True)
@@ -101,16 +100,6 @@ class Task:
         return resolve_loss(self.loss)
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        return [t for v in out.values() for t in _tensors(v)]
-    if isinstance(out, list | tuple):
-        return [t for v in out for t in _tensors(v)]
-    return []
-
-
 @torch.no_grad()
 def check_task(task: Task) -> float:
     """Check the teacher before any trial; returns its validation metric. Raises
@@ -137,13 +126,10 @@ def check_task(task: Task) -> float:
     except Exception as e:
         raise fail(f"the teacher does not run on its own example input ({describe(task.example_input)}): "
                    f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
-    tensors = _tensors(out)
-    if not tensors:
-        raise fail(f"the teacher returned {type(out).__name__}, not tensors")
     if not isinstance(out, torch.Tensor):
         raise fail(f"the teacher returned a {type(out).__name__}, not one tensor; give the task a "
                    "`forward(model, inputs)` returning the tensor to score (e.g. lambda m, x: m(**x).logits)")
-    if not all(torch.isfinite(t).all() for t in tensors if t.is_floating_point()):
+    if out.is_floating_point() and not torch.isfinite(out).all():
         raise fail("the teacher's outputs on its example input are not finite (NaN or inf): a broken checkpoint?")
     try:
         value = float(evaluate(task.model, task.val, task.metric))
