@@ -1,4 +1,5 @@
-"""Command line: ``autocompress search | front | validate``. Run ``autocompress COMMAND --help``."""
+"""Command line: ``autocompress search | front | validate`` and the sub-commands of :data:`COMMAND_MODULES`. Run
+``autocompress COMMAND --help``."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from . import __version__
 from .errors import AutocompressError, ConfigError, StudyNotFoundError
 
 # Modules adding their own sub-commands (kept light at import: heavy imports go inside the command).
-COMMAND_MODULES: list[str] = ["autocompress.dashboard.cli", "autocompress.export.cli", "autocompress.latency.cli"]
+COMMAND_MODULES: list[str] = ["autocompress.dashboard.cli", "autocompress.export.cli", "autocompress.latency.cli",
+                              "autocompress.search.cli"]
 
 
 def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:

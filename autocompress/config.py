@@ -276,6 +276,12 @@ class StudyConfig(_Strict):
     ``warm_start`` queues a few uniform plans (int8 weights and inputs; 8, 4 and 3-bit weights, with and without
     sparsity) as the first trials of a new study, so the front starts from what an expert would try first; the
     sampler does the rest.
+
+    ``sensitivity`` scores every layer's choices once, at the start of a new study (one zero-shot probe per layer
+    and knob value, :mod:`autocompress.search.sensitivity`); with ``warm_start``, the plans losing least within a
+    spread of latency and size budgets are queued after uniform int8, and choices far beyond every budget are left
+    out of the search (:mod:`autocompress.search.warmstart`). ``false``: the space as written, uniform warm starts
+    only.
     """
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -292,6 +298,7 @@ class StudyConfig(_Strict):
     heartbeat_s: int = Field(default=10, ge=1, le=3600)  # a running trial silent for 3x this is failed and retried
     seed: int = 0
     warm_start: bool = True
+    sensitivity: bool = True
     deployability_gate: bool = True  # export and run every front member before reporting the front
     storage: str | None = None
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

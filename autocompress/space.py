@@ -27,6 +27,16 @@ class Assignment:
     group: LayerGroup
 
 
+@dataclass(frozen=True)
+class Section:
+    """What one set of sampled parameters ``<name>:<knob>`` decides: one layer of a per-layer group, or every
+    layer of a group sharing its values. ``choices``: knob -> its choices here (one element: fixed)."""
+
+    name: str
+    layers: tuple[LayerInfo, ...]
+    choices: dict[str, list]
+
+
 class SearchSpace:
     """Binds a :class:`SearchSpaceConfig` to the layers of one teacher."""
 
@@ -35,6 +45,7 @@ class SearchSpace:
         self.layers = layers
         self.assignments: list[Assignment] = []
         self.unassigned: list[str] = []
+        self.allowed: dict[str, list] = {}  # parameter -> the choices left to it (see restrict)
         for info in layers:
             group = next((g for g in config.groups if g.selects(info.name, info.type_name)), None)
             if group is None:
@@ -65,11 +76,35 @@ class SearchSpace:
     def _param(a: Assignment, knob: str) -> str:
         return f"{a.layer.name}:{knob}" if a.group.per_layer else f"{a.group.name}:{knob}"
 
-    @staticmethod
-    def _choices(a: Assignment, knob: str) -> list:
+    def _choices(self, a: Assignment, knob: str) -> list:
         if knob == "channel_keep" and a.layer.is_output:
             return [1.0]
-        return list(getattr(a.group, knob))
+        return list(self.allowed.get(self._param(a, knob), getattr(a.group, knob)))
+
+    def sections(self) -> list[Section]:
+        """The space's sections in layer order (a shared group's at its first layer)."""
+        out: dict[str, tuple[list[LayerInfo], dict[str, list]]] = {}
+        for a in self.assignments:
+            name = a.layer.name if a.group.per_layer else a.group.name
+            layers, choices = out.setdefault(name, ([], {}))
+            layers.append(a.layer)
+            for knob in registry.KNOBS:
+                # a shared group's output layer keeps its channels; the group's other layers take its choices
+                choices[knob] = self._choices(a, knob) if knob not in choices or len(choices[knob]) == 1 \
+                    else choices[knob]
+        return [Section(name, tuple(layers), choices) for name, (layers, choices) in out.items()]
+
+    def restrict(self, allowed: dict[str, list]) -> None:
+        """Leave parameter ``name`` only the choices ``allowed[name]`` (each a subset of its choices, none empty):
+        how a study narrows its space from evidence (:mod:`autocompress.search.warmstart`). Every worker of a study
+        restricts alike (the study stores what it left)."""
+        for name, choices in allowed.items():
+            section, _, knob = name.rpartition(":")
+            full = next((list(getattr(a.group, knob)) for a in self.assignments if self._param(a, knob) == name),
+                        None)
+            if full is None or not choices or any(c not in full for c in choices):
+                raise ValueError(f"cannot restrict {name!r} to {choices}: its choices are {full}")
+        self.allowed = {k: list(v) for k, v in allowed.items()}
 
     def uniform_params(self, *, weight_bits: int, sparsity: float,
                        activation_bits: int | None = None) -> dict[str, object]:

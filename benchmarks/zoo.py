@@ -62,6 +62,12 @@ from autocompress.tasks.metric import evaluate
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def load_model(name: str) -> Task:
+    """A built-in task with options after ``@`` (``mnist-mobilenetv2@size=96``, ``hf-classifier@folder=...;data=...``)."""
+    spec, _, opts = name.partition("@")
+    return load_task(spec, {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split(";") if o)})
+
+
 def uniform(task: Task, **knobs) -> CompressionPlan:
     return CompressionPlan(layers={i.name: LayerPlan(**knobs) for i in discover_layers(task.model, task.example_input)})
 
@@ -126,6 +132,22 @@ def runtime_figures(task: Task, teacher_val: float) -> dict[str, float]:
             "int8_ms": timed["int8"].latency_ms, "int8_speedup": timed["fp32"].latency_ms / timed["int8"].latency_ms}
 
 
+def best_within_1pt(members, teacher: dict, task: Task) -> dict[str, object] | None:
+    """Of front ``members``, the fastest within 1 point of the teacher's validation metric (1 % of the metric's
+    range, or of the teacher's value for a metric without one): its speedup, size ratio, metric and plan."""
+    m = task.metric
+    slack = 0.01 * (m.range[1] - m.range[0]) if m.range else 0.01 * abs(teacher["accuracy"])
+    ok = members["accuracy"] >= teacher["accuracy"] - slack if m.maximize else \
+        members["accuracy"] <= teacher["accuracy"] + slack
+    close = members[ok]
+    if close.empty:
+        return None
+    row = close.loc[close["latency_ms"].idxmin()]
+    return {"trial": int(row["trial"]), "speedup": teacher["latency_ms"] / row["latency_ms"],
+            "size_ratio": teacher["size_bytes"] / row["size_bytes"], "accuracy": row["accuracy"],
+            "plan": row["plan_summary"]}
+
+
 def study_figures(name: str, task: Task, trials: int, folder: Path, steps: int) -> dict[str, object]:
     cfg = {"task": "python:zoo", "search_space": "default", "n_trials": trials, "seed": 0, "deployability_gate": False,
            "latency": {"measure": True}, "finetune": {"steps": steps}, "fidelity": {"self_check": 0}}
@@ -135,17 +157,7 @@ def study_figures(name: str, task: Task, trials: int, folder: Path, steps: int) 
     outcome = run_study(load_study_config(path), progress=False, task=task)
     front, teacher = outcome.front, outcome.front.teacher
     members = front.front
-    m = task.metric  # "within 1 point": 1 % of the metric's range, or 1 % of the teacher's value without one
-    slack = 0.01 * (m.range[1] - m.range[0]) if m.range else 0.01 * abs(teacher["accuracy"])
-    ok = members["accuracy"] >= teacher["accuracy"] - slack if m.maximize else \
-        members["accuracy"] <= teacher["accuracy"] + slack
-    close = members[ok]
-    best = None
-    if not close.empty:
-        row = close.loc[close["latency_ms"].idxmin()]
-        best = {"trial": int(row["trial"]), "speedup": teacher["latency_ms"] / row["latency_ms"],
-                "size_ratio": teacher["size_bytes"] / row["size_bytes"], "accuracy": row["accuracy"],
-                "plan": row["plan_summary"]}
+    best = best_within_1pt(members, teacher, task)
     fastest = members.loc[members["latency_ms"].idxmin()] if not members.empty else None
     return {"trials": trials, "seconds": round(time.perf_counter() - t0, 1), "front": len(members),
             "teacher_accuracy": teacher["accuracy"], "best_within_1pt": best,
@@ -168,9 +180,7 @@ def main() -> None:
                                   "command": " ".join(["benchmarks/zoo.py", *sys.argv[1:]]), "models": {}}
     with tempfile.TemporaryDirectory(prefix="zoo-") as tmp:
         for name in args.models.split(","):
-            spec, _, opts = name.partition("@")  # e.g. mnist-mobilenetv2@size=96
-            options = {k: int(v) if v.isdigit() else v for k, v in (o.split("=", 1) for o in opts.split(";") if o)}
-            task = load_task(spec, options)
+            task = load_model(name)
             teacher_val = evaluate(task.model, task.val, task.metric)
             row: dict[str, object] = {"teacher_val": teacher_val,
                                       "params": sum(p.numel() for p in task.model.parameters())}

@@ -47,7 +47,8 @@ class StudyData:
 
     ``attrs`` has one row per finished trial (complete, failed or pruned) with the columns ``trial``, ``state``,
     ``cost_s``, ``constraints`` (a dict) and each of ``EXTRA_ATTRS`` that any trial records.
-    ``layers`` is the study's ``layers`` user attr (model order); ``n_running`` counts unfinished trials.
+    ``layers`` is the study's ``layers`` user attr (model order); ``n_running`` counts unfinished trials;
+    ``sensitivity`` the study's per-layer scores (``search.sensitivity.Sensitivity.to_dict()``), when it has them.
     """
 
     front: Front
@@ -55,6 +56,7 @@ class StudyData:
     layers: list[dict[str, Any]] = field(default_factory=list)
     task: str | None = None
     n_running: int = 0
+    sensitivity: dict[str, Any] | None = None
 
 
 def sig(value: Any, digits: int = 6) -> float | None:
@@ -212,6 +214,23 @@ def layer_heatmaps(front: pd.DataFrame, plans: dict[int, CompressionPlan],
                              "reverse": h.reverse})
         out[knob.name] = [[sig(getattr(p.layer(i["name"]), knob.name)) for p in member_plans] for i in order]
     return out
+
+
+def sensitivity_heatmap(sens: dict[str, Any] | None, layers: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The study's one-layer divergences: one row per section (layers in model order, then shared groups), one
+    column per knob value (``weight_bits=4``); None when the study did not score its layers."""
+    scores = (sens or {}).get("scores")
+    if not scores:
+        return None
+    order = [i["name"] for i in layers if i.get("name") in scores] + \
+        [name for name in scores if name not in {i.get("name") for i in layers}]
+    knobs = list(registry.KNOBS)
+    choices = sorted({(knob, value) for per in scores.values() for knob, vals in per.items() for value in vals},
+                     key=lambda kv: (knobs.index(kv[0]) if kv[0] in knobs else len(knobs), kv[0],
+                                     _number(kv[1]) if _number(kv[1]) is not None else 0.0, kv[1]))
+    z = [[sig(scores[name].get(knob, {}).get(value)) for knob, value in choices] for name in order]
+    return {"sections": order, "choices": [f"{k}={v}" for k, v in choices], "z": z,
+            "probes": sens.get("probes"), "seconds": sens.get("seconds")}
 
 
 def checkpoints(n: int, max_points: int) -> list[int]:
@@ -407,6 +426,7 @@ def dashboard_data(sd: StudyData, *, target: str, study_name: str | None = None,
         "constraints": constraint_thresholds(sd.attrs, trials),
         "pair_fronts": pair_fronts(trials, dirs),
         "heatmaps": layer_heatmaps(front_df, front.plans, sd.layers),
+        "sensitivity": sensitivity_heatmap(sd.sensitivity, sd.layers),
         "hypervolume_series": hypervolume_series(trials, front.objectives, front.teacher,
                                                  max_points=max_hv_points, metric=front.metric),
         "cost": cost_series(sd.attrs),

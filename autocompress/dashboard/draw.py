@@ -314,6 +314,27 @@ DRAW_JS = r"""
     return plot("heatmaps", traces, layout);
   }
 
+  // One row per layer (or shared group), one column per knob value: the study's one-layer divergences.
+  function drawSensitivity() {
+    var S = D.sensitivity;
+    if (!S || !S.sections.length) {
+      purge("sensitivity"); show("sensitivity", false);
+      note("sensitivity-note", "The study did not score its layers (sensitivity: false, or it was started before).");
+      return null;
+    }
+    note("sensitivity-note", S.probes + " probes in " + num(S.seconds, 1) + " s.");
+    show("sensitivity", true);
+    var z = S.z.map(function (row) { return row.map(function (v) { return v === null ? null : Math.log10(v + 1e-6); }); });
+    var text = S.z.map(function (row) { return row.map(function (v) { return v === null ? "not probed" : num(v, 3); }); });
+    var trace = {type: "heatmap", x: S.choices, y: S.sections, z: z, text: text, colorscale: HEAT, xgap: 1, ygap: 1,
+      colorbar: {title: {text: "log10 div."}, thickness: 14},
+      hovertemplate: "%{y}<br>%{x}<br>divergence %{text}<extra></extra>"};
+    var layout = {height: Math.max(200, Math.min(1200, 80 + 16 * S.sections.length)), margin: {t: 10, r: 20, b: 90, l: 10},
+      uirevision: "sens", xaxis: {type: "category", automargin: true, tickangle: -45},
+      yaxis: {type: "category", autorange: "reversed", automargin: true}};
+    return plot("sensitivity", [trace], layout);
+  }
+
   // --- progress: hypervolume and evaluation cost ------------------------------------------------------------------
   function drawHypervolume() {
     var S = D.hypervolume_series;
@@ -510,7 +531,7 @@ DRAW_JS = r"""
     setupSelects();
     drawSummary();
     drawTable();
-    var rest = [drawHeatmaps, function () { return [drawHypervolume(), drawCost()].concat(drawCalibration(), [lazy3d()]); }];
+    var rest = [drawHeatmaps, drawSensitivity, function () { return [drawHypervolume(), drawCost()].concat(drawCalibration(), [lazy3d()]); }];
     return Promise.resolve(drawFront()).then(function () {
       document.body.setAttribute("data-first-ms", String(Math.round(performance.now())));
       mark("first");

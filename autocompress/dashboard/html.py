@@ -49,6 +49,12 @@ TEMPLATE = """<!DOCTYPE html>
     sparsity, low bit-widths and channel pruning. Darker is more aggressive.</p>
   <div id="heatmaps"></div>
   <p class="note" id="heatmap-note" hidden></p>
+  <h3>Per-layer sensitivity</h3>
+  <p class="note">How far the teacher's outputs move (divergence, log colour scale) when one layer alone takes one
+    choice, scored zero-shot when the study started: what the budgeted warm starts and the narrowed space were
+    built from.</p>
+  <div id="sensitivity"></div>
+  <p class="note" id="sensitivity-note" hidden></p>
 </section>
 <section id="sec-table">
   <h2>Front members</h2>

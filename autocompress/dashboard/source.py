@@ -98,7 +98,9 @@ def read_study(study: optuna.Study) -> StudyData:
     return StudyData(front=Front.from_study(study), attrs=attrs,
                      layers=layers if isinstance(layers, list) else [],
                      task=user_attrs.get("task") if isinstance(user_attrs.get("task"), str) else None,
-                     n_running=sum(t.state in RUNNING for t in trials))
+                     n_running=sum(t.state in RUNNING for t in trials),
+                     sensitivity=user_attrs.get("sensitivity") if isinstance(user_attrs.get("sensitivity"), dict)
+                     else None)
 
 
 def study_version(study: optuna.Study) -> str:

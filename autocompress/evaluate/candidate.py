@@ -25,15 +25,20 @@ from ..tasks.metric import evaluate
 from .size import compressed_size
 
 
-def calibration_batches(task: Task, n: int, batch_size: int = 32) -> list[Inputs]:
-    """The first ``n`` training batches (deterministic), used to calibrate activation ranges."""
-    xs = []
+def first_batches(task: Task, n: int, batch_size: int = 32) -> list[tuple[Inputs, torch.Tensor]]:
+    """The first ``n`` training batches (deterministic) as ``(inputs, targets)``, made as training makes them."""
+    out = []
     for i in range(n):
         chunk = [task.train[j] for j in range(i * batch_size, min((i + 1) * batch_size, len(task.train)))]
         if not chunk:
             break
-        xs.append(collate_of(task.train)(chunk)[0])  # the inputs of a batch made as training makes it
-    return xs
+        out.append(collate_of(task.train)(chunk))
+    return out
+
+
+def calibration_batches(task: Task, n: int, batch_size: int = 32) -> list[Inputs]:
+    """The inputs of the first ``n`` training batches, used to calibrate activation ranges."""
+    return [x for x, _ in first_batches(task, n, batch_size)]
 
 
 # BatchNorm statistics are re-estimated only from at least this many calibration samples (a few small batches of a
@@ -224,4 +229,4 @@ class Candidate:
         return timing, kernels
 
 
-__all__ = ["Candidate", "baked_teacher", "calibration_batches", "recalibrate_batchnorm"]
+__all__ = ["Candidate", "baked_teacher", "calibration_batches", "first_batches", "recalibrate_batchnorm"]

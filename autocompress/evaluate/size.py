@@ -67,6 +67,17 @@ def value_codes(w: torch.Tensor, bits: int, shared: bool) -> tuple[np.ndarray, i
     return (q.to(torch.int64).numpy().reshape(-1) + qmax), 2 * qmax + 1
 
 
+def layout_bits(numel: int, rows: int, nnz: int, bits: int) -> dict[str, int]:
+    """Bits of each plain layout of a ``rows``-row weight of ``numel`` values, ``nnz`` of them non-zero, stored at
+    ``bits`` per value (scales and codebooks not included)."""
+    cols = max(1, numel // max(rows, 1))
+    return {
+        "dense": numel * bits,
+        "bitmask": numel + nnz * bits,
+        "csr": nnz * max(1, math.ceil(math.log2(max(cols, 2)))) + (rows + 1) * 32 + nnz * bits,
+    }
+
+
 def weight_storage_bits(w: torch.Tensor, bits: int, *, shared: bool = False, entropy: bool = False) -> LayerSize:
     """Cheapest exact storage of one weight tensor at ``bits`` per stored value.
 
@@ -77,18 +88,13 @@ def weight_storage_bits(w: torch.Tensor, bits: int, *, shared: bool = False, ent
     nz = (w.detach() != 0).reshape(-1)
     nnz = int(nz.sum())
     rows = w.shape[0]
-    cols = numel // rows
     if shared and bits > 8:
         raise ValueError(f"k-means weight sharing needs weight bits <= 8, but got {bits}")
     if shared:
         extra = 32 * codebook_of(w, bits).size
     else:
         extra = 32 * rows if bits < 32 else 0
-    options = {
-        "dense": numel * bits,
-        "bitmask": numel + nnz * bits,
-        "csr": nnz * max(1, math.ceil(math.log2(max(cols, 2)))) + (rows + 1) * 32 + nnz * bits,
-    }
+    options = layout_bits(numel, rows, nnz, bits)
     if shared and nnz < numel:
         del options["dense"]  # a codebook index cannot say "zero"
     if entropy and bits < 32:

@@ -25,23 +25,31 @@ def params(model: nn.Module) -> float:
 
 
 @torch.no_grad()
-def flops(model: nn.Module, example_input: Inputs) -> float:
-    total = 0
+def macs_by_layer(model: nn.Module, example_input: Inputs) -> dict[str, float]:
+    """Multiply-accumulates of each Conv/Linear module (by qualified name) for one example (dense kernels)."""
+    total: dict[str, float] = {}
 
-    def hook(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
-        nonlocal total
-        if isinstance(m, nn.Linear):
-            total += o.numel() // o.shape[-1] * m.in_features * m.out_features
-        else:
-            total += o.numel() * (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+    def hook(name: str):
+        def count(m: nn.Module, i: tuple[torch.Tensor, ...], o: torch.Tensor) -> None:
+            if isinstance(m, nn.Linear):
+                n = o.numel() // o.shape[-1] * m.in_features * m.out_features
+            else:
+                n = o.numel() * (m.in_channels // m.groups) * int(torch.tensor(m.kernel_size).prod())
+            total[name] = total.get(name, 0.0) + float(n)
+        return count
 
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
+    hooks = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
+             if isinstance(m, nn.Linear | nn.Conv1d | nn.Conv2d)]
     try:
         call(model.eval(), first(example_input))
     finally:
         for h in hooks:
             h.remove()
-    return float(total)
+    return total
+
+
+def flops(model: nn.Module, example_input: Inputs) -> float:
+    return float(sum(macs_by_layer(model, example_input).values()))
 
 
 def synflow(model: nn.Module, example_input: Inputs) -> float:

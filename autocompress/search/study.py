@@ -2,13 +2,14 @@
 
 :func:`prepare_study` loads the task, binds the search space to the teacher's layers, picks the latency mode (all
 before anything is written: a bad profile or backend leaves no half-made study), opens or creates the study in its
-storage, and (once per study, whichever worker gets there first) measures the teacher and queues the warm-start
-plans. The result, a :class:`PreparedStudy`, is what an executor (:mod:`.local`, :mod:`.ray_backend`) runs
+storage, and (once per study, whichever worker gets there first) measures the teacher, scores its layers
+(:mod:`.sensitivity`; budgeted plans and the narrowed space: :mod:`.warmstart`) and queues the warm-start plans. The result, a :class:`PreparedStudy`, is what an executor (:mod:`.local`, :mod:`.ray_backend`) runs
 trials of.
 """
 
 from __future__ import annotations
 
+import logging
 import shutil
 import warnings
 from dataclasses import dataclass
@@ -23,11 +24,12 @@ from ..latency.study import prepare as prepare_latency
 from ..space import SearchSpace
 from ..tasks import Task, check_task, load_task
 from ..tasks.inputs import resolve_device
-from . import workers
+from . import sensitivity, warmstart, workers
 from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
 
-# Uniform (weight bits, sparsity) plans queued first in a new study when `warm_start` is on.
+log = logging.getLogger(__name__)
+
 # Uniform plans queued first (weight bits, sparsity, activation bits): what an expert tries first, the first being
 # one uniform int8 post-training quantization (8-bit weights and inputs: int8 kernels on the runtime).
 WARM_START = ((8, 0.0, 8), (8, 0.0, 32), (4, 0.0, 32), (4, 0.5, 32), (3, 0.5, 32), (4, 0.75, 32))
@@ -95,6 +97,42 @@ def open_study(loaded: LoadedStudy, *, create: bool, objectives: dict[str, str] 
     return study
 
 
+def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: LoadedStudy,
+                  teacher: TeacherReference) -> None:
+    """The sensitivity pass of a new study: scores, budgeted warm starts and the narrowed space, stored."""
+    sens = sensitivity.measure(task, space, loaded.config.finetune)
+    starts, cost = warmstart.plan_warm_starts(task, space, loaded.config, sens, teacher_size_bytes=teacher.size_bytes)
+    allowed = warmstart.restrictions(space, sens, max(w.predicted["divergence"] for w in starts)) if starts else {}
+    study.set_user_attr(sensitivity.ATTR, sens.to_dict())
+    study.set_user_attr(warmstart.ATTR, {
+        "plans": [{"label": w.label, "params": w.params, "predicted": w.predicted} for w in starts],
+        "cost_model": {"overhead_ms": cost.overhead, "ms_per_float_mac": cost.c_float,
+                       "ms_per_int8_mac": cost.c_int8, "points": cost.points}})
+    study.set_user_attr(warmstart.RESTRICT_ATTR, allowed)
+    log.info("sensitivity: %d probes in %.0f s; %d budgeted warm starts; %d parameters narrowed", sens.probes,
+             sens.seconds, len(starts), len(allowed))
+
+
+def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
+    """Uniform int8 first, then the budgeted plans (when the study scored its layers), then the other uniform
+    plans."""
+    queued: list[dict] = []
+
+    def queue(params: dict, label: str) -> None:
+        if params not in queued:
+            queued.append(params)
+            study.enqueue_trial(params, user_attrs={"warm_start": label})
+
+    uniform = [(f"uniform w{bits} s{sparsity:g}" + (f" a{act}" if act < 32 else ""),
+                space.uniform_params(weight_bits=bits, sparsity=sparsity, activation_bits=act))
+               for bits, sparsity, act in WARM_START]
+    queue(uniform[0][1], uniform[0][0])
+    for plan in study.user_attrs.get(warmstart.ATTR, {}).get("plans", []):
+        queue(plan["params"], plan["label"])
+    for label, params in uniform[1:]:
+        queue(params, label)
+
+
 def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: int | None = None,
                   create: bool = True) -> PreparedStudy:
     """Open (``create``: or create) the study and get it ready to run trials (see the module docstring)."""
@@ -140,14 +178,12 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
             study.set_user_attr("unassigned_layers", space.unassigned)
             study.set_user_attr("left_alone", left_alone(task.model, layers))
         teacher = TeacherReference(**study.user_attrs["teacher"])
-        if cfg.warm_start and not study.get_trials(deepcopy=False):
-            queued: list[dict] = []
-            for bits, sparsity, act in WARM_START:
-                params = space.uniform_params(weight_bits=bits, sparsity=sparsity, activation_bits=act)
-                if params not in queued:
-                    queued.append(params)
-                    label = f"uniform w{bits} s{sparsity:g}" + (f" a{act}" if act < 32 else "")
-                    study.enqueue_trial(params, user_attrs={"warm_start": label})
+        fresh = not study.get_trials(deepcopy=False)
+        if cfg.sensitivity and fresh and sensitivity.ATTR not in study.user_attrs:
+            _score_layers(study, task, space, loaded, teacher)
+        space.restrict(study.user_attrs.get(warmstart.RESTRICT_ATTR, {}))  # what every worker samples from
+        if cfg.warm_start and fresh:
+            _queue_warm_starts(study, space)
     target = n_trials if n_trials is not None else cfg.n_trials
     done, _ = workers.count_trials(study.get_trials(deepcopy=False))  # the study's trials, not this worker's
     # Every worker of a study samples with its own seed (the first one: seed + finished trials).
