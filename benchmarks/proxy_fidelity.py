@@ -6,8 +6,18 @@
 For each task: random plans from the search space (Optuna RandomSampler, seed 0). Each plan is materialized once
 and fine-tuned cumulatively; its validation accuracy is recorded at zero-shot (BatchNorm + activation ranges
 recalibrated, no training), after each short budget, and at full fine-tuning. Zero-cost baselines (params, FLOPs,
-synflow, grad_norm, snip) are computed on the zero-shot model. Prints Kendall tau and Spearman rho of every proxy
-against full accuracy, and each level's cost relative to full (wall seconds: apply + training + evaluation).
+synflow, grad_norm, snip) are computed on the zero-shot model. Also:
+
+- ``sensitivity sum``: minus the divergence the study's per-layer sensitivity predicts for the plan (the sum of its
+  one-layer probe scores, ``autocompress/search/sensitivity.py``; cost: one pass, shared by every plan)
+- ``divergence@zero-shot`` / ``divergence@<first short>``: minus the candidate's own divergence from the teacher on
+  two training batches, at zero-shot and after the first short budget
+- ``fitted@<first short>``: full accuracy predicted by a least-squares fit on the other proxies at that level's cost,
+  fitted on 8 random plans already fine-tuned fully (as a study's self-check trials are) and scored on the rest;
+  mean tau over 50 random draws
+
+Prints Kendall tau and Spearman rho of every proxy against full accuracy, and each level's cost relative to full
+(wall seconds: apply + training + evaluation).
 """
 
 from __future__ import annotations
@@ -23,9 +33,11 @@ from scipy import stats
 from autocompress.compress.layers import discover_layers
 from autocompress.config import FinetuneConfig, load_search_space
 from autocompress.evaluate import zero_cost
-from autocompress.evaluate.candidate import Candidate
+from autocompress.evaluate.candidate import Candidate, first_batches
+from autocompress.search import sensitivity
 from autocompress.space import SearchSpace
 from autocompress.tasks import load_task
+from autocompress.tasks.inputs import call
 
 
 def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: str) -> None:
@@ -34,6 +46,16 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
     study = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
     cfg = FinetuneConfig(steps=max(shorts), full_steps=full)
     x, y = task.train.tensors[0][:64], task.train.tensors[1][:64]
+    t_sens = time.perf_counter()
+    sens = sensitivity.measure(task, space, cfg, progress=False)
+    sens_cost = time.perf_counter() - t_sens
+    batches = first_batches(task, 2)
+    with torch.no_grad():
+        teacher_outs = [call(task.model.eval(), b[0]) for b in batches]
+
+    def div(model):
+        return sensitivity.divergence(task, model.eval(), batches, teacher_outs)
+
     rows = []
     for i in range(n_plans):
         trial = study.ask()
@@ -41,7 +63,8 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         study.tell(trial, 0.0)
         t0 = time.perf_counter()
         cand = Candidate(task, plan, cfg, seed=i)
-        acc = {"zero-shot": cand.accuracy()}
+        acc = {"zero-shot": cand.accuracy(), "sensitivity sum": -sensitivity.plan_divergence(sens, space, plan),
+               "divergence@zero-shot": -div(cand.cm.model)}
         cost = {"zero-shot": time.perf_counter() - t0}
         baked = cand.baked().model
         t1 = time.perf_counter()
@@ -51,6 +74,8 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
             cand.train_to(s)
             acc[f"short@{s}"] = cand.accuracy()
             cost[f"short@{s}"] = time.perf_counter() - t0 - zc_cost
+            if s == shorts[0]:
+                acc[f"divergence@{s}"] = -div(cand.cm.model)
         t2 = time.perf_counter()
         full_cand = Candidate(task, plan, cfg, seed=i)  # full fine-tuning from scratch, as export does
         full_cand.train_to(full)
@@ -71,6 +96,27 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         c = np.mean([r["cost"][level] for r in rows]) / full_cost
         print(f"{level:<12} {stats.kendalltau(v, full_acc).statistic:>11.3f} "
               f"{stats.spearmanr(v, full_acc).statistic:>9.3f} {c:>9.3f}")
+    first = shorts[0]
+    print(f"{'sensitivity sum':<12} {stats.kendalltau([r['acc']['sensitivity sum'] for r in rows], full_acc).statistic:>11.3f} "
+          f"{stats.spearmanr([r['acc']['sensitivity sum'] for r in rows], full_acc).statistic:>9.3f} "
+          f"{sens_cost / n_plans / full_cost:>9.3f}  (one pass of {sens.probes} probes, {sens_cost:.1f} s, shared)")
+    for level, c in (("divergence@zero-shot", "zero-shot"), (f"divergence@{first}", f"short@{first}")):
+        v = [r["acc"][level] for r in rows]
+        rel = np.mean([r["cost"][c] for r in rows]) / full_cost
+        print(f"{level:<12} {stats.kendalltau(v, full_acc).statistic:>11.3f} "
+              f"{stats.spearmanr(v, full_acc).statistic:>9.3f} {rel:>9.3f}")
+    feats = np.array([[r["acc"][k] for k in ("zero-shot", f"short@{first}", "sensitivity sum",
+                                              "divergence@zero-shot", f"divergence@{first}")] for r in rows])
+    feats = np.column_stack([feats, np.ones(len(rows))])
+    rng, taus = np.random.default_rng(0), []
+    for _ in range(50):
+        fit = rng.choice(len(rows), size=min(8, len(rows) - 3), replace=False)
+        rest = np.setdiff1d(np.arange(len(rows)), fit)
+        coef, *_ = np.linalg.lstsq(feats[fit], full_acc[fit], rcond=1e-6)
+        taus.append(stats.kendalltau(feats[rest] @ coef, full_acc[rest]).statistic)
+    rel = np.mean([r["cost"][f"short@{first}"] for r in rows]) / full_cost
+    print(f"{'fitted@' + str(first):<12} {np.nanmean(taus):>11.3f} {'':>9} {rel:>9.3f}  (8 plans fully fine-tuned "
+          f"to fit on, tau on the rest, mean of 50 draws; min {np.nanmin(taus):.3f})")
     zc_rel = np.mean([r["zc_cost"] for r in rows]) / full_cost
     for key in ["params", "flops", "synflow", "grad_norm", "snip"]:
         v = [r["zc"][key] for r in rows]

@@ -60,6 +60,16 @@ def test_stronger_compression_of_a_layer_moves_the_outputs_more(scores, per_laye
     assert sensitivity.Sensitivity.from_dict(json.loads(json.dumps(scores.to_dict()))).scores == scores.scores
 
 
+def test_a_plan_s_predicted_divergence_adds_its_layers_scores(scores, per_layer_space):
+    a, b = (s.name for s in per_layer_space.sections()[:2])
+    one = CompressionPlan(layers={a: LayerPlan(weight_bits=4)})
+    two = CompressionPlan(layers={a: LayerPlan(weight_bits=4), b: LayerPlan(sparsity=0.95, weight_bits=2)})
+    assert sensitivity.plan_divergence(scores, per_layer_space, CompressionPlan()) == 0.0
+    assert sensitivity.plan_divergence(scores, per_layer_space, one) == scores.scores[a]["weight_bits"]["4"]
+    assert sensitivity.plan_divergence(scores, per_layer_space, two) == pytest.approx(
+        scores.scores[a]["weight_bits"]["4"] + scores.scores[b]["sparsity"]["0.95"] + scores.scores[b]["weight_bits"]["2"])
+
+
 def test_option_bits_are_the_size_module_s_exact_bits(digits_task, per_layer_space):
     """The knapsack's storage formula equals the bits the size module reads from a materialized candidate."""
     stats = warmstart.layer_stats(digits_task, per_layer_space)

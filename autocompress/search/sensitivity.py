@@ -18,6 +18,7 @@ over the calibration batches; a study records how long the pass took (``seconds`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -114,7 +115,9 @@ def probes(section: Section) -> list[tuple[str, Any, LayerPlan]]:
     return out
 
 
-def _divergence(task: Task, model: torch.nn.Module, batches, teacher_outs) -> float:
+def divergence(task: Task, model: torch.nn.Module, batches, teacher_outs) -> float:
+    """The task's distillation loss of ``model`` against ``teacher_outs`` (teacher term only) over ``batches`` of
+    ``(inputs, targets)``."""
     loss = task.distill_loss
     total = 0.0
     with torch.no_grad():
@@ -133,7 +136,7 @@ def measure(task: Task, space: SearchSpace, finetune_cfg: FinetuneConfig, *, pro
     with torch.no_grad():
         teacher_outs = [call(teacher, x) for x, _ in data]
     teacher_macs = macs_by_layer(teacher, task.example_input)
-    baseline = _divergence(task, teacher, data, teacher_outs)  # 0 for the built-in losses; a user's may differ
+    baseline = divergence(task, teacher, data, teacher_outs)  # 0 for the built-in losses; a user's may differ
     out = Sensitivity(samples=sum(len(y) for _, y in data))
     todo = [(s, knob, value, lp) for s in space.sections() for knob, value, lp in probes(s)]
     # A forward pass on the CPU (no device copies), BatchNorm re-estimated from the first MIN_BN_SAMPLES samples.
@@ -150,7 +153,7 @@ def measure(task: Task, space: SearchSpace, finetune_cfg: FinetuneConfig, *, pro
                                        if not (knob == "channel_keep" and layer.is_output)})
         try:
             cand = Candidate(task, plan, cfg)
-            score = _divergence(task, cand.cm.model, data, teacher_outs) - baseline
+            score = divergence(task, cand.cm.model, data, teacher_outs) - baseline
             if not math.isfinite(score):
                 raise ValueError(f"the outputs are not finite ({score})")
             out.scores.setdefault(section.name, {}).setdefault(knob, {})[key(value)] = max(0.0, score)
@@ -167,4 +170,14 @@ def measure(task: Task, space: SearchSpace, finetune_cfg: FinetuneConfig, *, pro
     return out
 
 
-__all__ = ["ATTR", "Sensitivity", "key", "measure", "probes"]
+def plan_divergence(sens: Sensitivity, space: SearchSpace, plan: CompressionPlan) -> float:
+    """The divergence the scores predict for ``plan``: the sum of its layers' one-knob scores (unknown: 0)."""
+    section_of = {a.layer.name: (a.layer.name if a.group.per_layer else a.group.name) for a in space.assignments}
+    total = 0.0
+    for name, lp in plan.layers.items():
+        for knob, value in dataclasses.asdict(lp).items():
+            total += sens.score(section_of.get(name, name), knob, value) or 0.0
+    return total
+
+
+__all__ = ["ATTR", "Sensitivity", "divergence", "key", "measure", "plan_divergence", "probes"]
