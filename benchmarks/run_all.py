@@ -55,6 +55,11 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
           "--out", "benchmarks/results/zoo_96px.json"]],
         [["benchmarks/zoo.py", "--models", "mnist-resnet", "--plans", "5", "--trials", "3", "--steps", "20",
           "--out", "benchmarks/out/zoo.quick.json"]]),
+    "search_scale": (
+        [["benchmarks/search_scale.py", "--models", "mnist-resnet18,mnist-mobilenetv2", "--trials", "60",
+          "--seeds", "0"]],
+        [["benchmarks/search_scale.py", "--models", "mnist-resnet", "--trials", "4", "--arms", "new,previous,knapsack",
+          "--out", "benchmarks/out/search_scale.quick.json"]]),
     "quickstart": (
         [["benchmarks/quickstart.py"]],
         [["benchmarks/quickstart.py", "--config", "studies/digits-smoke.yaml", "--min-ratio", "1"]],

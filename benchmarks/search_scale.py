@@ -103,6 +103,7 @@ def run_arm(arm: str, task: Task, trials: int, seed: int, folder: Path) -> dict:
             sens = sensitivity.measure(task, space, loaded.config.finetune, progress=False)
             starts, _ = warmstart.plan_warm_starts(task, space, loaded.config, sens)
             queued = [w.params for w in starts]
+        loaded.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(loaded, create=True)
         for params in queued:
             study.enqueue_trial(params)

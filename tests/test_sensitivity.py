@@ -87,10 +87,13 @@ def test_knapsack_is_solved_exactly_and_refuses_what_no_choice_fits():
     options = [[opt({"a": 0}, 0.0, 10, 0, 0), opt({"a": 1}, 1.0, 4, 0, 0), opt({"a": 2}, 5.0, 1, 0, 0)],
                [opt({"b": 0}, 0.0, 10, 0, 0), opt({"b": 1}, 2.0, 2, 0, 0)]]
     weights = [np.array([o.bits for o in opts]) for opts in options]
-    assert warmstart.solve(options, weights, 20) == [0, 0]
-    assert warmstart.solve(options, weights, 14) == [1, 0]  # 1.0 beats the second section's 2.0
-    assert warmstart.solve(options, weights, 6) == [1, 1]
-    assert warmstart.solve(options, weights, 2) is None
+    assert warmstart.solve(options, [weights], [20]) == [0, 0]
+    assert warmstart.solve(options, [weights], [14]) == [1, 0]  # 1.0 beats the second section's 2.0
+    assert warmstart.solve(options, [weights], [6]) == [1, 1]
+    assert warmstart.solve(options, [weights], [2]) is None
+    # a second bound (here: at most one unit of a cost only option 2 of the first section is free of)
+    cost = [np.array([1.0, 1.0, 0.0]), np.array([0.0, 0.0])]
+    assert warmstart.solve(options, [weights, cost], [20, 0.0]) == [2, 0]
 
 
 def test_budgeted_warm_starts_meet_their_budgets_and_narrow_what_is_far_beyond(digits_task, per_layer_space,
@@ -99,9 +102,9 @@ def test_budgeted_warm_starts_meet_their_budgets_and_narrow_what_is_far_beyond(d
     starts, cost = warmstart.plan_warm_starts(digits_task, per_layer_space, cfg, scores)
     assert starts and cost.c_float > 0
     for w in starts:
-        target = float(w.label.split()[1].rstrip("x"))
-        kind = w.label.split()[2]
-        assert (w.predicted["speedup"] if kind == "faster" else w.predicted["shrink"]) >= target * 0.999
+        for bound in w.label.removeprefix("knapsack ").split(", "):
+            target, kind = bound.split("x ")
+            assert (w.predicted["speedup"] if kind == "faster" else w.predicted["shrink"]) >= float(target) * 0.999
         plan = per_layer_space.suggest(optuna.trial.FixedTrial(w.params))  # valid parameters of the space
         assert not plan.is_identity
     threshold = max(w.predicted["divergence"] for w in starts)

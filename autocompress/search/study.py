@@ -114,8 +114,8 @@ def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: L
 
 
 def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
-    """Uniform int8 first, then the budgeted plans (when the study scored its layers), then the other uniform
-    plans."""
+    """Uniform int8 first, then the budgeted plans when the study scored its layers (they take the other uniform
+    plans' place: each is the least-divergence plan of its budget), else the other uniform plans."""
     queued: list[dict] = []
 
     def queue(params: dict, label: str) -> None:
@@ -127,9 +127,10 @@ def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
                 space.uniform_params(weight_bits=bits, sparsity=sparsity, activation_bits=act))
                for bits, sparsity, act in WARM_START]
     queue(uniform[0][1], uniform[0][0])
-    for plan in study.user_attrs.get(warmstart.ATTR, {}).get("plans", []):
+    budgeted = study.user_attrs.get(warmstart.ATTR, {}).get("plans", [])
+    for plan in budgeted:
         queue(plan["params"], plan["label"])
-    for label, params in uniform[1:]:
+    for label, params in [] if budgeted else uniform[1:]:
         queue(params, label)
 
 

@@ -17,9 +17,9 @@ Coupling between layers is first-order: pruning a section's output channels also
 after it (the MACs this removes there were measured by its probe), counted at half, since those layers may be
 pruned or run int8 themselves; sizes count the section's own weights only.
 
-For each of a spread of budgets (:data:`SPEEDUPS` lower latency, :data:`SHRINKS` smaller) the options of least
-total divergence within it are found exactly as a multiple-choice knapsack: one binary variable per section and
-option, one option per section, the budget as a linear constraint, solved by ``scipy.optimize.milp`` (HiGHS).
+For each of a spread of budgets (:data:`BUDGETS`: lower latency, smaller, or both) the options of least total
+divergence within it are found exactly as a multiple-choice knapsack: one binary variable per section and option,
+one option per section, each bound of the budget as a linear constraint, solved by ``scipy.optimize.milp`` (HiGHS).
 Only options on their section's Pareto front of (divergence, bits, cost) are offered, which keeps the problem to a
 few hundred variables on a 50-layer network.
 
@@ -55,8 +55,10 @@ from ..tasks import Task
 from .sensitivity import Sensitivity, key
 
 KNAPSACK_KNOBS = ("channel_keep", "rank_ratio", "nm", "sparsity", "weight_bits", "activation_bits")
-SPEEDUPS = (1.5, 2.0, 3.0, 4.0)   # latency budgets: the teacher's predicted cost divided by these
-SHRINKS = (4.0, 10.0, 40.0)       # size budgets: the teacher's bytes divided by these
+# Budgets (x times faster, y times smaller; None = no bound) a warm start is solved for; one no plan of the space
+# reaches is left out. Joint budgets give plans good on both axes, where a front's hypervolume grows most.
+BUDGETS = ((1.5, None), (2.0, None), (3.0, None), (4.0, None), (6.0, None), (None, 4.0), (None, 10.0),
+           (None, 20.0), (None, 40.0), (2.0, 10.0), (3.0, 16.0), (4.0, 20.0))
 ATTR = "warm_start_plans"         # study attribute: what each budgeted warm start was solved for
 RESTRICT_ATTR = "space_restrictions"
 
@@ -211,9 +213,9 @@ def fit_cost(task: Task, space: SearchSpace, cfg: StudyConfig, kinds: frozenset[
     return CostModel(overhead, c_float, c_int8, points)
 
 
-def solve(options: list[list[Option]], weights: list[np.ndarray], budget: float) -> list[int] | None:
-    """Index of the chosen option of each section: least total divergence with ``sum(weights) <= budget``
-    (None when no choice fits)."""
+def solve(options: list[list[Option]], weights: list[list[np.ndarray]], budgets: list[float]) -> list[int] | None:
+    """Index of the chosen option of each section: least total divergence with, for every bound ``j``,
+    ``sum(weights[j]) <= budgets[j]`` (``weights[j]``: one array per section); None when no choice fits."""
     sizes = [len(o) for o in options]
     n = sum(sizes)
     c = np.concatenate([[o.divergence for o in opts] for opts in options])
@@ -222,9 +224,8 @@ def solve(options: list[list[Option]], weights: list[np.ndarray], budget: float)
     for i, k in enumerate(sizes):
         one[i, start:start + k] = 1.0
         start += k
-    w = np.concatenate(weights)
-    res = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1),
-               constraints=[LinearConstraint(one, 1, 1), LinearConstraint(w[None, :], -np.inf, budget)])
+    bounds = [LinearConstraint(np.concatenate(w)[None, :], -np.inf, b) for w, b in zip(weights, budgets, strict=True)]
+    res = milp(c, integrality=np.ones(n), bounds=Bounds(0, 1), constraints=[LinearConstraint(one, 1, 1), *bounds])
     if res.x is None:
         return None
     x = np.round(res.x).astype(int)
@@ -237,8 +238,8 @@ def solve(options: list[list[Option]], weights: list[np.ndarray], budget: float)
 
 def plan_warm_starts(task: Task, space: SearchSpace, cfg: StudyConfig, sens: Sensitivity, *,
                      teacher_size_bytes: int | None = None) -> tuple[list[WarmStart], CostModel]:
-    """The budgeted warm starts (:data:`SPEEDUPS`, :data:`SHRINKS`; those no plan of the space reaches are left
-    out) and the cost model they were chosen with."""
+    """The budgeted warm starts (:data:`BUDGETS`; those no plan of the space reaches are left out) and the cost
+    model they were chosen with."""
     kinds = resolve_mode(task, cfg.latency).kinds
     stats = layer_stats(task, space)
     model = fit_cost(task, space, cfg, kinds)
@@ -256,15 +257,22 @@ def plan_warm_starts(task: Task, space: SearchSpace, cfg: StudyConfig, sens: Sen
     all_macs = macs_by_layer(task.model, task.example_input)
     fixed_ms = model.ms(sum(v for k, v in all_macs.items() if k not in searched), 0.0)
     teacher_ms = model.ms(sum(all_macs.values()), 0.0)
-    budgets = [(f"knapsack {s:g}x faster", [np.array([cost(o) for o in opts]) for opts in options],
-                teacher_ms / s - fixed_ms) for s in SPEEDUPS]
-    budgets += [(f"knapsack {s:g}x smaller", [np.array([o.bits for o in opts]) for opts in options],
-                 teacher_bits / s - fixed_bits) for s in SHRINKS]
+    ms_w = [np.array([cost(o) for o in opts]) for opts in options]
+    bits_w = [np.array([o.bits for o in opts]) for opts in options]
     base = space.uniform_params(weight_bits=32, sparsity=0.0, activation_bits=32)
     dists = space.distributions()
     out: list[WarmStart] = []
-    for label, weights, budget in budgets:
-        chosen = solve(options, weights, budget)
+    for faster, smaller in BUDGETS:
+        weights, bounds, label = [], [], []
+        if faster:
+            weights.append(ms_w)
+            bounds.append(teacher_ms / faster - fixed_ms)
+            label.append(f"{faster:g}x faster")
+        if smaller:
+            weights.append(bits_w)
+            bounds.append(teacher_bits / smaller - fixed_bits)
+            label.append(f"{smaller:g}x smaller")
+        chosen = solve(options, weights, bounds)
         if chosen is None:
             continue
         params = dict(base)
@@ -277,7 +285,7 @@ def plan_warm_starts(task: Task, space: SearchSpace, cfg: StudyConfig, sens: Sen
         picked = [opts[i] for opts, i in zip(options, chosen, strict=True)]
         ms = fixed_ms + sum(cost(o) for o in picked)
         bits = fixed_bits + sum(o.bits for o in picked)
-        out.append(WarmStart(label, params, {"divergence": sum(o.divergence for o in picked),
+        out.append(WarmStart("knapsack " + ", ".join(label), params, {"divergence": sum(o.divergence for o in picked),
                                              "speedup": teacher_ms / ms if ms > 0 else math.inf,
                                              "shrink": teacher_bits / bits}))
     return out, model
@@ -302,6 +310,6 @@ def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float) -> dic
     return out
 
 
-__all__ = ["ATTR", "RESTRICT_ATTR", "CostModel", "KNAPSACK_KNOBS", "SHRINKS", "SPEEDUPS", "WarmStart",
+__all__ = ["ATTR", "RESTRICT_ATTR", "CostModel", "BUDGETS", "KNAPSACK_KNOBS", "WarmStart",
            "fit_cost", "layer_cost", "plan_warm_starts", "restrictions", "section_options", "solve"]
 
