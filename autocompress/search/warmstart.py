@@ -25,8 +25,8 @@ few hundred variables on a 50-layer network.
 
 The same evidence narrows the space the sampler explores (:func:`restrictions`): a choice whose divergence *alone*
 exceeds the total divergence of the most aggressive budgeted plan is far beyond any budget the study targets, and
-is left out for that section (the teacher's value and failed probes always stay). On a 53-layer MobileNetV2 most
-2-bit and many 3-bit choices go this way; the sampler then spends its trials where the front can be.
+is left out for that section (the teacher's value and failed probes always stay), so the sampler does not spend
+trials on it. How much this leaves out depends on the model: what a study left is stored beside its scores.
 """
 
 from __future__ import annotations
