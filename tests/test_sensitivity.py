@@ -167,3 +167,16 @@ def test_sensitivity_command_prints_the_table_and_writes_it_whole(tmp_path, caps
     assert not list(tmp_path.glob("*.tmp"))
     assert main(["sensitivity", str(path), "--format", "json", "-o", str(out)]) == 0
     assert json.loads(capsys.readouterr().out)[sensitivity.ATTR]["scores"] == record[sensitivity.ATTR]["scores"]
+
+
+def test_a_failing_sensitivity_pass_is_reported_and_the_study_goes_on(tmp_path, digits_task, monkeypatch, caplog):
+    def broken(*a, **k):
+        raise RuntimeError("solver exploded")
+
+    monkeypatch.setattr(warmstart, "plan_warm_starts", broken)
+    _, study, _ = run_complete(write_study(tmp_path, n_trials=2), 2, task=digits_task)
+    assert study.user_attrs[sensitivity.ATTR] == {"error": "RuntimeError: solver exploded"}
+    assert warmstart.RESTRICT_ATTR not in study.user_attrs
+    labels = [t.user_attrs["warm_start"] for t in study.trials]  # finished and still queued
+    assert labels[0] == "uniform w8 s0 a8" and len(labels) > 2 and all(lbl.startswith("uniform") for lbl in labels)
+    assert "sensitivity pass failed" in caplog.text

@@ -99,10 +99,18 @@ def open_study(loaded: LoadedStudy, *, create: bool, objectives: dict[str, str] 
 
 def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: LoadedStudy,
                   teacher: TeacherReference) -> None:
-    """The sensitivity pass of a new study: scores, budgeted warm starts and the narrowed space, stored."""
-    sens = sensitivity.measure(task, space, loaded.config.finetune)
-    starts, cost = warmstart.plan_warm_starts(task, space, loaded.config, sens, teacher_size_bytes=teacher.size_bytes)
-    allowed = warmstart.restrictions(space, sens, max(w.predicted["divergence"] for w in starts)) if starts else {}
+    """The sensitivity pass of a new study: scores, budgeted warm starts and the narrowed space, stored. A pass that
+    fails is reported and stored as failed; the study goes on with the space as written and uniform warm starts."""
+    try:
+        sens = sensitivity.measure(task, space, loaded.config.finetune)
+        starts, cost = warmstart.plan_warm_starts(task, space, loaded.config, sens,
+                                                  teacher_size_bytes=teacher.size_bytes)
+        allowed = warmstart.restrictions(space, sens, max(w.predicted["divergence"] for w in starts)) if starts else {}
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"[:1000]
+        log.warning("the sensitivity pass failed (%s); searching the space as written", message)
+        study.set_user_attr(sensitivity.ATTR, {"error": message})
+        return
     study.set_user_attr(sensitivity.ATTR, sens.to_dict())
     study.set_user_attr(warmstart.ATTR, {
         "plans": [{"label": w.label, "params": w.params, "predicted": w.predicted} for w in starts],
