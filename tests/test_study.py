@@ -119,7 +119,7 @@ def test_front_cli_formats_and_missing_study(tmp_path, digits_task, capsys):
     assert not (tmp_path / "never_run").exists()
 
 
-@pytest.mark.parametrize("cmd", [[], ["search"], ["front"], ["validate"]])
+@pytest.mark.parametrize("cmd", [[], ["search"], ["front"], ["validate"], ["sensitivity"]])
 def test_help_everywhere(cmd, capsys):
     with pytest.raises(SystemExit) as e:
         main([*cmd, "--help"])
