@@ -114,6 +114,17 @@ def test_budgeted_warm_starts_meet_their_budgets_and_narrow_what_is_far_beyond(d
         dropped = set(per_layer_space.distributions()[name]) - set(choices)
         assert dropped and all(scores.score(section, knob, v) > threshold for v in dropped)
         assert all(scores.score(section, knob, v) <= threshold for v in choices)
+    kinds = {bound.split("x ")[1] for w in starts for bound in w.label.removeprefix("knapsack ").split(", ")}
+    knobs = (warmstart.SIZE_KNOBS if "smaller" in kinds else frozenset()) | \
+        (warmstart.LATENCY_KNOBS if "faster" in kinds else frozenset())
+    assert warmstart.narrowed(per_layer_space, scores, starts) == warmstart.restrictions(
+        per_layer_space, scores, threshold, knobs=knobs)
+    # plans solved for size budgets alone are no evidence about what a faster plan needs: keep, rank and input
+    # bits stay as written
+    size_only = [w for w in starts if "faster" not in w.label]
+    if size_only:
+        assert {n.rpartition(":")[2] for n in warmstart.narrowed(per_layer_space, scores, size_only)} <= \
+            warmstart.SIZE_KNOBS
     per_layer_space.restrict(allowed)
     assert per_layer_space.distributions() == {n: allowed.get(n, c) for n, c in per_layer_space.distributions().items()}
     with pytest.raises(ValueError, match="cannot restrict"):

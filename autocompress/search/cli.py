@@ -41,7 +41,7 @@ def _compute(loaded) -> dict[str, Any]:
     sens = sensitivity.measure(task, space, loaded.config.finetune, progress=True)
     starts, _ = warmstart.plan_warm_starts(task, space, loaded.config, sens,
                                            teacher_size_bytes=dense_size_bytes(task.model))
-    allowed = warmstart.restrictions(space, sens, max(w.predicted["divergence"] for w in starts)) if starts else {}
+    allowed = warmstart.narrowed(space, sens, starts)
     return {sensitivity.ATTR: sens.to_dict(),
             warmstart.ATTR: {"plans": [{"label": w.label, "params": w.params, "predicted": w.predicted}
                                        for w in starts]},

@@ -105,7 +105,7 @@ def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: L
         sens = sensitivity.measure(task, space, loaded.config.finetune)
         starts, cost = warmstart.plan_warm_starts(task, space, loaded.config, sens,
                                                   teacher_size_bytes=teacher.size_bytes)
-        allowed = warmstart.restrictions(space, sens, max(w.predicted["divergence"] for w in starts)) if starts else {}
+        allowed = warmstart.narrowed(space, sens, starts)
     except Exception as e:
         message = f"{type(e).__name__}: {e}"[:1000]
         log.warning("the sensitivity pass failed (%s); searching the space as written", message)

@@ -26,7 +26,9 @@ few hundred variables on a 50-layer network.
 The same evidence narrows the space the sampler explores (:func:`restrictions`): a choice whose divergence *alone*
 exceeds the total divergence of the most aggressive budgeted plan is far beyond any budget the study targets, and
 is left out for that section (the teacher's value and failed probes always stay), so the sampler does not spend
-trials on it. How much this leaves out depends on the model: what a study left is stored beside its scores.
+trials on it. Size knobs (sparsity, bits) are narrowed on the evidence of a solved size budget, latency knobs
+(channel keep, rank, input bits) only of a solved latency budget: on a model whose every layer is too cheap for any
+latency budget to be reachable (LeNet-5), the size plans say nothing about what a faster plan would need. How much this leaves out depends on the model: what a study left is stored beside its scores.
 """
 
 from __future__ import annotations
@@ -291,15 +293,33 @@ def plan_warm_starts(task: Task, space: SearchSpace, cfg: StudyConfig, sens: Sen
     return out, model
 
 
-def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float) -> dict[str, list]:
+# Knobs whose choices trade accuracy for size only, and those that (also) buy latency: a choice is left out only on
+# the evidence of budgets of its kind (plans solved for a size budget say nothing about what a faster plan needs).
+SIZE_KNOBS = frozenset({"sparsity", "weight_bits", "nm", "weight_sharing", "entropy_coding"})
+LATENCY_KNOBS = frozenset({"channel_keep", "rank_ratio", "activation_bits"})
+
+
+def narrowed(space: SearchSpace, sens: Sensitivity, starts: list[WarmStart]) -> dict[str, list]:
+    """What a study leaves out (see the module docstring): choices whose divergence alone exceeds the most
+    aggressive budgeted plan's, for the size knobs when a size budget was solved and the latency knobs when a
+    latency budget was."""
+    if not starts:
+        return {}
+    knobs = (SIZE_KNOBS if any("smaller" in w.label for w in starts) else frozenset()) | \
+        (LATENCY_KNOBS if any("faster" in w.label for w in starts) else frozenset())
+    return restrictions(space, sens, max(w.predicted["divergence"] for w in starts), knobs=knobs)
+
+
+def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float,
+                 knobs: frozenset[str] | None = None) -> dict[str, list]:
     """Parameter -> the choices left to it: those whose divergence alone is at most ``threshold`` (the teacher's
-    value and values without a score always stay)."""
+    value and values without a score always stay; only ``knobs`` are narrowed, default all)."""
     dists = space.distributions()
     out = {}
     for s in space.sections():
         for knob, choices in s.choices.items():
             name = f"{s.name}:{knob}"
-            if name not in dists:
+            if name not in dists or (knobs is not None and knob not in knobs):
                 continue
             keep = [c for c in choices if (sens.score(s.name, knob, c) or 0.0) <= threshold
                     or sens.score(s.name, knob, c) is None]
@@ -311,5 +331,6 @@ def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float) -> dic
 
 
 __all__ = ["ATTR", "RESTRICT_ATTR", "CostModel", "BUDGETS", "KNAPSACK_KNOBS", "WarmStart",
-           "fit_cost", "layer_cost", "plan_warm_starts", "restrictions", "section_options", "solve"]
+           "LATENCY_KNOBS", "SIZE_KNOBS", "fit_cost", "layer_cost", "narrowed", "plan_warm_starts", "restrictions",
+           "section_options", "solve"]
 
