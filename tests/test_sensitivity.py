@@ -100,7 +100,10 @@ def test_budgeted_warm_starts_meet_their_budgets_and_narrow_what_is_far_beyond(d
                                                                                scores, tmp_path):
     cfg = load_study_config(write_study(tmp_path)).config
     starts, cost = warmstart.plan_warm_starts(digits_task, per_layer_space, cfg, scores)
-    assert starts and cost.c_float > 0
+    # the cost model is fitted on the teacher, uniform int8 and uniform channel pruning, each measured (this tiny
+    # MLP's latency is mostly per-call overhead: its per-MAC costs may fit to 0)
+    assert starts and [p["plan"] for p in cost.points] == ["teacher", "uniform int8", "uniform channel pruning"]
+    assert all(p["ms"] > 0 for p in cost.points) and cost.ms(0.0, 0.0) > 0
     for w in starts:
         for bound in w.label.removeprefix("knapsack ").split(", "):
             target, kind = bound.split("x ")
