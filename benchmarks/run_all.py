@@ -56,8 +56,10 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
         [["benchmarks/zoo.py", "--models", "mnist-resnet", "--plans", "5", "--trials", "3", "--steps", "20",
           "--out", "benchmarks/out/zoo.quick.json"]]),
     "search_scale": (
-        [["benchmarks/search_scale.py", "--models", "mnist-resnet18,mnist-mobilenetv2", "--trials", "60",
-          "--seeds", "0"]],
+        [["examples/hf/make_models.py"],
+         ["benchmarks/search_scale.py", "--models",
+          "mnist-resnet18,mnist-mobilenetv2,hf-classifier@folder=examples/hf/models/bert-bytes;"
+          "data=examples.hf.data:classifier_splits", "--trials", "60", "--seeds", "0"]],
         [["benchmarks/search_scale.py", "--models", "mnist-resnet", "--trials", "4", "--arms", "new,previous,knapsack",
           "--out", "benchmarks/out/search_scale.quick.json"]]),
     "quickstart": (
