@@ -86,12 +86,10 @@ class SearchSpace:
         out: dict[str, tuple[list[LayerInfo], dict[str, list]]] = {}
         for a in self.assignments:
             name = a.layer.name if a.group.per_layer else a.group.name
-            layers, choices = out.setdefault(name, ([], {}))
-            layers.append(a.layer)
-            for knob in registry.KNOBS:
-                # a shared group's output layer keeps its channels; the group's other layers take its choices
-                choices[knob] = self._choices(a, knob) if knob not in choices or len(choices[knob]) == 1 \
-                    else choices[knob]
+            # a shared group's section has the group's choices (its output layer keeps its channels regardless)
+            choices = {k: self._choices(a, k) if a.group.per_layer else
+                       list(self.allowed.get(self._param(a, k), getattr(a.group, k))) for k in registry.KNOBS}
+            out.setdefault(name, ([], choices))[0].append(a.layer)
         return [Section(name, tuple(layers), choices) for name, (layers, choices) in out.items()]
 
     def restrict(self, allowed: dict[str, list]) -> None:

@@ -56,6 +56,7 @@ GRID = [(bits, act, sparsity, keep) for sparsity in (0.0, 0.5, 0.25, 0.75) for k
 
 
 def config(arm: str, trials: int, seed: int) -> dict:
+    # the task object is handed to run_study; the config's task name is never loaded
     cfg = {"task": "python:bench", "search_space": "default", "n_trials": trials, "seed": seed,
            "deployability_gate": False, "latency": {"measure": True}, "fidelity": {"self_check": 0}}
     if arm == "previous":
@@ -100,9 +101,8 @@ def run_arm(arm: str, task: Task, trials: int, seed: int, folder: Path) -> dict:
         if arm == "grid":
             queued = grid_params(space, trials)
         else:
-            sens = sensitivity.measure(task, space, loaded.config.finetune, progress=False)
-            starts, _ = warmstart.plan_warm_starts(task, space, loaded.config, sens)
-            queued = [w.params for w in starts]
+            plans = warmstart.guide(task, space, loaded.config, progress=False)[warmstart.ATTR]["plans"]
+            queued = [p["params"] for p in plans]
         loaded.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(loaded, create=True)
         for params in queued:
@@ -160,8 +160,6 @@ def main() -> None:
     results.setdefault("models", {})
     for name in args.models.split(","):
         task = load_model(name)
-        sys.modules["bench"] = type(sys)("bench")  # the config's `python:bench` task
-        sys.modules["bench"].task = task
         row = results["models"].setdefault(name, {"arms": {}})
         for seed in (int(s) for s in args.seeds.split(",")):
             for arm in args.arms.split(","):

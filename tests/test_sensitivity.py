@@ -128,8 +128,11 @@ def test_budgeted_warm_starts_meet_their_budgets_and_narrow_what_is_far_beyond(d
     if size_only:
         assert {n.rpartition(":")[2] for n in warmstart.narrowed(per_layer_space, scores, size_only)} <= \
             warmstart.SIZE_KNOBS
+    before = per_layer_space.distributions()
     per_layer_space.restrict(allowed)
-    assert per_layer_space.distributions() == {n: allowed.get(n, c) for n, c in per_layer_space.distributions().items()}
+    # a parameter left one choice is fixed: no longer sampled
+    assert per_layer_space.distributions() == {n: allowed.get(n, c) for n, c in before.items()
+                                               if len(allowed.get(n, c)) > 1}
     with pytest.raises(ValueError, match="cannot restrict"):
         per_layer_space.restrict({"nope:weight_bits": [8]})
 
@@ -173,6 +176,8 @@ def test_sensitivity_off_is_the_space_as_written_with_uniform_warm_starts(tmp_pa
 def test_sensitivity_command_prints_the_table_and_writes_it_whole(tmp_path, capsys):
     path = write_study(tmp_path)
     out = tmp_path / "sens.json"
+    assert main(["sensitivity", str(path), "--top", "0"]) == 2
+    assert "--top" in capsys.readouterr().err and not out.exists()
     assert main(["sensitivity", str(path), "-o", str(out), "--top", "3"]) == 0
     text = capsys.readouterr().out
     assert "divergence from the teacher" in text and "weight_bits=4" in text

@@ -31,21 +31,15 @@ def _compute(loaded) -> dict[str, Any]:
     from ..latency.study import prepare as prepare_latency
     from ..space import SearchSpace
     from ..tasks import check_task, load_task
-    from . import sensitivity, warmstart
+    from . import warmstart
 
     task = load_task(loaded.config.task, loaded.config.task_options)
     check_task(task)
     space = SearchSpace(loaded.space, discover_layers(task.model, task.example_input),
                         source=str(loaded.config_path))
     prepare_latency(loaded, task)
-    sens = sensitivity.measure(task, space, loaded.config.finetune, progress=True)
-    starts, _ = warmstart.plan_warm_starts(task, space, loaded.config, sens,
-                                           teacher_size_bytes=dense_size_bytes(task.model))
-    allowed = warmstart.narrowed(space, sens, starts)
-    return {sensitivity.ATTR: sens.to_dict(),
-            warmstart.ATTR: {"plans": [{"label": w.label, "params": w.params, "predicted": w.predicted}
-                                       for w in starts]},
-            warmstart.RESTRICT_ATTR: allowed, "source": "computed"}
+    return warmstart.guide(task, space, loaded.config, teacher_size_bytes=dense_size_bytes(task.model),
+                           progress=True) | {"source": "computed"}
 
 
 def _stored(loaded) -> dict[str, Any] | None:
@@ -56,11 +50,17 @@ def _stored(loaded) -> dict[str, Any] | None:
     db = loaded.study_dir / "study.db"
     if loaded.storage_url.startswith("sqlite") and not db.is_file():
         return None
+    from ..errors import ConfigError
+    from .workers import describe_error
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
     except KeyError:
         return None
+    except Exception as e:
+        raise ConfigError(f"cannot open the study storage: {describe_error(e)}", field="storage",
+                          value=loaded.storage_url, file=str(loaded.config_path)) from None
     attrs = study.user_attrs
     if sensitivity.ATTR not in attrs:
         return None
@@ -106,7 +106,10 @@ def _print_table(record: dict[str, Any], top: int) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     from ..config import load_study_config
+    from ..errors import ConfigError
 
+    if args.top < 1:
+        raise ConfigError("must be at least 1", field="--top", value=args.top)
     loaded = load_study_config(args.config)
     record = None if args.recompute else _stored(loaded)
     if record is None:

@@ -73,12 +73,12 @@ class Sensitivity:
                    probes=int(d.get("probes", 0)), samples=int(d.get("samples", 0)))
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per section, knob and value, most sensitive first."""
+        """One row per section, knob and value, most sensitive first (failed probes last)."""
         rows = [{"section": s, "knob": k, "value": v, "divergence": d}
                 for s, knobs in self.scores.items() for k, vals in knobs.items() for v, d in vals.items()]
         rows += [{"section": s, "knob": k, "value": v, "divergence": math.nan, "error": e}
                  for s, knobs in self.errors.items() for k, vals in knobs.items() for v, e in vals.items()]
-        return sorted(rows, key=lambda r: -r["divergence"] if math.isfinite(r["divergence"]) else -math.inf)
+        return sorted(rows, key=lambda r: -r["divergence"] if math.isfinite(r["divergence"]) else math.inf)
 
 
 def key(value: Any) -> str:

@@ -3,8 +3,8 @@
 :func:`prepare_study` loads the task, binds the search space to the teacher's layers, picks the latency mode (all
 before anything is written: a bad profile or backend leaves no half-made study), opens or creates the study in its
 storage, and (once per study, whichever worker gets there first) measures the teacher, scores its layers
-(:mod:`.sensitivity`; budgeted plans and the narrowed space: :mod:`.warmstart`) and queues the warm-start plans. The result, a :class:`PreparedStudy`, is what an executor (:mod:`.local`, :mod:`.ray_backend`) runs
-trials of.
+(:mod:`.sensitivity`; budgeted plans and the narrowed space: :mod:`.warmstart`) and queues the warm-start plans.
+The result, a :class:`PreparedStudy`, is what an executor (:mod:`.local`, :mod:`.ray_backend`) runs trials of.
 """
 
 from __future__ import annotations
@@ -102,23 +102,17 @@ def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: L
     """The sensitivity pass of a new study: scores, budgeted warm starts and the narrowed space, stored. A pass that
     fails is reported and stored as failed; the study goes on with the space as written and uniform warm starts."""
     try:
-        sens = sensitivity.measure(task, space, loaded.config.finetune)
-        starts, cost = warmstart.plan_warm_starts(task, space, loaded.config, sens,
-                                                  teacher_size_bytes=teacher.size_bytes)
-        allowed = warmstart.narrowed(space, sens, starts)
+        attrs = warmstart.guide(task, space, loaded.config, teacher_size_bytes=teacher.size_bytes)
     except Exception as e:
         message = f"{type(e).__name__}: {e}"[:1000]
         log.warning("the sensitivity pass failed (%s); searching the space as written", message)
         study.set_user_attr(sensitivity.ATTR, {"error": message})
         return
-    study.set_user_attr(sensitivity.ATTR, sens.to_dict())
-    study.set_user_attr(warmstart.ATTR, {
-        "plans": [{"label": w.label, "params": w.params, "predicted": w.predicted} for w in starts],
-        "cost_model": {"overhead_ms": cost.overhead, "ms_per_float_mac": cost.c_float,
-                       "ms_per_int8_mac": cost.c_int8, "points": cost.points}})
-    study.set_user_attr(warmstart.RESTRICT_ATTR, allowed)
-    log.info("sensitivity: %d probes in %.0f s; %d budgeted warm starts; %d parameters narrowed", sens.probes,
-             sens.seconds, len(starts), len(allowed))
+    for key, value in attrs.items():
+        study.set_user_attr(key, value)
+    log.info("sensitivity: %d probes in %.0f s; %d budgeted warm starts; %d parameters narrowed",
+             attrs[sensitivity.ATTR]["probes"], attrs[sensitivity.ATTR]["seconds"],
+             len(attrs[warmstart.ATTR]["plans"]), len(attrs[warmstart.RESTRICT_ATTR]))
 
 
 def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:

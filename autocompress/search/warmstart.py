@@ -54,6 +54,7 @@ from ..latency.study import candidate_latency, resolve_mode
 from ..plan import CompressionPlan
 from ..space import SearchSpace, Section
 from ..tasks import Task
+from . import sensitivity
 from .sensitivity import Sensitivity, key
 
 KNAPSACK_KNOBS = ("channel_keep", "rank_ratio", "nm", "sparsity", "weight_bits", "activation_bits")
@@ -105,8 +106,9 @@ class WarmStart:
     predicted: dict[str, float]
 
 
-def layer_stats(task: Task, space: SearchSpace) -> dict[str, LayerStats]:
-    macs = macs_by_layer(task.model, task.example_input)
+def layer_stats(task: Task, space: SearchSpace, macs: dict[str, float] | None = None) -> dict[str, LayerStats]:
+    """Each searched layer's weight shape and MACs (``macs``: the teacher's :func:`macs_by_layer`, if at hand)."""
+    macs = macs if macs is not None else macs_by_layer(task.model, task.example_input)
     out = {}
     for a in space.assignments:
         w = get_module(task.model, a.layer.name).weight
@@ -243,7 +245,8 @@ def plan_warm_starts(task: Task, space: SearchSpace, cfg: StudyConfig, sens: Sen
     """The budgeted warm starts (:data:`BUDGETS`; those no plan of the space reaches are left out) and the cost
     model they were chosen with."""
     kinds = resolve_mode(task, cfg.latency).kinds
-    stats = layer_stats(task, space)
+    all_macs = macs_by_layer(task.model, task.example_input)
+    stats = layer_stats(task, space, all_macs)
     model = fit_cost(task, space, cfg, kinds)
     sections = space.sections()
 
@@ -256,7 +259,6 @@ def plan_warm_starts(task: Task, space: SearchSpace, cfg: StudyConfig, sens: Sen
     searched = {a.layer.name for a in space.assignments}
     teacher_bits = 8 * (teacher_size_bytes or dense_size_bytes(task.model))
     fixed_bits = teacher_bits - 32 * sum(s.rows * s.fan_in for s in stats.values())
-    all_macs = macs_by_layer(task.model, task.example_input)
     fixed_ms = model.ms(sum(v for k, v in all_macs.items() if k not in searched), 0.0)
     teacher_ms = model.ms(sum(all_macs.values()), 0.0)
     ms_w = [np.array([cost(o) for o in opts]) for opts in options]
@@ -310,6 +312,20 @@ def narrowed(space: SearchSpace, sens: Sensitivity, starts: list[WarmStart]) -> 
     return restrictions(space, sens, max(w.predicted["divergence"] for w in starts), knobs=knobs)
 
 
+def guide(task: Task, space: SearchSpace, cfg: StudyConfig, *, teacher_size_bytes: int | None = None,
+          progress: bool | None = None) -> dict[str, Any]:
+    """The sensitivity pass and what a study derives from it, as the study attributes it stores:
+    :data:`sensitivity.ATTR` (the scores), :data:`ATTR` (the budgeted plans and the cost model they were chosen
+    with) and :data:`RESTRICT_ATTR` (what is left out of the space)."""
+    sens = sensitivity.measure(task, space, cfg.finetune, progress=progress)
+    starts, cost = plan_warm_starts(task, space, cfg, sens, teacher_size_bytes=teacher_size_bytes)
+    return {sensitivity.ATTR: sens.to_dict(),
+            ATTR: {"plans": [{"label": w.label, "params": w.params, "predicted": w.predicted} for w in starts],
+                   "cost_model": {"overhead_ms": cost.overhead, "ms_per_float_mac": cost.c_float,
+                                  "ms_per_int8_mac": cost.c_int8, "points": cost.points}},
+            RESTRICT_ATTR: narrowed(space, sens, starts)}
+
+
 def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float,
                  knobs: frozenset[str] | None = None) -> dict[str, list]:
     """Parameter -> the choices left to it: those whose divergence alone is at most ``threshold`` (the teacher's
@@ -331,6 +347,6 @@ def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float,
 
 
 __all__ = ["ATTR", "RESTRICT_ATTR", "CostModel", "BUDGETS", "KNAPSACK_KNOBS", "WarmStart",
-           "LATENCY_KNOBS", "SIZE_KNOBS", "fit_cost", "layer_cost", "narrowed", "plan_warm_starts", "restrictions",
+           "LATENCY_KNOBS", "SIZE_KNOBS", "fit_cost", "guide", "layer_cost", "narrowed", "plan_warm_starts", "restrictions",
            "section_options", "solve"]
 
