@@ -24,7 +24,7 @@ from autocompress.latency.analysis import TeacherAnalysis
 from autocompress.latency.graph import optimized_graph
 from autocompress.latency.lowering import FEATURES, Kernel, Lowerer, lower_ops
 from autocompress.latency.measure import lower_plan
-from autocompress.latency.model import CostModel, Sample, UnsupportedOpError, fit
+from autocompress.latency.model import CostModel, Sample, UnsupportedOpError, at_reference_speed, fit
 from autocompress.latency.predictor import LatencyPredictor, predict
 from autocompress.latency.profile import (
     PROFILE_TYPE,
@@ -276,6 +276,18 @@ def test_unsupported_kernel_is_a_clear_error(analyses):
     assert "QGemm" in msg and "Supported kinds" in msg and "Gemm" in msg and "fallback: measure" in msg
 
 
+def test_predictions_move_to_the_speed_a_study_measured(analyses):
+    """A profile's predictions are at its reference speed; at a reference twice as slow they double."""
+    teacher = _teacher("mlp")
+    kinds = _kinds_of(analyses["mlp"], [CompressionPlan()])
+    predictor = LatencyPredictor(teacher, X, _synthetic_profile(kinds, info={"reference_ms": 0.25}))
+    base = predictor.predict(CompressionPlan())
+    predictor.at_reference(0.5)
+    assert predictor.speed == 2.0 and predictor.predict(CompressionPlan()) == pytest.approx(2 * base)
+    predictor.at_reference(None)
+    assert predictor.predict(CompressionPlan()) == pytest.approx(base)
+
+
 def test_module_level_predict_caches_the_teacher(analyses):
     teacher = _teacher("mlp")
     profile = _synthetic_profile(_kinds_of(analyses["mlp"], [CompressionPlan()]))
@@ -293,7 +305,7 @@ def test_profile_round_trip_is_json_and_atomic(tmp_path):
     path = profile.save(tmp_path / "p.json")
     assert not [p for p in tmp_path.iterdir() if p.name != "p.json"]  # no temporary file left behind
     raw = json.loads(path.read_text())
-    assert raw["type"] == PROFILE_TYPE and raw["version"] == PROFILE_VERSION == 2 and raw["data"]["fingerprint"]["cpu"]
+    assert raw["type"] == PROFILE_TYPE and raw["version"] == PROFILE_VERSION == 3 and raw["data"]["fingerprint"]["cpu"]
     back = load_profile(path)
     assert back.model.coef == profile.model.coef and len(back.samples) == 1
     assert back.fingerprint_id == profile.fingerprint_id
@@ -426,10 +438,45 @@ def _digits_profile(task, path: Path) -> Path:
         channel_keep=float(rng.choice([0.5, 1.0]))) for i in layers}) for _ in range(16)]
     for plan in plans:
         m = measure_plan(task.model, plan, task.example_input, runs=20, rounds=2)
-        samples.append(Sample.from_lowered(lowerer.lower(an.resolve(plan)), m.latency_ms))
+        samples.append(Sample.measured(lowerer.lower(an.resolve(plan)), m))
+    reference = at_reference_speed(samples)
     profile = LatencyProfile(backend="onnxruntime", threads=1, batch_size=1, nchwc_block=16,
-                             fingerprint=fingerprint(threads=1), model=fit(samples), samples=samples)
+                             fingerprint=fingerprint(threads=1), model=fit(samples), samples=samples,
+                             info={"reference_ms": reference})
     return profile.save(path)
+
+
+def test_calibrate_refits_the_per_model_term_and_the_study_uses_it(tmp_path, digits_task, monkeypatch, capsys):
+    """A profile 3x off for this model: ``profile --calibrate`` refits its scale from the teacher and a few
+    candidates, writes the study's calibrated profile, and a study of that config predicts with it and says so."""
+    import optuna
+
+    from autocompress.config import load_study_config
+    from autocompress.latency.calibrate import calibrated_path
+    from autocompress.search.driver import run_study
+
+    monkeypatch.setenv("AUTOCOMPRESS_CACHE", str(tmp_path / "cache"))
+    path = _digits_profile(digits_task, default_profile_path())
+    off = load_profile(path)
+    off.model.scale = 3.0
+    off.save(path)
+    config = write_study(tmp_path, n_trials=1, deployability_gate=False, warm_start=False, sensitivity=False,
+                         latency={"warmup": 2, "repeats": 20})
+    monkeypatch.setattr("autocompress.tasks.load_task", lambda *a, **k: digits_task)
+    assert main(["profile", "--calibrate", str(config), "--measurements", "5", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "leave one out" in out and "the study of this config uses it" in out
+    loaded = load_study_config(config)
+    calibrated = load_profile(calibrated_path(loaded.study_dir))
+    c = calibrated.info["calibration"]
+    assert c["n"] == 5 and len(c["measurements"]) == 5 and c["measurements"][0]["plan"] == CompressionPlan().to_dict()
+    assert c["after_in_sample"]["rmspe"] < c["before"]["rmspe"] and c["before"]["rmspe"] > 0.5
+    assert 0.15 < calibrated.model.scale < 0.7   # about 1/3: the kernel costs were fitted on this very model
+    run_study(loaded, progress=False, task=digits_task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    used = study.user_attrs["latency_reference"]["profile"]
+    assert used["path"] == str(calibrated_path(loaded.study_dir)) and used["calibration"]["n"] == 5
+    assert "measurements" not in used["calibration"]
 
 
 @pytest.mark.slow

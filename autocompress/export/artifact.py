@@ -36,6 +36,7 @@ from ..errors import AutocompressError, StudyNotFoundError
 from ..evaluate.candidate import baked_teacher
 from ..evaluate.size import compressed_size, dense_size_bytes
 from ..front import KINDS_ATTR, is_deployable, load_front
+from ..latency.study import SPEED_ATTR
 from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for, get_backend
 from ..runtime.onnx import export_onnx, graph_ops
@@ -290,11 +291,13 @@ def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, la
     export = onnx_path if backend.files else backend.lower(cm, task.example_input, calibration, scratch).artifact
     timed = backend.time({"teacher": teacher, "export": export}, task.example_input,
                          TimingSpec.of(lat_cfg, rounds=rounds, min_runs=MIN_REPEATS))
-    lat = {k: {"median_ms": t.latency_ms, "rounds_ms": t.rounds_ms, "spread": t.spread, "p10_ms": t.p10_ms,
-               "p90_ms": t.p90_ms, "repeats": t.runs // max(1, len(t.rounds_ms))} for k, t in timed.items()}
+    lat = {k: t.record() for k, t in timed.items()}
     teacher_onnx = scratch / "teacher.onnx"
     export_onnx(task.model, task.example_input, teacher_onnx)
     predicted = (source or {}).get("search", {}).get("latency_ms")
+    # the search's latencies are at the study's reference speed: the export's, converted to that speed, compare
+    study_ref = (source or {}).get("search_reference_ms")
+    at_study = timed["export"].at_speed(study_ref) if study_ref else lat["export"]["median_ms"]
     teacher_bytes = dense_size_bytes(task.model)
     onnx_bytes = onnx_path.stat().st_size
     teacher_onnx_bytes = teacher_onnx.stat().st_size
@@ -316,8 +319,11 @@ def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, la
             "teacher_rounds_ms": lat["teacher"]["rounds_ms"], "export_rounds_ms": lat["export"]["rounds_ms"],
             "teacher_spread": lat["teacher"]["spread"], "export_spread": lat["export"]["spread"],
             "export_p10_ms": lat["export"]["p10_ms"], "export_p90_ms": lat["export"]["p90_ms"],
-            "predicted_ms": predicted, "predicted_source": "the trial's search-time measured latency",
-            "vs_predicted": None if not predicted else export_ms / predicted - 1,
+            "teacher_normalized": lat["teacher"]["normalized"], "export_normalized": lat["export"]["normalized"],
+            "reference_ms": lat["export"]["reference_ms"], "study_reference_ms": study_ref,
+            "export_at_study_speed_ms": at_study,
+            "predicted_ms": predicted, "predicted_source": "the trial's search-time latency",
+            "vs_predicted": None if not predicted else at_study / predicted - 1,
         },
         "size": {
             "objective_bytes": size_objective, "teacher_bytes": teacher_bytes,
@@ -432,6 +438,7 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
                        float(row[k]))
                    for k in ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio")},
         "search_teacher": front.teacher, "search_finetune_steps": src.finetune.steps, "notes": src.notes,
+        "search_reference_ms": (study.user_attrs.get(SPEED_ATTR) or {}).get("reference_ms"),
     }
     return export_plan(task, front.plans[number], out, formats=formats, finetune=finetune,
                        finetune_cfg=src.finetune, latency_cfg=src.latency, seed=src.seed + number, force=force,
@@ -524,6 +531,8 @@ def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_t
         t_ms, e_ms = got["teacher"].latency_ms, got["export"].latency_ms
         row(f"latency ms (export, {backend.name})", lat.get("export_ms"), e_ms, rel=latency_tol)
         row("latency ms (fp32 teacher)", lat.get("teacher_ms"), t_ms, rel=latency_tol)
+        if lat.get("export_normalized") is not None:  # relative to the reference workload: steadier than ms
+            row("latency / reference (export)", lat["export_normalized"], got["export"].normalized, rel=latency_tol)
         row("speedup over the teacher", lat.get("speedup"), t_ms / e_ms, rel=latency_tol)
     return VerifyReport(path=folder, rows=rows)
 

@@ -12,6 +12,7 @@ examples:
   autocompress profile --quick -o /tmp/p.json  # a few seconds; for tests, not for studies
   autocompress profile --backend torch         # eager PyTorch on CPU (float kernels only)
   autocompress profile --show profiles/epyc-2t.json
+  autocompress profile --calibrate studies/resnet18.yaml   # fit the profile to that study's model (~10 runs)
 
 What it measures (each through the same export and ONNX Runtime lowering as the search): convolutions (kernel
 1/3/5/7, stride 1/2, depthwise, channel counts as pruning leaves them), Linear as Gemm and MatMul, pooling,
@@ -25,6 +26,13 @@ $AUTOCOMPRESS_CACHE/profiles/<fingerprint>.json when -o is not given), or with `
 micro-benchmarks and calibration models, materialized and timed module by module. Eager PyTorch has no int8 or
 sparse kernels for these layers, so quantized and sparse layers run (and are predicted) as float; BatchNorm is not
 folded. Studies use it with `latency: {backend: torch}`; a profile of one backend is refused for the other.
+
+Every measurement is timed beside a fixed reference workload and the profile is fitted on time relative to it, so
+a slow spell of a shared machine shifts both alike; a study converts predictions to ms with the reference speed it
+measures at its start. `--calibrate CONFIG` measures that study's teacher and a few candidates of its search
+space end to end (about 10; --measurements) and refits the profile's per-model offset and scale to them (kernel
+costs unchanged), writing <study dir>/latency_profile.json, which that study then uses (unless its config names
+latency.predictor or measure: true). The in-sample and leave-one-out errors before and after are printed.
 """
 
 
@@ -35,6 +43,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         profile = load_profile(args.show)
         _print_summary(profile)
         return 0
+    if args.calibrate:
+        return _calibrate(args)
     settings = ProfileSettings.quick() if args.quick else ProfileSettings()
     if args.micro is not None:
         settings.micro = args.micro
@@ -49,6 +59,39 @@ def cmd_profile(args: argparse.Namespace) -> int:
     path = profile.save(out)
     _print_summary(profile)
     print(f"written: {path}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from ..config import load_study_config
+    from ..space import SearchSpace
+    from ..tasks import load_task
+    from .calibrate import calibrate_profile, calibrated_path
+    from .predictor import resolve_profile
+    from .study import _resolve_path
+
+    loaded = load_study_config(args.calibrate)
+    cfg = loaded.config.latency
+    base = (_resolve_path(cfg.predictor, loaded.config_path.parent) if cfg.predictor else None)
+    profile = resolve_profile(base, threads=cfg.threads, backend=cfg.backend)
+    task = load_task(loaded.config.task, loaded.config.task_options)
+    from ..compress.layers import discover_layers
+
+    space = SearchSpace(loaded.space, discover_layers(task.model, task.example_input), source=str(loaded.config_path))
+    say = (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)) if not args.quiet else None
+    print(f"calibrating profile {profile.fingerprint_id} ({profile.path}) to {loaded.config_path.name}: the teacher "
+          f"and {args.measurements - 1} candidates ...", file=sys.stderr)
+    calibrated = calibrate_profile(profile, task, space, cfg, n=args.measurements, seed=args.seed, progress=say)
+    path = calibrated.save(args.output or calibrated_path(loaded.study_dir))
+    c = calibrated.info["calibration"]
+    print(f"per-model offset {c['offset']:+.4f} ms, scale {c['scale']:.3f} from {c['n']} measurements "
+          f"({c['seconds']} s)")
+    for label, key in (("before", "before"), ("after (in sample)", "after_in_sample"),
+                       ("after (leave one out)", "after_leave_one_out")):
+        e = c[key]
+        print(f"  {label:22s} RMSPE {100 * e['rmspe']:5.1f} %, within 10 % {100 * e['within_10pct']:3.0f} %, "
+              f"max {100 * e['max_abs']:.1f} %")
+    print(f"written: {path}" + ("" if args.output else " (the study of this config uses it)"))
     return 0
 
 
@@ -93,6 +136,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop measuring micro-benchmarks after about S seconds (default: 570)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled shapes and plans (default: 0)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.add_argument("--calibrate", metavar="CONFIG", default=None,
+                   help="fit the profile's per-model offset and scale to this study's model from a few end-to-end "
+                        "measurements; writes <study dir>/latency_profile.json (or -o)")
+    p.add_argument("--measurements", type=int, default=10, metavar="N",
+                   help="with --calibrate: the teacher and N-1 sampled candidates (default: 10)")
     p.add_argument("--show", metavar="PROFILE.json", default=None,
                    help="print the summary of an existing profile (and how this machine differs) and exit")
     p.set_defaults(func=cmd_profile)

@@ -4,7 +4,8 @@
 the kernels the predictor scores (:data:`~autocompress.latency.model.PREDICTED_KINDS`, decided by
 :func:`autocompress.runtime.resolve_kernels`, as in the search) and times it with the runtime layer's one
 statistic: ``rounds`` rounds of ``runs`` timed calls on one session, the median of the round medians (one round is
-what the search reports). The profile's samples and the benchmark's ground truth
+what the search reports), with the reference workload timed around every round (``normalized``, ``reference_ms``:
+see :mod:`autocompress.runtime.reference`). The profile's samples and the benchmark's ground truth
 (``benchmarks/latency_predictor.py``) use it, so the predictor is not biased against its own ground truth.
 """
 
@@ -27,11 +28,14 @@ from .model import PREDICTED_KINDS
 
 @dataclass
 class Measurement:
-    """``latency_ms``: median of the round medians; ``rounds_ms``: every round's median; ``int8_nodes``."""
+    """``latency_ms``: median of the round medians; ``rounds_ms``: every round's median; ``int8_nodes``;
+    ``normalized``: time relative to the reference workload; ``reference_ms``: the reference's time meanwhile."""
 
     latency_ms: float
     rounds_ms: list[float] = field(default_factory=list)
     int8_nodes: int = 0
+    normalized: float | None = None
+    reference_ms: float | None = None
 
 
 def default_calibration(example_input: Inputs) -> list[Inputs]:
@@ -69,4 +73,5 @@ def measure_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Input
         artifact, kernels = lower_plan(teacher, plan, example_input, Path(tmp), calibration=calibration,
                                        backend=backend)
         t = get_backend(backend).time({"m": artifact}, example_input, spec)["m"]
-    return Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8))
+    return Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
+                       normalized=t.normalized, reference_ms=t.reference_ms)

@@ -49,7 +49,10 @@ class UnsupportedOpError(AutocompressError, ValueError):
 
 @dataclass
 class Sample:
-    """One measured graph: its kernels, its per-model features and the measured latency (ms)."""
+    """One measured graph: its kernels, its per-model features and the latency (ms) the model is fitted on.
+
+    In a profile ``latency_ms`` is the measured time relative to the reference workload, in ms at the profile's
+    reference speed (:func:`at_reference_speed`); the absolute figure and the reference's time are in ``spec``."""
 
     kernels: list[tuple[str, list[float]]]
     overhead: list[float]
@@ -63,6 +66,15 @@ class Sample:
         return cls(kernels=[(k.kind, [float(v) for v in k.features]) for k in lowered.kernels],
                    overhead=overhead_features(lowered), latency_ms=float(latency_ms), **kw)
 
+    @classmethod
+    def measured(cls, lowered: Lowered, timing: Any, **kw: Any) -> Sample:
+        """A sample of a measurement (a :class:`~autocompress.runtime.Timing` or
+        :class:`~autocompress.latency.measure.Measurement`): absolute ms, round medians, normalized time and the
+        reference's time go in ``spec``."""
+        spec = {**kw.pop("spec", {}), "rounds_ms": timing.rounds_ms, "absolute_ms": timing.latency_ms,
+                "normalized": timing.normalized, "reference_ms": timing.reference_ms}
+        return cls.from_lowered(lowered, timing.latency_ms, spec=spec, **kw)
+
     def to_dict(self) -> dict[str, Any]:
         return {"kernels": self.kernels, "overhead": self.overhead, "latency_ms": self.latency_ms,
                 "tag": self.tag, "group": self.group, "spec": self.spec}
@@ -72,6 +84,18 @@ class Sample:
         return cls(kernels=[(str(k), [float(x) for x in f]) for k, f in d["kernels"]],
                    overhead=[float(x) for x in d["overhead"]], latency_ms=float(d["latency_ms"]),
                    tag=str(d.get("tag", "")), group=str(d.get("group", "micro")), spec=dict(d.get("spec", {})))
+
+
+def at_reference_speed(samples: Sequence[Sample]) -> float | None:
+    """Set every sample's ``latency_ms`` to its normalized time in ms at the samples' median reference speed, and
+    return that speed (the reference's ms); None (samples unchanged) when they were timed without reference."""
+    refs = [s.spec["reference_ms"] for s in samples if s.spec.get("reference_ms") and s.spec.get("normalized")]
+    if not refs or len(refs) < len(samples):
+        return None
+    ref = float(np.median(refs))
+    for s in samples:
+        s.latency_ms = float(s.spec["normalized"]) * ref
+    return ref
 
 
 def overhead_features(lowered: Lowered) -> list[float]:

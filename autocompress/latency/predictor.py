@@ -5,6 +5,10 @@ graph, its shapes, the runtime's fusions and Torch-Pruning's coupled groups. Per
 node's channel counts, low-rank splits and precision, lowers the graph as ONNX Runtime would
 (:mod:`autocompress.latency.lowering`) and sums the fitted per-kernel costs of a measured profile
 (:mod:`autocompress.latency.model`). Typically well under a millisecond per plan once the teacher is analysed.
+
+Predictions are in ms at the profile's reference speed (the reference workload's time while the profile was
+measured, :mod:`autocompress.runtime.reference`) until :meth:`LatencyPredictor.at_reference` sets another one:
+a study sets the speed it measured at its start, so predictions and measurements of one study are at one speed.
 A ``torch`` profile predicts eager PyTorch instead (:mod:`autocompress.latency.torch_backend`).
 """
 
@@ -65,6 +69,7 @@ class LatencyPredictor:
                                f"onnxruntime and torch")
         self.backend = self.profile.backend
         self.batch_size = batch_size
+        self.speed = 1.0   # predictions are multiplied by this (see at_reference)
         self.analysis = TeacherAnalysis(teacher, example_input, batch_size=batch_size)
         self.lowerer: Any
         if self.backend == "torch":
@@ -72,22 +77,28 @@ class LatencyPredictor:
         else:
             self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)
 
+    def at_reference(self, reference_ms: float | None) -> None:
+        """Predict at the machine speed where the reference workload takes ``reference_ms`` (None: the
+        profile's own speed)."""
+        own = self.profile.reference_ms
+        self.speed = reference_ms / own if reference_ms and own else 1.0
+
     def lower(self, plan: CompressionPlan) -> Lowered:
         """The kernels the backend would run for ``plan`` (no costs)."""
         return self.lowerer.lower(self.analysis.resolve(plan))
 
     def predict(self, plan: CompressionPlan) -> float:
-        """Predicted ``InferenceSession.run`` latency in ms."""
-        return self.profile.model.predict(self.lower(plan), where="this plan")
+        """Predicted ``InferenceSession.run`` latency in ms (at :attr:`speed`)."""
+        return self.speed * self.profile.model.predict(self.lower(plan), where="this plan")
 
     def predict_lowered(self, plan: CompressionPlan) -> tuple[float, Lowered]:
         lowered = self.lower(plan)
-        return self.profile.model.predict(lowered, where="this plan"), lowered
+        return self.speed * self.profile.model.predict(lowered, where="this plan"), lowered
 
     def predict_resolved(self, plan: CompressionPlan) -> tuple[float, Resolved]:
         """Predicted ms and the resolved plan it was predicted for (which layers run int8)."""
         res = self.analysis.resolve(plan)
-        return self.profile.model.predict(self.lowerer.lower(res), where="this plan"), res
+        return self.speed * self.profile.model.predict(self.lowerer.lower(res), where="this plan"), res
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -95,11 +106,11 @@ class LatencyPredictor:
         return PREDICTED_KINDS[self.backend]
 
     def explain(self, plan: CompressionPlan) -> list[dict[str, Any]]:
-        """Per kernel: kind, output tensor, predicted ms (before the calibration's scale)."""
+        """Per kernel: kind, output tensor, predicted ms (at :attr:`speed`, before the calibration's scale)."""
         lowered = self.lower(plan)
         model = self.profile.model
         model.check(lowered.kernels, where="this plan")
-        return [{"kind": k.kind, "tensor": k.name, "ms": model.kernel_ms(k)} for k in lowered.kernels]
+        return [{"kind": k.kind, "tensor": k.name, "ms": self.speed * model.kernel_ms(k)} for k in lowered.kernels]
 
     def check(self, plans: list[CompressionPlan]) -> None:
         """Raise :class:`~autocompress.latency.model.UnsupportedOpError` if any of ``plans`` needs a kernel kind

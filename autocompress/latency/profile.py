@@ -40,6 +40,7 @@ import torch
 from ..compress.layers import discover_layers
 from ..errors import AutocompressError
 from ..plan import CompressionPlan, LayerPlan, StudentPlan
+from ..runtime.reference import REFERENCE_VERSION
 from ..tasks.models import SmallResNet, mlp
 from . import micro
 from .analysis import TeacherAnalysis, _export
@@ -47,15 +48,15 @@ from .graph import optimized_graph
 from .lowering import Lowerer
 from .measure import measure_plan
 from .micro import AttentionBlock, Head, InvertedResidual
-from .model import CostModel, Sample, errors, fit
+from .model import CostModel, Sample, at_reference_speed, errors, fit
 from .runtime_kernels import matmul_variant_samples
 from .torch_backend import TorchLowerer
 
 log = logging.getLogger(__name__)
 
-# version 2: int8 layers found by scope (BatchNorm-folded convolutions and MatMul Linears run int8 too), the
-# torch backend; version 1 profiles were measured with the old int8 selection and are refused
-PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 2
+# version 3: samples fitted on time relative to the reference workload (autocompress.runtime.reference), in ms at
+# the profile's reference speed (info.reference_ms); version 2 profiles (absolute times) are refused
+PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 3
 BACKENDS = ("onnxruntime", "torch")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
           "amx_int8", "asimd", "sve", "i8mm")
@@ -189,6 +190,12 @@ class LatencyProfile:
             raise
         self.path = path
         return path
+
+    @property
+    def reference_ms(self) -> float | None:
+        """The reference workload's time (ms) while this profile was measured: the speed its predictions are at."""
+        ref = self.info.get("reference_ms")
+        return float(ref) if ref else None
 
     def mismatch(self) -> list[str]:
         """How this machine differs from the profiled one (empty when they match)."""
@@ -369,8 +376,8 @@ def _measure_samples(settings: ProfileSettings, say: Callable[[str], None], star
             failures += 1
             log.info("micro-benchmark %s skipped: %s: %s", spec.get("family"), type(e).__name__, e)
             continue
-        samples.append(Sample.from_lowered(lowered, m.latency_ms, tag=spec["family"], group="micro",
-                                           spec={**spec, "plan": plan.to_dict(), "rounds_ms": m.rounds_ms}))
+        samples.append(Sample.measured(lowered, m, tag=spec["family"], group="micro",
+                                       spec={**spec, "plan": plan.to_dict()}))
         if (i + 1) % 25 == 0:
             say(f"micro-benchmarks: {i + 1}/{len(specs)} ({time.perf_counter() - start:.0f} s)")
     if extra is not None:
@@ -392,9 +399,8 @@ def _measure_samples(settings: ProfileSettings, say: Callable[[str], None], star
                 failures += 1
                 log.info("calibration model %s skipped: %s: %s", name, type(e).__name__, e)
                 continue
-            calibration.append(Sample.from_lowered(lowered, m.latency_ms, tag=name, group="calibration",
-                                                   spec={"model": name, "plan": plan.to_dict(),
-                                                         "rounds_ms": m.rounds_ms}))
+            calibration.append(Sample.measured(lowered, m, tag=name, group="calibration",
+                                               spec={"model": name, "plan": plan.to_dict()}))
         say(f"calibration: {name} ({time.perf_counter() - start:.0f} s)")
     return samples, calibration, failures
 
@@ -405,9 +411,11 @@ def _fitted_profile(backend: str, threads: int, block: int, align: int, settings
     """Fit the model on the measured samples and wrap everything as a profile."""
     if not samples:
         raise ProfileError("no micro-benchmark could be measured on this machine")
+    reference_ms = at_reference_speed(samples + calibration)
     model = fit(samples, calibration=calibration)
     info: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - start, 1),
+        "reference_ms": reference_ms, "reference_version": REFERENCE_VERSION,
         "settings": settings.__dict__, "failed_samples": failures,
         "fit": {"micro": _summary(errors(model, samples)),
                 "calibration": _summary(errors(model, calibration)) if calibration else None},

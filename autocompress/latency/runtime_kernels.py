@@ -112,7 +112,6 @@ def matmul_variant_samples(n: int, rng: np.random.Generator, *, threads: int, bl
                 lowered = runtime_lowered(model, feeds)
                 sess = backend.session(path, threads=threads)
                 m = time_interleaved({"m": lambda s=sess, f=feeds: s.run(f)}, spec, backend=backend.name)["m"]
-                samples.append(Sample.from_lowered(lowered, m.latency_ms, tag=tag, group="micro",
-                                                   spec={"family": tag, "rows": rows, "k": k, "n": nn_,
-                                                         "rounds_ms": m.rounds_ms}))
+                samples.append(Sample.measured(lowered, m, tag=tag, group="micro",
+                                               spec={"family": tag, "rows": rows, "k": k, "n": nn_}))
     return samples

@@ -14,8 +14,18 @@ A plan needing a kernel kind the profile has no measurements of raises
 :class:`~autocompress.latency.model.UnsupportedOpError` naming it, unless ``fallback: measure`` (then that
 candidate is measured; the default mode falls back on its own).
 
+**One speed per study.** The worker that starts a study times the reference workload
+(:mod:`autocompress.runtime.reference`) and stores it as the study attribute ``latency_reference``; every worker
+and resumed run reads it (:func:`study_reference`). Every latency of the study is in ms at that speed: a measured
+one is its time relative to the reference (timed around each round) times the study's reference time, a predicted
+one is the profile's prediction scaled from the profile's reference speed to the study's. A slow spell of the
+machine while one candidate is measured therefore does not make it look slow. Studies made before this record
+absolute ms (no ``latency_reference``) and keep doing so.
+
 Trials record ``latency_source`` ("predicted"/"measured"), ``latency_predicted_ms`` and, when measured,
-``latency_measured_ms`` (both when a measured trial also has a prediction). When the study's latencies were
+``latency_measured_ms`` (both when a measured trial also has a prediction), ``latency_absolute_ms`` (the
+measurement's absolute median) and ``latency_reference_ms`` (the reference's time meanwhile: how the machine's
+speed drifted over the study; timed for predicted trials too). When the study's latencies were
 predicted, :func:`latency_check` measures every front member at the end and stores predicted vs measured as the
 study attribute ``latency_check`` = ``{trial number: {predicted_ms, measured_ms, error}}`` (finished trials
 cannot be changed), with a summary in ``latency_check_summary``.
@@ -34,6 +44,7 @@ from ..errors import ConfigError
 from ..evaluate.candidate import Candidate, baked_teacher
 from ..front import Front
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for
+from ..runtime.reference import REFERENCE_VERSION, reference, reference_ms
 from .analysis import AnalysisError
 from .model import PREDICTED_KINDS, UnsupportedOpError
 from .predictor import LatencyPredictor
@@ -42,6 +53,7 @@ from .profile import ProfileError, default_profile_path, load_profile
 log = logging.getLogger(__name__)
 
 CHECK_ATTR, CHECK_SUMMARY_ATTR = "latency_check", "latency_check_summary"
+SPEED_ATTR = "latency_reference"
 
 
 @dataclass
@@ -55,6 +67,13 @@ class LatencyMode:
     fallback: str = "error"
     warned: set[str] = field(default_factory=set)
     backend: Backend | None = None   # what candidates are lowered to and measured on
+    reference_ms: float | None = None  # the study's reference speed (see the module docstring); None: absolute ms
+
+    def at_reference(self, ms: float | None) -> None:
+        """Put every latency of this mode at the speed where the reference takes ``ms`` (None: absolute ms)."""
+        self.reference_ms = ms
+        if self.predictor is not None:
+            self.predictor.at_reference(ms)
 
     @property
     def kinds(self) -> frozenset[str]:
@@ -67,10 +86,14 @@ class LatencyMode:
 _MODES: dict[tuple, LatencyMode] = {}
 
 
+_CALIBRATED: dict[int, Path] = {}   # teacher id -> the study's calibrated profile (``profile --calibrate``)
+
+
 def _key(task, cfg) -> tuple:
-    path = default_profile_path(threads=cfg.threads, backend=cfg.backend)  # a profile written since changes it
-    stamp = path.stat().st_mtime_ns if path.is_file() else None
-    return (id(task.model), cfg.model_dump_json(), str(path), stamp)
+    paths = [default_profile_path(threads=cfg.threads, backend=cfg.backend), _CALIBRATED.get(id(task.model))]
+    # a profile written since changes it
+    return (id(task.model), cfg.model_dump_json(),
+            *[(str(p), p.stat().st_mtime_ns if p.is_file() else None) for p in paths if p is not None])
 
 
 def _resolve_path(raw: str, base: Path | None) -> Path:
@@ -106,6 +129,11 @@ def resolve_mode(task, cfg, *, base: Path | None = None, config_file: str | None
 
 def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> LatencyMode:
     fallback, raw, measure = cfg.fallback, cfg.predictor, cfg.measure
+    calibrated = _CALIBRATED.get(id(task.model))
+    if not raw and measure is not True and calibrated is not None and calibrated.is_file():
+        # the study's own calibration (`autocompress profile --calibrate`) goes first, falling back on measurement
+        # for a kernel it lacks as the machine's default profile does
+        raw, fallback = str(calibrated), ("measure" if measure is None else fallback)
     if cfg.backend not in PREDICTED_KINDS:
         if raw or measure is False:
             raise ConfigError(f"latency backend {cfg.backend!r} has no latency predictor yet (predicted: "
@@ -164,16 +192,47 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
 
 
 def prepare(loaded, task) -> LatencyMode:
-    """Load the study's latency profile once (before any trial) and say which mode the study uses."""
+    """Load the study's latency profile once (before any trial) and say which mode the study uses: the study's
+    calibrated profile (``<study dir>/latency_profile.json``) when there is one and the config names none."""
+    from .calibrate import calibrated_path
+
+    _CALIBRATED[id(task.model)] = calibrated_path(loaded.study_dir)
     mode = resolve_mode(task, loaded.config.latency, base=loaded.config_path.parent,
                         config_file=str(loaded.config_path))
     log.info("latency: %s (%s)", mode.source, mode.reason)
     return mode
 
 
+def study_reference(study, mode: LatencyMode, cfg) -> dict[str, Any] | None:
+    """The study's reference speed (see the module docstring): measured and stored by the worker that starts the
+    study (call it under the study lock, before the teacher is measured), read by every other one; ``mode`` is set
+    to it. None for a study made before speed normalization (its latencies stay absolute)."""
+    record = study.user_attrs.get(SPEED_ATTR)
+    if record is None and "teacher" in study.user_attrs:
+        mode.at_reference(None)
+        return None
+    if record is None:
+        profile = mode.predictor.profile if mode.predictor is not None else None
+        record = {"reference_ms": reference_ms(cfg.threads), "version": REFERENCE_VERSION, "threads": cfg.threads,
+                  "profile": None if profile is None else {
+                      "path": str(mode.profile_path), "fingerprint_id": profile.fingerprint_id,
+                      "reference_ms": profile.reference_ms,
+                      "calibration": {k: v for k, v in (profile.info.get("calibration") or {}).items()
+                                      if k != "measurements"} or None}}
+        study.set_user_attr(SPEED_ATTR, record)
+    if record.get("version") != REFERENCE_VERSION:
+        log.warning("the study's reference speed was timed with reference workload version %s (this autocompress "
+                    "has %s): its latencies are kept in absolute ms", record.get("version"), REFERENCE_VERSION)
+        mode.at_reference(None)
+        return None
+    mode.at_reference(float(record["reference_ms"]))
+    return record
+
+
 @dataclass
 class CandidateLatency:
-    """A candidate's latency as the study scores it, with the kernels it was scored with."""
+    """A candidate's latency as the study scores it (ms at the study's speed), with the kernels it was scored with;
+    ``absolute_ms`` and ``reference_ms``: the measurement's absolute median and the reference's time meanwhile."""
 
     latency_ms: float
     p10_ms: float
@@ -181,6 +240,13 @@ class CandidateLatency:
     source: str                      # "predicted" or "measured"
     backend: str
     kernels: Kernels
+    absolute_ms: float | None = None
+    reference_ms: float | None = None
+
+
+def scored_ms(timing, mode: LatencyMode) -> float:
+    """A measurement as the study scores it: at the study's reference speed (absolute without one)."""
+    return timing.at_speed(mode.reference_ms)
 
 
 def kernels_of(res, kinds: frozenset[str]) -> Kernels:
@@ -220,14 +286,17 @@ def candidate_latency(cand: Candidate, cfg) -> CandidateLatency:
         return predicted
     mode = resolve_mode(cand.task, cfg)
     timing, kernels = cand.measure_latency(mode.backend, TimingSpec.of(cfg), kinds=mode.kinds)
-    return CandidateLatency(latency_ms=timing.latency_ms, p10_ms=timing.p10_ms, p90_ms=timing.p90_ms,
-                            source="measured", backend=cfg.backend, kernels=kernels)
+    ms = scored_ms(timing, mode)
+    scale = ms / timing.latency_ms if timing.latency_ms > 0 else 1.0
+    return CandidateLatency(latency_ms=ms, p10_ms=timing.p10_ms * scale, p90_ms=timing.p90_ms * scale,
+                            source="measured", backend=cfg.backend, kernels=kernels,
+                            absolute_ms=timing.latency_ms, reference_ms=timing.reference_ms)
 
 
 def measure_model(task, cfg) -> float:
-    """The teacher's latency (ms) measured on the study's backend, as candidates are."""
+    """The teacher's latency (ms) measured on the study's backend, as candidates are (at the study's speed)."""
     timing, _ = backend_for(cfg).measure(baked_teacher(task), task.example_input, [], TimingSpec.of(cfg))
-    return timing.latency_ms
+    return scored_ms(timing, resolve_mode(task, cfg))
 
 
 def latency_attrs(task, plan, lat: CandidateLatency, cfg) -> dict[str, Any]:
@@ -235,8 +304,10 @@ def latency_attrs(task, plan, lat: CandidateLatency, cfg) -> dict[str, Any]:
     kernels it was scored with (``kernels``: what export lowers)."""
     out: dict[str, Any] = {"kernels": lat.kernels.to_dict(), "latency_backend": lat.backend}
     if lat.source == "predicted":
-        return out | {"latency_source": "predicted", "latency_predicted_ms": lat.latency_ms}
-    out |= {"latency_source": "measured", "latency_measured_ms": lat.latency_ms}
+        return out | {"latency_source": "predicted", "latency_predicted_ms": lat.latency_ms,
+                      "latency_reference_ms": reference(cfg.threads).block()}
+    out |= {"latency_source": "measured", "latency_measured_ms": lat.latency_ms,
+            "latency_absolute_ms": lat.absolute_ms, "latency_reference_ms": lat.reference_ms}
     mode = resolve_mode(task, cfg)
     if mode.predictor is not None:
         try:
@@ -266,7 +337,8 @@ def latency_check(study, task, loaded) -> None:
         predicted = float(trial.user_attrs.get("latency_predicted_ms", trial.user_attrs["latency_ms"]))
         try:
             cand = Candidate(task, front.plans[number], cfg.finetune, seed=cfg.seed + number)
-            measured = cand.measure_latency(mode.backend, TimingSpec.of(cfg.latency), kinds=mode.kinds)[0].latency_ms
+            measured = scored_ms(cand.measure_latency(mode.backend, TimingSpec.of(cfg.latency),
+                                                      kinds=mode.kinds)[0], mode)
         except Exception as e:  # the deployability gate reports unexportable members; keep going
             record[str(number)] = {"predicted_ms": predicted, "error_message": f"{type(e).__name__}: {e}"[:500]}
             continue

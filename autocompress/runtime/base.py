@@ -12,7 +12,10 @@ in a :class:`Kernels` report, which trials store and export reproduces.
 
 **One timing statistic**, :func:`time_interleaved`: ``warmup`` untimed calls, then ``rounds`` rounds of ``runs``
 timed calls on one open session per artifact, artifacts interleaved round by round (A B A B ...), so machine noise
-hits them alike. The figure is the median of the round medians; each round's median is kept beside it.
+hits them alike. The figure is the median of the round medians; each round's median is kept beside it. A block of
+the fixed reference workload (:mod:`.reference`) is timed before the first round and after every round, and each
+round's median is also divided by the mean of the two blocks around it: :attr:`Timing.normalized`, the time in
+units of the reference, which measurements taken in different machine states (or processes) can be compared by.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class TimingSpec:
     warmup: int = 20
     runs: int = 100
     rounds: int = 1
+    reference: bool = True   # time the reference workload around every round (see the module docstring)
 
     @classmethod
     def of(cls, cfg: Any, *, rounds: int = 1, min_runs: int = 0) -> TimingSpec:
@@ -56,7 +60,10 @@ class TimingSpec:
 
 @dataclass
 class Timing:
-    """``latency_ms``: median of the round medians; ``rounds_ms``: each round's median; p10/p90 over all runs."""
+    """``latency_ms``: median of the round medians; ``rounds_ms``: each round's median; p10/p90 over all runs.
+
+    ``normalized``: the median over rounds of (round median / reference time around that round), dimensionless;
+    ``reference_ms``: the median reference block of the measurement (both None when timed without reference)."""
 
     latency_ms: float
     rounds_ms: list[float]
@@ -66,6 +73,21 @@ class Timing:
     threads: int
     batch_size: int
     backend: str
+    normalized: float | None = None
+    reference_ms: float | None = None
+
+    def at_speed(self, reference_ms: float | None) -> float:
+        """The latency (ms) at a machine speed where the reference takes ``reference_ms``: the normalized time
+        converted back; the absolute ``latency_ms`` when either is unknown."""
+        if self.normalized is None or not reference_ms:
+            return self.latency_ms
+        return self.normalized * reference_ms
+
+    def record(self) -> dict[str, Any]:
+        """The figures a trial, a profile sample or an export card stores."""
+        return {"median_ms": self.latency_ms, "rounds_ms": self.rounds_ms, "spread": self.spread,
+                "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "repeats": self.runs // max(1, len(self.rounds_ms)),
+                "normalized": self.normalized, "reference_ms": self.reference_ms}
 
     @property
     def spread(self) -> float:
@@ -217,11 +239,19 @@ class Backend(ABC):
 def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
                      backend: str = "") -> dict[str, Timing]:
     """The one timing statistic (see the module docstring), for several callables at once."""
+    ref = None
+    if spec.reference:
+        from .reference import reference
+
+        ref = reference(spec.threads)
     for call in calls.values():
         for _ in range(spec.warmup):
             call()
     samples: dict[str, list[float]] = {k: [] for k in calls}
     medians: dict[str, list[float]] = {k: [] for k in calls}
+    ratios: dict[str, list[float]] = {k: [] for k in calls}
+    blocks: list[float] = []
+    before = ref.block() if ref is not None else 0.0
     for _ in range(max(1, spec.rounds)):
         for key, call in calls.items():
             times = []
@@ -231,11 +261,18 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
                 times.append((time.perf_counter_ns() - t0) / 1e6)
             medians[key].append(statistics.median(times))
             samples[key].extend(times)
+            if ref is not None:
+                after = ref.block()
+                blocks.append(before)
+                ratios[key].append(medians[key][-1] / ((before + after) / 2))
+                before = after
     out = {}
     for key in calls:
         q = statistics.quantiles(samples[key], n=10) if len(samples[key]) > 1 else samples[key] * 9
         out[key] = Timing(latency_ms=statistics.median(medians[key]), rounds_ms=[round(m, 6) for m in medians[key]],
                           p10_ms=q[0], p90_ms=q[-1], runs=len(samples[key]), threads=spec.threads,
-                          batch_size=spec.batch_size, backend=backend)
+                          batch_size=spec.batch_size, backend=backend,
+                          normalized=statistics.median(ratios[key]) if ratios[key] else None,
+                          reference_ms=statistics.median(blocks + [before]) if ref is not None else None)
     return out
 

@@ -21,6 +21,7 @@ from ..config import OBJECTIVES, LoadedStudy
 from ..errors import ConfigError
 from ..front import KINDS_ATTR, METRIC_ATTR
 from ..latency.study import prepare as prepare_latency
+from ..latency.study import study_reference
 from ..space import SearchSpace
 from ..tasks import Task, check_task, load_task
 from ..tasks.inputs import resolve_device
@@ -165,6 +166,7 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
         raise
     storage = _storage(loaded.storage_url, cfg.heartbeat_s, str(loaded.config_path))
     with workers.study_lock(storage, study.study_name):  # one worker measures the teacher, queues the warm start
+        study_reference(study, latency_mode, cfg.latency)  # the machine speed every latency of the study is at
         if "teacher" not in study.user_attrs:
             teacher = measure_teacher(task, cfg.latency, accuracy=teacher_val)
             with warnings.catch_warnings():

@@ -1,0 +1,134 @@
+"""Few-shot calibration of a latency profile to one study's model (``autocompress profile --calibrate CONFIG``).
+
+A profile's kernel regressions come from micro-benchmarks and a few whole models of its own. A user's model adds
+what those never showed: per-model overhead of its graph, the memory traffic between its kernels, how much of it
+stays in cache. As few-shot device adaptation does in the literature (HELP, LitePred: about ten measurements on
+the new target), this measures the study's teacher and a few candidates sampled from the study's own search space
+end to end (materialized, lowered and timed as the search times them, relative to the reference workload) and
+refits the profile's per-model ``offset`` and ``scale`` on them, by weighted least squares on relative error.
+The kernel coefficients are left as measured. Two parameters from about ten points: the error after is
+in-sample; the leave-one-out error is reported beside it and is the figure to trust.
+
+The calibrated profile is written to ``<study dir>/latency_profile.json`` (or ``-o``); a study whose config sets
+no ``latency.predictor`` and does not set ``measure: true`` uses it over this machine's default profile, and
+records which profile and calibration it used in the study attribute ``latency_reference`` (``profile``).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+
+from ..plan import CompressionPlan
+from .measure import measure_plan
+from .model import overhead_features
+from .predictor import LatencyPredictor
+from .profile import LatencyProfile, ProfileError
+
+log = logging.getLogger(__name__)
+
+CALIBRATED_FILE = "latency_profile.json"
+
+
+def fit_offset_scale(raw: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """``offset, scale`` minimizing the relative error of ``offset + scale * raw`` against ``measured``; scale is
+    kept positive (a fit that would flip it keeps the offset at 0)."""
+    w = 1.0 / measured
+    a = np.stack([np.ones_like(raw), raw], axis=1) * w[:, None]
+    (offset, scale), *_ = np.linalg.lstsq(a, np.ones_like(raw), rcond=None)
+    if scale <= 0 or len(raw) < 3:
+        offset, scale = 0.0, float(np.sum(raw * w) / np.sum((raw * w) ** 2))
+    return float(offset), float(scale)
+
+
+def _errors(offset: float, scale: float, raw: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    return (offset + scale * raw - measured) / measured
+
+
+def _summary(err: np.ndarray) -> dict[str, float]:
+    return {"rmspe": float(np.sqrt(np.mean(err ** 2))), "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+            "max_abs": float(np.max(np.abs(err)))}
+
+
+def sample_plans(space, n: int, seed: int) -> list[CompressionPlan]:
+    """The empty plan (the teacher) and ``n - 1`` random plans of ``space`` (an in-memory Optuna study with the
+    random sampler does the sampling, so every knob's choices are exactly the search's)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    plans, seen = [CompressionPlan()], {CompressionPlan().summary()}
+    for _ in range(20 * n):
+        if len(plans) >= n:
+            break
+        trial = study.ask()
+        plan = space.suggest(trial)
+        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        if plan.summary() not in seen:
+            seen.add(plan.summary())
+            plans.append(plan)
+    return plans
+
+
+def calibrate_profile(profile: LatencyProfile, task, space, latency_cfg, *, n: int = 10, seed: int = 0,
+                      progress: Callable[[str], None] | None = None) -> LatencyProfile:
+    """A copy of ``profile`` with offset and scale refitted on ``n`` end-to-end measurements (see the module
+    docstring); ``info["calibration"]`` holds the plans, measurements and errors."""
+    say = progress or (lambda msg: None)
+    if profile.reference_ms is None:
+        raise ProfileError("the profile has no reference speed (made before speed normalization); re-run "
+                           "`autocompress profile`")
+    start = time.perf_counter()
+    predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=latency_cfg.batch_size)
+    model = profile.model
+    rows: list[dict[str, Any]] = []
+    for i, plan in enumerate(sample_plans(space, n, seed)):
+        try:
+            lowered = predictor.lower(plan)
+            raw = model.raw_ms(lowered.kernels, overhead_features(lowered))
+            m = measure_plan(task.model, plan, task.example_input, backend=profile.backend,
+                             threads=profile.threads, batch_size=latency_cfg.batch_size, rounds=3)
+        except Exception as e:  # a plan the exporter or the predictor refuses: skip it, say so
+            log.warning("calibration plan %d skipped: %s: %s", i, type(e).__name__, e)
+            continue
+        if m.normalized is None:
+            raise ProfileError("the measurement was timed without the reference workload")
+        rows.append({"plan": plan.to_dict(), "raw_ms": raw, "measured_ms": m.normalized * profile.reference_ms,
+                     "absolute_ms": m.latency_ms, "reference_ms": m.reference_ms})
+        say(f"calibration {len(rows)}/{n}: {'teacher' if i == 0 else plan.summary()[:60]}: measured "
+            f"{rows[-1]['measured_ms']:.3f} ms, profile {model.offset + model.scale * raw:.3f} ms")
+    if len(rows) < 2:
+        raise ProfileError(f"only {len(rows)} calibration measurement(s) succeeded; need at least 2")
+    raw_v = np.array([r["raw_ms"] for r in rows])
+    meas = np.array([r["measured_ms"] for r in rows])
+    offset, scale = fit_offset_scale(raw_v, meas)
+    loo = []
+    for k in range(len(rows)):  # leave one out: the error on a model the fit did not see
+        keep = np.arange(len(rows)) != k
+        o, s = fit_offset_scale(raw_v[keep], meas[keep])
+        loo.append(_errors(o, s, raw_v[k:k + 1], meas[k:k + 1])[0])
+    calibrated = copy.deepcopy(profile)
+    calibrated.model.offset, calibrated.model.scale = offset, scale
+    calibrated.model.__post_init__()
+    calibrated.path = None
+    calibrated.info = {**profile.info, "calibration": {
+        "base_profile": str(profile.path) if profile.path else None, "base_fingerprint_id": profile.fingerprint_id,
+        "task": getattr(task, "name", None), "n": len(rows), "offset": offset, "scale": scale,
+        "before": _summary(_errors(model.offset, model.scale, raw_v, meas)),
+        "after_in_sample": _summary(_errors(offset, scale, raw_v, meas)),
+        "after_leave_one_out": _summary(np.array(loo)),
+        "seconds": round(time.perf_counter() - start, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "measurements": rows}}
+    return calibrated
+
+
+def calibrated_path(study_dir: Path) -> Path:
+    """Where ``profile --calibrate`` writes a study's calibrated profile (and where the study looks for it)."""
+    return Path(study_dir) / CALIBRATED_FILE
+
+
+__all__ = ["CALIBRATED_FILE", "calibrate_profile", "calibrated_path", "fit_offset_scale", "sample_plans"]
