@@ -17,6 +17,9 @@ from .compress.method import Knob
 PLAN_VERSION = 1
 
 
+INT4_MAX_BITS = 4  # weight-only layers with <= 4-bit weights may run int4 kernels
+
+
 class _LayerPlanRules:
     """Behaviour of :class:`LayerPlan`; its fields come from the method registry."""
 
@@ -27,7 +30,7 @@ class _LayerPlanRules:
 
     @property
     def is_identity(self) -> bool:
-        return self == LayerPlan()
+        return self == UNCHANGED
 
     @property
     def int8_kernel(self) -> bool:
@@ -37,6 +40,13 @@ class _LayerPlanRules:
         latency predictor reads too.
         """
         return self.weight_bits <= 8 and self.activation_bits == 8 and not self.weight_sharing  # type: ignore[attr-defined]
+
+    @property
+    def int4_kernel(self) -> bool:
+        """Whether a Linear layer can run a backend's int4 weight-only kernels (``MatMulNBits``): <= 4-bit weights
+        on a uniform grid with float or 16-bit inputs (8-bit inputs take the int8 kernels). The plan's side of
+        :func:`autocompress.runtime.resolve_kernels`, which the latency predictor reads too."""
+        return self.weight_bits <= INT4_MAX_BITS and not self.int8_kernel and not self.weight_sharing  # type: ignore[attr-defined]
 
 
 def _field(knob: Knob) -> tuple[str, type, Any]:
@@ -52,6 +62,7 @@ LayerPlan = dataclasses.make_dataclass(
 LayerPlan.__module__ = __name__  # (make_dataclass's `module` argument needs Python 3.12)
 LayerPlan.__doc__ = "What happens to one Conv/Linear layer. Fields (the registered methods' knobs):\n\n" + \
     "\n".join(f"    {k.name}: {k.doc}" for k in registry.KNOBS.values())
+UNCHANGED = LayerPlan()  # frozen: one shared instance (the predictor asks for thousands of them per second)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -87,7 +98,7 @@ class CompressionPlan:
 
     def layer(self, name: str) -> LayerPlan:
         """The plan for ``name``; layers the plan does not mention stay as they are."""
-        return self.layers.get(name, LayerPlan())
+        return self.layers.get(name, UNCHANGED)
 
     # --- JSON -------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -1,32 +1,45 @@
-"""How well the latency predictor predicts held-out compressed models, against a FLOPs-linear baseline.
+"""How well the latency predictor predicts held-out compressed models, against a FLOPs-linear baseline, and how
+much of the machine's noise speed-normalized timing removes.
 
-    .venv/bin/python benchmarks/latency_predictor.py [--backend onnxruntime|torch] [--profile PATH] [--models 250]
-        [--runs 100] [--rounds 3] [--passes 3] [--truth median|min] [--noise-models 10] [--noise-repeats 5]
-        [--families lenet5,mlp,resnet,mobilenet,transformer] [--seed 0]
+    .venv/bin/python benchmarks/latency_predictor.py [--backend onnxruntime|torch] [--profile PATH]
+        [--models-per-family 20,40] [--families lenet5,...,bert] [--runs 100] [--rounds 3] [--passes 1]
+        [--calibrate-plans 10] [--noise-processes 8] [--noise-models 2] [--seed 0] [--out PATH] [--results PATH]
 
 Profile: ``--profile`` or this machine's default one (``autocompress profile`` writes it). Held-out models: random
-plans (never used for fitting: the profile has its own micro-benchmarks and calibration architectures) over five
-families - LeNet-5, an MLP, a ResNet-style CNN with residual blocks, a MobileNetV2-style CNN with depthwise
-convolutions, a small transformer encoder (nn.Linear + attention matmuls) - with per-layer sparsity, weight /
-activation bits, channel keep, low rank (default search space choices) and student width / depth. Transformer:
-only the FFN hidden layer is channel-pruned (pruning Q/K/V or the residual width breaks the head reshapes) and
-width stays 1.
+plans (never used for fitting: the profile has its own micro-benchmarks and calibration architectures) from the
+default search space's choices (per-layer sparsity, weight / activation bits, channel keep, low rank, also on
+convolutions; student width / depth on the CNNs) over ten families:
 
-Each model is predicted (timed) and measured end to end exactly as the search measures (materialized, exported,
-int8 layers lowered with static QDQ, ``InferenceSession.run`` at 1 thread, batch 1; with ``--backend torch``:
-materialized and timed as eager PyTorch, ``torch.inference_mode``, 1 thread): ``--rounds`` rounds of ``--runs``
-calls, the median of the round medians (the statistic the profile's samples are measured with, and the median
-over runs that ``Candidate.latency`` reports), in ``--passes`` passes over all models (fresh export and session
-each time, minutes apart). The ground truth is the median of the passes (``--truth median``, default: the same
-statistic as one pass, robust to one disturbed pass; ``--truth min`` keeps the lowest pass, which is biased low
-against the profile's single-pass samples). Noise: how much the passes differ, and ``--noise-models`` models
-measured ``--noise-repeats`` more times each.
+- today's small ones, 0.01-0.2 ms (28x28 inputs): LeNet-5, an MLP, a ResNet-style CNN, a MobileNetV2-style CNN,
+  a 2-block transformer encoder;
+- real sizes, 0.3-30 ms: ResNet-18 (3x96x96), MobileNetV2 (3x128x128), an EfficientNet-B0-like network with
+  squeeze-excitation and SiLU (3x96x96), a small ViT (3x64x64, patch 8, 6 blocks of width 192) and a BERT-mini-like
+  Hugging Face ``transformers`` encoder (4 layers, hidden 256, 4 heads) at sequence length 128, built from its
+  config. Transformers: only the MLP's first Linear is channel-pruned (pruning Q/K/V breaks the head reshapes),
+  student width and depth stay 1.
 
-Prints, for the predictor and the baselines: share within +-5 % and +-10 %, RMSPE, Kendall tau, per family; the
-predict time per model; how often the predicted kernel list matches ONNX Runtime's optimized graph op for op.
-Baselines: latency = a + b * FLOPs fitted (relative least squares) on the profile's samples (the predictor's own
-training data), and the same fitted on the held-out measurements themselves (in-sample: the best any FLOPs-linear
-model can do here).
+Each model is predicted (timed: the first prediction of a plan, its kernel structure never seen, and again with it
+cached) and measured end to end exactly as the search measures it (materialized, exported, int8 layers lowered
+with static QDQ, ``InferenceSession.run`` at 1 thread, batch 1; ``--backend torch``: eager PyTorch), ``--rounds``
+rounds of ``--runs`` calls (fewer for slow models: about 0.3 s a round), the reference workload timed around every
+round. **Ground truth**: the normalized time (relative to the reference) in ms at the profile's reference speed,
+the speed the profile predicts at; the absolute median is reported beside it. ``--passes`` > 1 measures every
+model again (fresh export and session) and takes the median pass.
+
+**Calibrated**: per family, ``--calibrate-plans`` other random plans (the teacher first) are measured and the
+profile's per-model offset and scale refitted on them, as ``autocompress profile --calibrate`` does for a study;
+the held-out models are scored with that too.
+
+**Noise study**: ``--noise-models`` models per family measured in ``--noise-processes`` fresh processes each
+(one after the other, all models in each): RMS deviation of each model's absolute and normalized time from its
+median over the processes.
+
+Prints, for the predictor and the FLOPs baselines: share within +-5 % and +-10 %, RMSPE, Kendall tau, per family
+and per size band, against normalized and absolute measured latency; predict times (mean, p95); how often the
+predicted kernel list matches ONNX Runtime's optimized graph op for op. Baselines: latency = a + b * FLOPs fitted
+(relative least squares) on the profile's samples, and on the held-out measurements themselves (in-sample: the
+best any FLOPs-linear model can do here). ``--results`` (default ``benchmarks/results/latency_predictor.json``)
+gets the summary per backend, merged with the other backends' figures already there.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ import collections
 import json
 import math
 import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,13 +62,14 @@ from torch import nn
 
 from autocompress.compress.layers import discover_layers
 from autocompress.latency.analysis import AnalysisError
+from autocompress.latency.calibrate import calibrate_profile
 from autocompress.latency.graph import optimized_graph
 from autocompress.latency.measure import Measurement, lower_plan
 from autocompress.latency.model import UnsupportedOpError
 from autocompress.latency.predictor import LatencyPredictor, resolve_profile
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
 from autocompress.runtime import TimingSpec, get_backend
-from autocompress.tasks.models import LeNet5, SmallResNet, mlp
+from autocompress.tasks.models import EfficientNetB0, LeNet5, MobileNetV2, ResNet18, SmallResNet, ViT, mlp
 
 # --- families -----------------------------------------------------------------------------------------------
 
@@ -121,13 +136,49 @@ class TinyEncoder(nn.Module):
         return self.head(self.norm(self.blocks(self.embed(x))).mean(dim=1))
 
 
+def bert_mini() -> nn.Module:
+    """A BERT-mini-like ``transformers`` encoder built from its config (random weights), ``input_ids -> logits``."""
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from autocompress.tasks.hf import SequenceClassifier
+
+    config = BertConfig(vocab_size=1024, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                        intermediate_size=1024, max_position_embeddings=128, num_labels=2)
+    return SequenceClassifier(BertForSequenceClassification(config).eval())
+
+
+SMALL = ("lenet5", "mlp", "resnet", "mobilenet", "transformer")
 FAMILIES = {
     "lenet5": (LeNet5, (1, 1, 28, 28)),
     "mlp": (lambda: mlp([784, 256, 128, 10]), (1, 1, 28, 28)),
     "resnet": (lambda: SmallResNet(width=16, blocks=(2, 2, 2)), (1, 1, 28, 28)),
     "mobilenet": (MobileNetV2ish, (1, 1, 28, 28)),
     "transformer": (TinyEncoder, (1, 16, 16)),
+    "resnet18": (ResNet18, (1, 3, 96, 96)),
+    "mobilenetv2": (MobileNetV2, (1, 3, 128, 128)),
+    "efficientnet": (EfficientNetB0, (1, 3, 96, 96)),
+    "vit": (lambda: ViT(num_classes=100, image=64, patch=8, dim=192, depth=6, heads=3, mlp=768), (1, 3, 64, 64)),
+    "bert": (bert_mini, (1, 128)),
 }
+TRANSFORMERS = ("transformer", "vit", "bert")
+FFN_FIRST = ("ff1", "mlp.0", "intermediate.dense")  # the one prunable Linear of a transformer block
+
+
+def teacher(family: str, seed: int) -> tuple[nn.Module, torch.Tensor, list]:
+    """The family's model (seeded random weights), example input and calibration batch."""
+    ctor, shape = FAMILIES[family]
+    torch.manual_seed(seed)
+    model = ctor().eval()
+    g = torch.Generator().manual_seed(1)
+    if family == "bert":  # token ids: a sentence of 100 tokens, then padding
+        x = torch.randint(1, 1024, shape, generator=g)
+        x[:, 100:] = 0
+        return model, x, [x.repeat(8, 1)]
+    return model, torch.randn(*shape), [torch.randn(8, *shape[1:], generator=g)]
+
+
+def size_band(ms: float) -> str:
+    return "<0.3 ms" if ms < 0.3 else "0.3-3 ms" if ms < 3 else ">=3 ms"
 # the default search space's choices (search_spaces/default.yaml), low rank also on convolutions
 CHOICES = {"sparsity_conv": [0.0, 0.25, 0.5, 0.75], "sparsity_linear": [0.0, 0.5, 0.75, 0.9, 0.95],
            "weight_bits": [2, 3, 4, 6, 8, 32], "activation_bits": [8, 32], "channel_keep": [0.5, 0.75, 1.0],
@@ -138,15 +189,17 @@ def random_plan(family: str, model: nn.Module, x: torch.Tensor, rng: np.random.G
     layers = {}
     for info in discover_layers(model, x):
         conv = info.type_name.startswith("Conv")
-        prunable = family != "transformer" or info.name.endswith("ff1")
+        prunable = family not in TRANSFORMERS or info.name.endswith(FFN_FIRST)
         layers[info.name] = LayerPlan(
             sparsity=float(rng.choice(CHOICES["sparsity_conv" if conv else "sparsity_linear"])),
             weight_bits=int(rng.choice(CHOICES["weight_bits"])),
             activation_bits=int(rng.choice(CHOICES["activation_bits"])),
             channel_keep=float(rng.choice(CHOICES["channel_keep"])) if prunable else 1.0,
             rank_ratio=float(rng.choice(CHOICES["rank_ratio"])))
-    width = float(rng.choice(CHOICES["width"])) if family != "transformer" else 1.0
-    return CompressionPlan(layers=layers, student=StudentPlan(width=width, depth=float(rng.choice(CHOICES["depth"]))))
+    cnn = family not in TRANSFORMERS
+    width = float(rng.choice(CHOICES["width"])) if cnn else 1.0
+    depth = float(rng.choice(CHOICES["depth"])) if cnn or family == "transformer" else 1.0
+    return CompressionPlan(layers=layers, student=StudentPlan(width=width, depth=depth))
 
 
 # --- measuring ----------------------------------------------------------------------------------------------
@@ -161,13 +214,19 @@ def _norm(op: str) -> str:
 BACKEND = "onnxruntime"
 
 
+def runs_for(expected_ms: float, runs: int) -> int:
+    """Timed calls per round: ``runs``, fewer for slow models (a round of about 0.3 s, at least 10 calls)."""
+    return int(max(10, min(runs, 300 / max(expected_ms, 1e-3))))
+
+
 def measure(model: nn.Module, plan: CompressionPlan, x: torch.Tensor, calib, *, runs: int, rounds: int,
             with_ops: bool = False):
-    spec = TimingSpec(threads=1, warmup=20, runs=runs, rounds=rounds)
+    spec = TimingSpec(threads=1, warmup=min(20, runs), runs=runs, rounds=rounds)
     with tempfile.TemporaryDirectory(prefix="bench-latency-") as tmp:
         path, kernels = lower_plan(model, plan, x, Path(tmp), calibration=calib, backend=BACKEND)
         t = get_backend(BACKEND).time({"m": path}, x, spec)["m"]
-        m = Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8))
+        m = Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
+                        normalized=t.normalized, reference_ms=t.reference_ms)
         ops = None
         if with_ops:
             import onnx
@@ -201,42 +260,111 @@ def fmt(s: dict[str, float]) -> str:
             f"  tau={s['kendall_tau']:.3f}")
 
 
+def noise_child(spec_path: str) -> int:
+    """``--noise-child FILE``: measure the models listed in FILE once (this fresh process), print one JSON line."""
+    spec = json.loads(Path(spec_path).read_text())
+    global BACKEND
+    BACKEND = spec["backend"]
+    torch.set_num_threads(1)
+    out, teachers = [], {}
+    for item in spec["models"]:
+        if item["family"] not in teachers:
+            teachers[item["family"]] = teacher(item["family"], spec["seed"])
+        model, x, calib = teachers[item["family"]]
+        m, _ = measure(model, CompressionPlan.from_dict(item["plan"]), x, calib, runs=item["runs"],
+                       rounds=spec["rounds"])
+        out.append({"absolute_ms": m.latency_ms, "normalized": m.normalized, "reference_ms": m.reference_ms})
+    print(json.dumps(out))
+    return 0
+
+
+def noise_study(rows: list[dict], args, rng: np.random.Generator) -> tuple[dict, list[dict]]:
+    """The same models measured in ``--noise-processes`` fresh processes: absolute vs normalized deviation."""
+    pick = []
+    for family in dict.fromkeys(r["family"] for r in rows):
+        mine = [r for r in rows if r["family"] == family]
+        pick += [mine[int(j)] for j in rng.choice(len(mine), size=min(args.noise_models, len(mine)), replace=False)]
+    if not pick or args.noise_processes < 2:
+        return {}, []
+    with tempfile.TemporaryDirectory(prefix="bench-noise-") as tmp:
+        spec = Path(tmp) / "models.json"
+        spec.write_text(json.dumps({"backend": args.backend, "seed": args.seed, "rounds": args.rounds,
+                                    "models": [{"family": r["family"], "plan": r["plan"], "runs": r["runs"]}
+                                               for r in pick]}))
+        runs = []
+        for k in range(args.noise_processes):
+            got = subprocess.run([sys.executable, __file__, "--noise-child", str(spec)], capture_output=True,
+                                 text=True, check=True)
+            runs.append(json.loads(got.stdout.strip().splitlines()[-1]))
+            print(f"  noise: process {k + 1}/{args.noise_processes} done", flush=True)
+    noise_rows = []
+    for j, r in enumerate(pick):
+        noise_rows.append({"family": r["family"], "i": r["i"],
+                           "absolute_ms": [run[j]["absolute_ms"] for run in runs],
+                           "normalized": [run[j]["normalized"] for run in runs],
+                           "reference_ms": [run[j]["reference_ms"] for run in runs]})
+
+    def deviation(key: str, subset=None) -> dict[str, float]:
+        dev = np.array([(v - np.median(n[key])) / np.median(n[key]) for n in noise_rows
+                        if subset is None or n["family"] in subset for v in n[key]])
+        return {"rms": float(np.sqrt(np.mean(dev**2))), "within_5pct": float(np.mean(np.abs(dev) <= 0.05)),
+                "within_10pct": float(np.mean(np.abs(dev) <= 0.10)), "max_abs": float(np.max(np.abs(dev)))}
+
+    ref = np.array([v for n in noise_rows[:1] for v in n["reference_ms"]])
+    summary = {"models": len(noise_rows), "processes": args.noise_processes,
+               "absolute": deviation("absolute_ms"), "normalized": deviation("normalized"),
+               "reference_ms_range": [float(ref.min()), float(ref.max())] if len(ref) else None,
+               "by_family": {f: {"absolute_rms": deviation("absolute_ms", {f})["rms"],
+                                 "normalized_rms": deviation("normalized", {f})["rms"]}
+                             for f in dict.fromkeys(n["family"] for n in noise_rows)}}
+    return summary, noise_rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
     ap.add_argument("--profile", default=None)
-    ap.add_argument("--models", type=int, default=250)
+    ap.add_argument("--models-per-family", default="20,40", metavar="SMALL,REAL",
+                    help="held-out models per small family and per real-size family (default 20,40: 300 models)")
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--passes", type=int, default=3, help="measurement passes over all models")
-    ap.add_argument("--truth", choices=("median", "min"), default="median",
-                    help="ground truth from the passes: their median (default) or the lowest")
-    ap.add_argument("--noise-models", type=int, default=10)
-    ap.add_argument("--noise-repeats", type=int, default=5)
+    ap.add_argument("--passes", type=int, default=1, help="measurement passes over all models (truth: median)")
+    ap.add_argument("--noise-processes", type=int, default=8, help="fresh processes of the noise study")
+    ap.add_argument("--noise-models", type=int, default=2, help="models per family in the noise study")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="details JSON (default: benchmarks/out/latency_predictor[_torch].json)")
+    ap.add_argument("--results", default="benchmarks/results/latency_predictor.json",
+                    help="summary JSON, one entry per backend (merged)")
+    ap.add_argument("--calibrate-plans", type=int, default=10,
+                    help="per family, calibrate the profile on this many other plans (0: no calibrated figures)")
+    ap.add_argument("--noise-child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.noise_child:
+        return noise_child(args.noise_child)
     global BACKEND
     BACKEND = args.backend
     torch.set_num_threads(1)
     profile = resolve_profile(args.profile, backend=args.backend)
+    speed = profile.reference_ms
+    if speed is None:
+        raise SystemExit(f"{profile.path}: the profile has no reference speed; re-run `autocompress profile`")
     print(f"profile: {profile.path} ({len(profile.samples)} samples, {len(profile.model.kinds)} kernel kinds, "
-          f"made in {profile.info.get('seconds')} s)")
+          f"made in {profile.info.get('seconds')} s, reference {speed:.4f} ms)")
     families = args.families.split(",")
+    n_small, n_real = (int(v) for v in args.models_per_family.split(","))
     rng = np.random.default_rng(args.seed)
     rows = []
-    per_family = [args.models // len(families) + (i < args.models % len(families)) for i in range(len(families))]
     predict_times = []
     predictors: dict[str, LatencyPredictor] = {}
+    calibrations: dict[str, dict] = {}
     unpredictable: list[str] = []
     t_start = time.perf_counter()
-    for family, n in zip(families, per_family, strict=True):
-        ctor, shape = FAMILIES[family]
-        torch.manual_seed(args.seed)
-        model = ctor().eval()
-        x = torch.randn(*shape)
-        calib = [torch.randn(8, *shape[1:], generator=torch.Generator().manual_seed(1))]
+    from autocompress.latency.lowering import lower_ops
+
+    for family in families:
+        n = n_small if family in SMALL else n_real
+        model, x, calib = teacher(family, args.seed)
         t0 = time.perf_counter()
         predictor = LatencyPredictor(model, x, profile, backend=args.backend)
         predictor.analysis.variant(1.0)
@@ -255,14 +383,32 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {family} model {i}: not predictable ({str(e)[:200]})")
                 continue
             predict_times.append(time.perf_counter() - t0)
-            m, ops = measure(model, plan, x, calib, runs=args.runs, rounds=args.rounds, with_ops=True)
-            from autocompress.latency.lowering import lower_ops
+            runs = runs_for(pred, args.runs)
+            try:
+                m, ops = measure(model, plan, x, calib, runs=runs, rounds=args.rounds, with_ops=True)
+            except Exception as e:  # a plan the exporter refuses is reported, not a crash of the benchmark
+                unpredictable.append(f"{family} model {i}: not measurable: {type(e).__name__}: {str(e)[:100]}")
+                print(f"  {family} model {i}: not measurable ({type(e).__name__}: {str(e)[:200]})")
+                continue
+            fallback = profile.model.fallback_kinds(lowered.kernels)
+            fallback_ms = sum(profile.model.kernel_ms(k) for k in lowered.kernels if k.kind in fallback)
             pred_ops = None if args.backend == "torch" else collections.Counter(
                 _norm(op.op) for op in lower_ops(predictor.analysis.resolve(plan), block=profile.nchwc_block))
-            rows.append({"family": family, "i": i, "predicted_ms": pred, "measured_ms": m.latency_ms,
-                         "rounds_ms": m.rounds_ms, "flops": flops_of([(k.kind, k.features) for k in lowered.kernels]),
+            rows.append({"family": family, "i": i, "predicted_ms": pred, "runs": runs,
+                         "passes": [{"absolute_ms": m.latency_ms, "normalized": m.normalized,
+                                     "reference_ms": m.reference_ms, "rounds_ms": m.rounds_ms}],
+                         "flops": flops_of([(k.kind, k.features) for k in lowered.kernels]),
                          "structure_match": ops == pred_ops, "int8_nodes_measured": m.int8_nodes,
-                         "int8_nodes_predicted": lowered.int8_nodes, "plan": plan.to_dict()})
+                         "int8_nodes_predicted": lowered.int8_nodes, "plan": plan.to_dict(),
+                         "fallback_kinds": fallback, "fallback_share": fallback_ms / pred if pred > 0 else 0.0})
+        if args.calibrate_plans > 1:  # few-shot calibration to this model on plans of its own (not held out)
+            cal_rng = np.random.default_rng(args.seed + 1000)
+            plans = [CompressionPlan()] + [random_plan(family, model, x, cal_rng)
+                                           for _ in range(args.calibrate_plans - 1)]
+            cal = calibrate_profile(profile, model, x, plans, calibration=calib, label=family,
+                                    runs=runs_for(predictor.predict(CompressionPlan()), args.runs))
+            calibrations[family] = {k: v for k, v in cal.info["calibration"].items() if k != "measurements"}
+        print(f"  {family}: done at {time.perf_counter() - t_start:.0f} s", flush=True)
     # the same plans again: each plan's kernel structure is now in the lowering's cache, as a structure seen before
     # in a study is (the first predictions above mostly missed it: random plans rarely share one)
     warm_times = []
@@ -272,62 +418,52 @@ def main(argv: list[str] | None = None) -> int:
         predictors[r["family"]].predict(plan)
         warm_times.append(time.perf_counter() - t0)
     print(f"measured {len(rows)} models in {time.perf_counter() - t_start:.0f} s ({len(unpredictable)} not "
-          "predictable by this profile, left out of every figure below); second pass ...", flush=True)
-    # more passes, minutes later, fresh export and session: a disturbance rarely hits all of them
+          "predictable or measurable, left out of every figure below)", flush=True)
     teachers: dict[str, tuple] = {}
-    for r in rows:
-        r["passes_ms"] = [r["measured_ms"]]
-    for _ in range(args.passes - 1):
+    for _ in range(args.passes - 1):  # more passes, minutes later, fresh export and session
         for r in rows:
             if r["family"] not in teachers:
-                ctor, shape = FAMILIES[r["family"]]
-                torch.manual_seed(args.seed)
-                teachers[r["family"]] = (ctor().eval(), torch.randn(*shape),
-                                         [torch.randn(8, *shape[1:], generator=torch.Generator().manual_seed(1))])
+                teachers[r["family"]] = teacher(r["family"], args.seed)
             model, x, calib = teachers[r["family"]]
-            m2, _ = measure(model, CompressionPlan.from_dict(r["plan"]), x, calib, runs=args.runs,
-                            rounds=args.rounds)
-            r["passes_ms"].append(m2.latency_ms)
+            m2, _ = measure(model, CompressionPlan.from_dict(r["plan"]), x, calib, runs=r["runs"], rounds=args.rounds)
+            r["passes"].append({"absolute_ms": m2.latency_ms, "normalized": m2.normalized,
+                                "reference_ms": m2.reference_ms, "rounds_ms": m2.rounds_ms})
     for r in rows:
-        r["pass1_ms"], r["pass2_ms"] = r["passes_ms"][0], r["passes_ms"][-1]
-        r["measured_ms"] = min(r["passes_ms"]) if args.truth == "min" else float(np.median(r["passes_ms"]))
-    print(f"{args.passes} passes in {time.perf_counter() - t_start:.0f} s")
-
-    # noise: the same model measured again from scratch
-    noise_rows = []
-    pick = rng.choice(len(rows), size=min(args.noise_models, len(rows)), replace=False)
-    for j in pick:
-        r = rows[int(j)]
-        ctor, shape = FAMILIES[r["family"]]
-        torch.manual_seed(args.seed)
-        model = ctor().eval()
-        x = torch.randn(*shape)
-        calib = [torch.randn(8, *shape[1:], generator=torch.Generator().manual_seed(1))]
-        plan = CompressionPlan.from_dict(r["plan"])
-        reps = [measure(model, plan, x, calib, runs=args.runs, rounds=args.rounds)[0].latency_ms
-                for _ in range(args.noise_repeats)]
-        noise_rows.append({"family": r["family"], "i": r["i"], "repeats_ms": reps, "first_ms": r["measured_ms"]})
-    dev = np.array([(v - np.median(n["repeats_ms"])) / np.median(n["repeats_ms"]) for n in noise_rows
-                    for v in n["repeats_ms"]])
-    round_spread = np.array([(max(r["rounds_ms"]) - min(r["rounds_ms"])) / min(r["rounds_ms"]) for r in rows])
-    pass_diff = np.array([(max(r["passes_ms"]) - min(r["passes_ms"])) / min(r["passes_ms"]) for r in rows])
-    search_style = np.array([r["rounds_ms"][0] for r in rows])  # one round's median, as Candidate.latency
-    one_pass = np.array([r["passes_ms"][0] for r in rows])      # one pass (median of its rounds), as the profile
-    lowest = np.array([min(r["passes_ms"]) for r in rows])
+        r["absolute_ms"] = float(np.median([q["absolute_ms"] for q in r["passes"]]))
+        r["normalized_ms"] = float(np.median([q["normalized"] for q in r["passes"]])) * speed
+        r["band"] = size_band(r["normalized_ms"])
+    print(f"{args.passes} pass(es) in {time.perf_counter() - t_start:.0f} s; noise study ...", flush=True)
+    noise, noise_rows = noise_study(rows, args, rng)
 
     pred = np.array([r["predicted_ms"] for r in rows])
-    meas = np.array([r["measured_ms"] for r in rows])
+    meas = np.array([r["normalized_ms"] for r in rows])
+    absolute = np.array([r["absolute_ms"] for r in rows])
     fl = np.array([r["flops"] for r in rows])
-    # FLOPs baseline on the predictor's training data (the profile's samples)
-    train = [s for s in profile.samples]
-    c0, c1 = fit_flops(np.array([flops_of(s.kernels) for s in train]), np.array([s.latency_ms for s in train]))
+    c0, c1 = fit_flops(np.array([flops_of(s.kernels) for s in profile.samples]),
+                       np.array([s.latency_ms for s in profile.samples]))
     base_profile = c0 + c1 * fl
     d0, d1 = fit_flops(fl, meas)
     base_insample = d0 + d1 * fl
-    results = {"predictor": scores(pred, meas), "flops_profile_fit": scores(base_profile, meas),
-               "flops_in_sample_fit": scores(base_insample, meas),
-               "predictor_by_family": {f: scores(pred[[r["family"] == f for r in rows]],
-                                                 meas[[r["family"] == f for r in rows]]) for f in families},
+    fam = np.array([r["family"] for r in rows])
+    band = np.array([r["band"] for r in rows])
+    real = np.isin(fam, [f for f in families if f not in SMALL])
+    # with `profile --calibrate` to each model: its offset and scale refitted on plans that are not held out
+    raw = (pred - profile.model.offset) / profile.model.scale
+    cal_pred = np.array([calibrations[f]["offset"] + calibrations[f]["scale"] * r if f in calibrations else np.nan
+                         for f, r in zip(fam, raw, strict=True)])
+    has_cal = ~np.isnan(cal_pred)
+    calibrated = ({"overall": scores(cal_pred[has_cal], meas[has_cal]),
+                   "vs_absolute": scores(cal_pred[has_cal], absolute[has_cal]),
+                   "by_family": {f: scores(cal_pred[fam == f], meas[fam == f]) for f in calibrations},
+                   "by_band": {b: scores(cal_pred[(band == b) & has_cal], meas[(band == b) & has_cal])
+                               for b in sorted(set(band)) if ((band == b) & has_cal).any()},
+                   "fits": calibrations, "plans_per_model": args.calibrate_plans} if has_cal.any() else None)
+    results = {"predictor": scores(pred, meas), "predictor_vs_absolute": scores(pred, absolute),
+               "calibrated": calibrated,
+               "flops_profile_fit": scores(base_profile, meas), "flops_in_sample_fit": scores(base_insample, meas),
+               "predictor_by_family": {f: scores(pred[fam == f], meas[fam == f]) for f in families if (fam == f).any()},
+               "predictor_by_band": {b: scores(pred[band == b], meas[band == b]) for b in sorted(set(band))},
+               "predictor_real_size": scores(pred[real], meas[real]) if real.any() else None,
                "predict_ms": {"mean": 1e3 * float(np.mean(predict_times)),
                               "p95": 1e3 * float(np.percentile(predict_times, 95))},
                "predict_ms_structure_seen": {"mean": 1e3 * float(np.mean(warm_times)),
@@ -338,55 +474,87 @@ def main(argv: list[str] | None = None) -> int:
                               "predicted": int(sum(r["int8_nodes_predicted"] for r in rows)),
                               "models_matching": float(np.mean([r["int8_nodes_measured"] == r["int8_nodes_predicted"]
                                                                 for r in rows]))},
-               "noise": {"models": len(noise_rows), "repeats": args.noise_repeats,
-                         "rms_deviation_from_median": float(np.sqrt(np.mean(dev**2))) if len(dev) else None,
-                         "within_5pct_of_median": float(np.mean(np.abs(dev) <= 0.05)) if len(dev) else None,
-                         "within_10pct_of_median": float(np.mean(np.abs(dev) <= 0.10)) if len(dev) else None,
-                         "round_spread_median": float(np.median(round_spread)),
-                         "pass_difference_rms": float(np.sqrt(np.mean(pass_diff**2))),
-                         "pass_difference_within_5pct": float(np.mean(pass_diff <= 0.05)),
-                         "pass_difference_max": float(np.max(pass_diff))},
-               "predictor_vs_single_round": scores(pred, search_style),
-               "predictor_vs_first_pass": scores(pred, one_pass),
-               "predictor_vs_lowest_pass": scores(pred, lowest),
-               "truth": args.truth, "backend": args.backend,
+               "fallback": {"models": float(np.mean([bool(r["fallback_kinds"]) for r in rows])),
+                            "kinds": sorted({k for r in rows for k in r["fallback_kinds"]}),
+                            "predicted_share_mean": float(np.mean([r["fallback_share"] for r in rows])),
+                            "predicted_share_max": float(np.max([r["fallback_share"] for r in rows]))},
+               "noise": noise, "unpredictable": unpredictable, "passes": args.passes,
+               "profile_reference_ms": speed, "backend": args.backend,
                "measured_ms_range": [float(meas.min()), float(meas.max())],
+               "seconds": round(time.perf_counter() - t_start, 1),
                "machine": {"cpu": profile.fingerprint.get("cpu"), "cores": profile.fingerprint.get("cores"),
                            "python": platform.python_version(), "onnxruntime": profile.fingerprint.get("onnxruntime")}}
     print()
-    print(f"backend {args.backend}; ground truth: {args.truth} of {args.passes} passes")
-    print(f"held-out models: {len(rows)} from {len(families)} families, measured {meas.min():.3f}-{meas.max():.3f} ms")
+    print(f"backend {args.backend}; truth: normalized time at the profile's reference speed ({speed:.4f} ms), "
+          f"median of {args.passes} pass(es)")
+    print(f"held-out models: {len(rows)} from {len(set(fam))} families, measured {meas.min():.3f}-{meas.max():.3f} ms")
     print(f"predictor            {fmt(results['predictor'])}")
-    print(f"  vs 1 round (search) {fmt(results['predictor_vs_single_round'])}")
-    print(f"  vs first pass       {fmt(results['predictor_vs_first_pass'])}")
-    print(f"  vs lowest pass      {fmt(results['predictor_vs_lowest_pass'])}")
+    print(f"  vs absolute ms      {fmt(results['predictor_vs_absolute'])}")
     print(f"FLOPs (profile fit)  {fmt(results['flops_profile_fit'])}")
     print(f"FLOPs (in-sample)    {fmt(results['flops_in_sample_fit'])}")
-    for f in families:
-        print(f"  {f:12s}       {fmt(results['predictor_by_family'][f])}")
-    print(f"predict time per model: mean {results['predict_ms']['mean']:.3f} ms, p95 {results['predict_ms']['p95']:.3f} ms"
-          f"; kernel structure seen before: mean {results['predict_ms_structure_seen']['mean']:.3f} ms, "
-          f"p95 {results['predict_ms_structure_seen']['p95']:.3f} ms")
+    for f, sc in results["predictor_by_family"].items():
+        print(f"  {f:12s}       {fmt(sc)}")
+    for b, sc in results["predictor_by_band"].items():
+        print(f"  {b:12s}       {fmt(sc)}")
+    if calibrated:
+        print(f"calibrated ({args.calibrate_plans} measurements per model, `profile --calibrate`):")
+        print(f"  all                {fmt(calibrated['overall'])}")
+        print(f"  vs absolute ms     {fmt(calibrated['vs_absolute'])}")
+        for f, sc in calibrated["by_family"].items():
+            print(f"  {f:12s}       {fmt(sc)}   (leave-one-out on its calibration plans: RMSPE "
+                  f"{100 * calibrations[f]['after_leave_one_out']['rmspe']:.1f} %)")
+        for b, sc in calibrated["by_band"].items():
+            print(f"  {b:12s}       {fmt(sc)}")
+    print(f"predict time per model (structure never seen): mean {results['predict_ms']['mean']:.3f} ms, p95 "
+          f"{results['predict_ms']['p95']:.3f} ms; structure seen before: mean "
+          f"{results['predict_ms_structure_seen']['mean']:.3f} ms, p95 {results['predict_ms_structure_seen']['p95']:.3f} ms")
     i8 = results["int8_nodes"]
     print(f"int8 kernels: {i8['measured']} measured, {i8['predicted']} predicted; same count in "
           f"{100 * i8['models_matching']:.1f} % of the models")
     if results["structure_match"] is not None:
-        print(f"predicted kernel list == runtime's optimized graph (op counts): "
-              f"{100 * results['structure_match']:.1f} %")
-    nz = results["noise"]
-    if nz["rms_deviation_from_median"] is not None:
-        print(f"noise: {nz['models']} models x {nz['repeats']} fresh measurements: RMS deviation from their median "
-              f"{100 * nz['rms_deviation_from_median']:.1f} %, within 5 % {100 * nz['within_5pct_of_median']:.0f} %, "
-              f"within 10 % {100 * nz['within_10pct_of_median']:.0f} %; spread between rounds of one measurement "
-              f"(median) {100 * nz['round_spread_median']:.1f} %")
-        print(f"noise: the {args.passes} passes over every held-out model differ (max - min) by "
-              f"{100 * nz['pass_difference_rms']:.1f} % RMS "
-              f"(max {100 * nz['pass_difference_max']:.1f} %, within 5 % for {100 * nz['pass_difference_within_5pct']:.0f} %)")
+        print(f"predicted kernel list == runtime's optimized graph (op counts): {100 * results['structure_match']:.1f} %")
+    fb = results["fallback"]
+    print(f"unmeasured data-op kinds priced by the fallback: {', '.join(fb['kinds']) or 'none'}; in "
+          f"{100 * fb['models']:.0f} % of the models, {100 * fb['predicted_share_mean']:.2f} % of their predicted time "
+          f"on average (max {100 * fb['predicted_share_max']:.1f} %)")
+    if noise:
+        a, nm = noise["absolute"], noise["normalized"]
+        print(f"noise: {noise['models']} models x {noise['processes']} fresh processes: RMS deviation from each "
+              f"model's median: absolute {100 * a['rms']:.1f} % (max {100 * a['max_abs']:.1f} %), normalized "
+              f"{100 * nm['rms']:.1f} % (max {100 * nm['max_abs']:.1f} %); reference {noise['reference_ms_range']} ms")
+        for f, v in noise["by_family"].items():
+            print(f"  {f:12s} absolute {100 * v['absolute_rms']:5.1f} %  normalized {100 * v['normalized_rms']:5.1f} %")
     out = Path(args.out or f"benchmarks/out/latency_predictor{'_torch' if args.backend == 'torch' else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"results": results, "rows": rows, "noise_rows": noise_rows,
-                               "args": vars(args)}, indent=1))
-    print(f"details: {out}")
+    out.write_text(json.dumps({"results": results, "rows": rows, "noise_rows": noise_rows, "args": vars(args)},
+                              indent=1))
+    summary_path = Path(args.results)
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {"backends": {}}
+    p = results["predictor"]
+    summary["backends"][args.backend] = {
+        "n_models": p["n"], "within_10pct": p["within_10pct"], "within_5pct": p["within_5pct"], "rmspe": p["rmspe"],
+        "kendall_tau": p["kendall_tau"], "predict_ms_p95_unseen": results["predict_ms"]["p95"],
+        "predict_ms_p95_seen": results["predict_ms_structure_seen"]["p95"],
+        "truth": "normalized time at the profile's reference speed", "absolute": results["predictor_vs_absolute"],
+        "by_family": {f: {"n": v["n"], "within_10pct": v["within_10pct"], "rmspe": v["rmspe"]}
+                      for f, v in results["predictor_by_family"].items()},
+        "by_band": {b: {"n": v["n"], "within_10pct": v["within_10pct"], "rmspe": v["rmspe"]}
+                    for b, v in results["predictor_by_band"].items()},
+        "flops_baseline": {"within_10pct": results["flops_profile_fit"]["within_10pct"],
+                           "rmspe": results["flops_profile_fit"]["rmspe"]},
+        "calibrated": None if not calibrated else {
+            "within_10pct": calibrated["overall"]["within_10pct"], "within_5pct": calibrated["overall"]["within_5pct"],
+            "rmspe": calibrated["overall"]["rmspe"], "kendall_tau": calibrated["overall"]["kendall_tau"],
+            "plans_per_model": args.calibrate_plans,
+            "by_family": {f: {"within_10pct": v["within_10pct"], "rmspe": v["rmspe"]}
+                          for f, v in calibrated["by_family"].items()}},
+        "fallback": results["fallback"], "unpredictable": len(unpredictable),
+        "noise": noise, "machine": results["machine"], "profile": str(profile.path),
+        "profile_seconds": profile.info.get("seconds"), "measured_ms_range": results["measured_ms_range"],
+        "seconds": results["seconds"], "command": " ".join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])])}
+    summary_path.parent.mkdir(parents=True, exist_ok=True)
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+    print(f"details: {out}; summary: {summary_path}")
     return 0
 
 

@@ -201,8 +201,8 @@ def test_validate_names_the_installed_backends(tmp_path, capsys):
 
 
 def test_exported_kernels_are_those_the_search_predicted(tmp_path, digits_task):
-    """A study that predicts latency scores with the predictor's kernel kinds (int8, float): its front members
-    export with exactly the kernels each trial was predicted with; <= 4-bit weight-only layers run float."""
+    """A study that predicts latency scores with the predictor's kernel kinds (int8, int4 where the profile measured
+    MatMulNBits, float): its front members export with exactly the kernels each trial was predicted with."""
     from test_predictor import _digits_profile
 
     profile = _digits_profile(digits_task, tmp_path / "digits-profile.json")
@@ -212,20 +212,20 @@ def test_exported_kernels_are_those_the_search_predicted(tmp_path, digits_task):
     loaded = load_study_config(path)
     run_study(loaded, progress=False, task=digits_task)
     study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
-    assert study.user_attrs[KINDS_ATTR] == ["float", "int8"]
+    assert study.user_attrs[KINDS_ATTR] == ["float", "int4", "int8"]
     done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
     assert done and all(t.user_attrs["latency_source"] == "predicted" for t in done)
     assert any(t.user_attrs["kernels"]["int8"] for t in done)
     for trial in done:
         scored = trial.user_attrs["kernels"]
-        assert not scored["int4"]
         res = export_from_study(str(path), tmp_path / f"t{trial.number}", trial=trial.number, task=digits_task,
                                 finetune="none", measure=False)
         low = res.card["lowering"]
         assert {k: sorted(low[k]) for k in ("int8", "int4", "float")} == \
             {k: sorted(scored[k]) for k in ("int8", "int4", "float")}, trial.number
         assert _kernels_in_artifact("onnxruntime", tmp_path / f"t{trial.number}" / "model.onnx") == \
-            {"int8": len(scored["int8"]), "int4": 0}
+            {"int8": len(scored["int8"]), "int4": len(scored["int4"])}
+    assert any(t.user_attrs["kernels"]["int4"] for t in done)
 
 
 def test_openvino_study_without_a_predictor_must_measure(tmp_path, capsys):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import io
 import itertools
 import logging
@@ -175,6 +176,7 @@ class Resolved:
     int8: dict[str, tuple[bool, bool]]         # layer -> (first, second) module runs int8 (second only after low rank)
     sparsity: dict[str, float]
     skipped: dict[str, str]
+    int4: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # the same for int4 weight-only MatMulNBits
 
 
 def _flat_index(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int, int]], np.ndarray]:
@@ -284,6 +286,13 @@ class TeacherAnalysis:
     def _model(self, removed: tuple[str, ...]) -> nn.Module:
         model = copy.deepcopy(self.teacher).eval()
         skip_blocks(model, removed, self.tuple_blocks)  # as compress.depth.drop_blocks does
+        # The exporter merges initializers of equal value (the zero biases of a freshly initialized layer, the
+        # ones of LayerNorms): one tensor shared by layers that pruning resizes apart, which no probe could follow.
+        # The analysis reads shapes only, so every parameter gets its own offset (a tied parameter, listed once,
+        # stays tied, as it is in the exported candidate).
+        with torch.no_grad():
+            for i, param in enumerate(model.parameters()):
+                param.add_((i + 1) * 1e-3)
         return model
 
     def _build(self, removed: tuple[str, ...]) -> Variant:
@@ -441,6 +450,7 @@ class TeacherAnalysis:
             groups[layer] = weights[layer][0] if ln.depthwise else ln.groups
         rank: dict[str, int] = {}
         int8: dict[str, tuple[bool, bool]] = {}
+        int4: dict[str, tuple[bool, bool]] = {}
         sparsity: dict[str, float] = {}
         for layer, ln in v.layers.items():
             lp = plan.layer(layer)
@@ -451,15 +461,22 @@ class TeacherAnalysis:
                     skipped.setdefault(layer, why)
                 else:
                     rank[layer] = r
-            quant = lp.int8_kernel
-            if layer in rank:
-                # factors <layer>.0 and <layer>.1 are found by their scopes, like the layer itself
-                int8[layer] = (quant and ln.int8_ok, quant and ln.int8_ok)
-            else:
-                int8[layer] = (quant and ln.int8_ok, False)
-            sparsity[layer] = 1.0 - registry.density(dataclasses.asdict(lp), w)  # the same masks as apply
+            quant = lp.int8_kernel and ln.int8_ok
+            # a Linear's Gemm / MatMul node becomes MatMulNBits (runtime.onnx lowers it so)
+            nbits = lp.int4_kernel and ln.int8_ok and not ln.is_conv and ln.op in ("Gemm", "MatMul")
+            # factors <layer>.0 and <layer>.1 are found by their scopes, like the layer itself
+            int8[layer] = (quant, quant and layer in rank)
+            if nbits:
+                int4[layer] = (True, layer in rank)
+            sparsity[layer] = 1.0 - _density(lp, w)  # the same masks as apply
         return Resolved(variant=v, shapes=Shapes(v.tensor_index, dims, rank), weights=weights, groups=groups, rank=rank, int8=int8, sparsity=sparsity,
-                        skipped=skipped)
+                        skipped=skipped, int4=int4)
+
+
+@functools.lru_cache(maxsize=65536)
+def _density(lp, weight: tuple[int, ...]) -> float:
+    """:func:`registry.density` of a (frozen, hashable) layer plan on a weight shape, computed once per pair."""
+    return registry.density(dataclasses.asdict(lp), weight)
 
 
 def _dependency_graph(model: nn.Module, example_input: Inputs):

@@ -5,9 +5,10 @@ what those never showed: per-model overhead of its graph, the memory traffic bet
 stays in cache. As few-shot device adaptation does in the literature (HELP, LitePred: about ten measurements on
 the new target), this measures the study's teacher and a few candidates sampled from the study's own search space
 end to end (materialized, lowered and timed as the search times them, relative to the reference workload) and
-refits the profile's per-model ``offset`` and ``scale`` on them, by weighted least squares on relative error.
-The kernel coefficients are left as measured. Two parameters from about ten points: the error after is
-in-sample; the leave-one-out error is reported beside it and is the figure to trust.
+refits the profile's per-model ``offset`` and ``scale`` on them, by weighted least squares on relative error
+(or the scale alone, when that has the lower leave-one-out error: ten points of a similar size cannot tell an
+offset from a scale). The kernel coefficients are left as measured. The error after is in-sample; the
+leave-one-out error is reported beside it and is the figure to trust.
 
 The calibrated profile is written to ``<study dir>/latency_profile.json`` (or ``-o``); a study whose config sets
 no ``latency.predictor`` and does not set ``measure: true`` uses it over this machine's default profile, and
@@ -37,15 +38,26 @@ log = logging.getLogger(__name__)
 CALIBRATED_FILE = "latency_profile.json"
 
 
-def fit_offset_scale(raw: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
-    """``offset, scale`` minimizing the relative error of ``offset + scale * raw`` against ``measured``; scale is
-    kept positive (a fit that would flip it keeps the offset at 0)."""
+def fit_offset_scale(raw: np.ndarray, measured: np.ndarray, *, offset: bool = True) -> tuple[float, float]:
+    """``offset, scale`` minimizing the relative error of ``offset + scale * raw`` against ``measured``
+    (``offset=False``: scale only); scale is kept positive (a fit that would flip it keeps the offset at 0)."""
     w = 1.0 / measured
-    a = np.stack([np.ones_like(raw), raw], axis=1) * w[:, None]
-    (offset, scale), *_ = np.linalg.lstsq(a, np.ones_like(raw), rcond=None)
-    if scale <= 0 or len(raw) < 3:
-        offset, scale = 0.0, float(np.sum(raw * w) / np.sum((raw * w) ** 2))
-    return float(offset), float(scale)
+    if offset and len(raw) >= 3:
+        a = np.stack([np.ones_like(raw), raw], axis=1) * w[:, None]
+        (off, scale), *_ = np.linalg.lstsq(a, np.ones_like(raw), rcond=None)
+        if scale > 0:
+            return float(off), float(scale)
+    return 0.0, float(np.sum(raw * w) / np.sum((raw * w) ** 2))
+
+
+def _leave_one_out(raw: np.ndarray, measured: np.ndarray, *, offset: bool) -> np.ndarray:
+    """Relative error on each measurement of a fit made without it."""
+    out = []
+    for k in range(len(raw)):
+        keep = np.arange(len(raw)) != k
+        o, s = fit_offset_scale(raw[keep], measured[keep], offset=offset)
+        out.append(_errors(o, s, raw[k:k + 1], measured[k:k + 1])[0])
+    return np.array(out)
 
 
 def _errors(offset: float, scale: float, raw: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -74,24 +86,26 @@ def sample_plans(space, n: int, seed: int) -> list[CompressionPlan]:
     return plans
 
 
-def calibrate_profile(profile: LatencyProfile, task, space, latency_cfg, *, n: int = 10, seed: int = 0,
+def calibrate_profile(profile: LatencyProfile, teacher, example_input, plans: list[CompressionPlan], *,
+                      batch_size: int = 1, label: str | None = None, calibration=None, runs: int = 100,
                       progress: Callable[[str], None] | None = None) -> LatencyProfile:
-    """A copy of ``profile`` with offset and scale refitted on ``n`` end-to-end measurements (see the module
-    docstring); ``info["calibration"]`` holds the plans, measurements and errors."""
+    """A copy of ``profile`` with offset and scale refitted on end-to-end measurements of ``plans`` applied to
+    ``teacher`` (see the module docstring); ``info["calibration"]`` holds the plans, measurements and errors."""
     say = progress or (lambda msg: None)
     if profile.reference_ms is None:
         raise ProfileError("the profile has no reference speed (made before speed normalization); re-run "
                            "`autocompress profile`")
     start = time.perf_counter()
-    predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=latency_cfg.batch_size)
+    predictor = LatencyPredictor(teacher, example_input, profile, batch_size=batch_size)
     model = profile.model
     rows: list[dict[str, Any]] = []
-    for i, plan in enumerate(sample_plans(space, n, seed)):
+    n = len(plans)
+    for i, plan in enumerate(plans):
         try:
             lowered = predictor.lower(plan)
             raw = model.raw_ms(lowered.kernels, overhead_features(lowered))
-            m = measure_plan(task.model, plan, task.example_input, backend=profile.backend,
-                             threads=profile.threads, batch_size=latency_cfg.batch_size, rounds=3)
+            m = measure_plan(teacher, plan, example_input, backend=profile.backend, calibration=calibration,
+                             threads=profile.threads, batch_size=batch_size, runs=runs, rounds=3)
         except Exception as e:  # a plan the exporter or the predictor refuses: skip it, say so
             log.warning("calibration plan %d skipped: %s: %s", i, type(e).__name__, e)
             continue
@@ -105,22 +119,21 @@ def calibrate_profile(profile: LatencyProfile, task, space, latency_cfg, *, n: i
         raise ProfileError(f"only {len(rows)} calibration measurement(s) succeeded; need at least 2")
     raw_v = np.array([r["raw_ms"] for r in rows])
     meas = np.array([r["measured_ms"] for r in rows])
-    offset, scale = fit_offset_scale(raw_v, meas)
-    loo = []
-    for k in range(len(rows)):  # leave one out: the error on a model the fit did not see
-        keep = np.arange(len(rows)) != k
-        o, s = fit_offset_scale(raw_v[keep], meas[keep])
-        loo.append(_errors(o, s, raw_v[k:k + 1], meas[k:k + 1])[0])
+    # Two parameters from ten points are ill-conditioned when the points span a narrow range (an offset trades
+    # against the scale): the form with the lower leave-one-out error is kept, scale alone on a tie.
+    loo = {form: _leave_one_out(raw_v, meas, offset=form == "offset+scale") for form in ("scale", "offset+scale")}
+    form = min(loo, key=lambda f: (float(np.sqrt(np.mean(loo[f] ** 2))), f != "scale"))
+    offset, scale = fit_offset_scale(raw_v, meas, offset=form == "offset+scale")
     calibrated = copy.deepcopy(profile)
     calibrated.model.offset, calibrated.model.scale = offset, scale
     calibrated.model.__post_init__()
     calibrated.path = None
     calibrated.info = {**profile.info, "calibration": {
         "base_profile": str(profile.path) if profile.path else None, "base_fingerprint_id": profile.fingerprint_id,
-        "task": getattr(task, "name", None), "n": len(rows), "offset": offset, "scale": scale,
+        "model": label, "n": len(rows), "form": form, "offset": offset, "scale": scale,
         "before": _summary(_errors(model.offset, model.scale, raw_v, meas)),
         "after_in_sample": _summary(_errors(offset, scale, raw_v, meas)),
-        "after_leave_one_out": _summary(np.array(loo)),
+        "after_leave_one_out": _summary(loo[form]),
         "seconds": round(time.perf_counter() - start, 1), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "measurements": rows}}
     return calibrated

@@ -66,7 +66,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     from ..config import load_study_config
     from ..space import SearchSpace
     from ..tasks import load_task
-    from .calibrate import calibrate_profile, calibrated_path
+    from .calibrate import calibrate_profile, calibrated_path, sample_plans
     from .predictor import resolve_profile
     from .study import _resolve_path
 
@@ -81,7 +81,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     say = (lambda msg: print(f"  {msg}", file=sys.stderr, flush=True)) if not args.quiet else None
     print(f"calibrating profile {profile.fingerprint_id} ({profile.path}) to {loaded.config_path.name}: the teacher "
           f"and {args.measurements - 1} candidates ...", file=sys.stderr)
-    calibrated = calibrate_profile(profile, task, space, cfg, n=args.measurements, seed=args.seed, progress=say)
+    plans = sample_plans(space, args.measurements, args.seed)
+    calibrated = calibrate_profile(profile, task.model, task.example_input, plans, batch_size=cfg.batch_size,
+                                   label=loaded.config.task, progress=say)
     path = calibrated.save(args.output or calibrated_path(loaded.study_dir))
     c = calibrated.info["calibration"]
     print(f"per-model offset {c['offset']:+.4f} ms, scale {c['scale']:.3f} from {c['n']} measurements "

@@ -69,6 +69,7 @@ class Op:
     weight: tuple[int, ...] = ()          # weight shape of a compute op (after pruning / factorization)
     groups: int = 1
     int8: bool = False                    # compute op lowered to int8
+    int4: bool = False                    # Linear lowered to int4 weight-only MatMulNBits
     u8: bool = False                      # data op running on uint8 (Q/DQ dropped around it)
     nchwc: bool = False
     direct: bool = False                  # NCHWc conv reading an NCHW input directly (few input channels)
@@ -100,9 +101,12 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     bias_add_of = {ln.bias_add: ln for ln in v.layers.values() if ln.bias_add}
     # a runtime kernel is taken apart when the op holding the layer's weights in it (the layer, or its second
     # low-rank factor) runs int8: the quantizer's Q/DQ nodes sit between it and what was fused with it
+    # (int4 likewise: MatMulNBits replaces the node before the runtime optimizes, so nothing fuses with it)
     broken: set[int] = set()
-    for layer, (a, b) in res.int8.items():
-        if (b if layer in res.rank else a):
+    for layer in res.int8:
+        a, b = res.int8[layer]
+        a4, b4 = res.int4.get(layer, (False, False))
+        if (b or b4) if layer in res.rank else (a or a4):
             ln = v.layers[layer]
             for name in (ln.node, ln.bias_add):
                 if name and name in fusions.kernel_of:
@@ -128,9 +132,17 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
         if layer in res.rank:
             first, main = _split(main, node, res, shapes, keep_fused=True)
             first.int8 = res.int8[layer][0]
-            ops.append(first)
+            ops.append(_nbits(first, res.int4.get(layer, (False, False))[0]))
         ops.append(main)
     return ops, shapes
+
+
+def _nbits(op: Op, int4: bool) -> Op:
+    """``op`` (a Linear's Gemm / MatMul) as the int4 MatMulNBits the runtime layer writes in its place (a Gemm's
+    bias is its bias input; the runtime fuses a MatMul's bias Add into it)."""
+    if int4:
+        op.op, op.int4, op.attrs = "MatMulNBits", True, {}
+    return op
 
 
 def _original_op(node, res: Resolved, layer_of_node, bias_add_of, shapes) -> list[Op]:
@@ -139,17 +151,21 @@ def _original_op(node, res: Resolved, layer_of_node, bias_add_of, shapes) -> lis
     if ln is None:
         if node.op in NO_KERNEL_OPS:
             return []
+        owner = bias_add_of.get(node.name)
+        if owner is not None and res.int4.get(owner.layer, (False, False))[1 if owner.layer in res.rank else 0]:
+            return []  # the runtime fuses a MatMul's bias Add into the MatMulNBits before it
         return [Op(op=node.op, inputs=list(node.inputs), outputs=list(node.outputs), attrs=dict(node.attrs))]
     layer = ln.layer
     a, b = res.int8[layer]
+    a4, b4 = res.int4.get(layer, (False, False))
     op = Op(op=node.op, inputs=list(node.inputs), outputs=list(node.outputs), attrs=dict(node.attrs), layer=layer,
             weight=res.weights[layer], groups=res.groups[layer], int8=a,
             sparsity=res.sparsity[layer])
     if layer in res.rank:
         first, second = _split(op, node, res, shapes, keep_fused=False)
         first.int8, second.int8 = a, b
-        return [first, second]
-    return [op]
+        return [_nbits(first, a4), _nbits(second, b4)]
+    return [_nbits(op, a4)]
 
 
 def _split(op: Op, node, res: Resolved, shapes: dict, *, keep_fused: bool) -> tuple[Op, Op]:
@@ -757,10 +773,10 @@ def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
         out_f, in_f = w[0], w[1]
         rows = _elems(xs) // max(in_f, 1) if xs else 1
         macs = rows * in_f * out_f
-        kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm", "QLinearMatMul": "QLinearMatMul/w"}.get(
-            op.op, "MatMul/w")
-        _set(feats, macs, _elems(xs), rows * out_f, in_f * out_f, macs * (1.0 - sparsity), rows, rows,
-             rows * in_f, rows * _pad(in_f, 8))
+        kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm", "QLinearMatMul": "QLinearMatMul/w",
+                "MatMulNBits": "MatMulNBits"}.get(op.op, "MatMul/w")
+        nz = macs if op.int4 else macs * (1.0 - sparsity)  # the int4 kernel is dense (its samples count all MACs)
+        _set(feats, macs, _elems(xs), rows * out_f, in_f * out_f, nz, rows, rows, rows * in_f, rows * _pad(in_f, 8))
         return Kernel(kind=kind, features=feats, name=y)
     kind = op.op
     data_in = [t for t in op.inputs if t and t not in inits]
@@ -866,7 +882,7 @@ class Lowerer:
             w, g = res.weights[layer], res.groups[layer]
             r = res.rank.get(layer)
             cin = w[1] * g if ln.is_conv else w[1]
-            item: tuple = (*res.int8[layer], r is not None, cin < b, cin % al == 0, w[0] % al == 0,
+            item: tuple = (*res.int8[layer], *res.int4.get(layer, ()), r is not None, cin < b, cin % al == 0, w[0] % al == 0,
                            r is not None and r < b, r is not None and r % al == 0)
             if ln.is_conv and g > 1 and not ln.depthwise:
                 item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,)

@@ -26,7 +26,7 @@ from torch import nn
 from ..compress.layers import discover_layers
 from ..plan import CompressionPlan, LayerPlan
 from ..tasks.inputs import Inputs
-from ..tasks.models import BasicBlock
+from ..tasks.models import BasicBlock, EncoderBlock, MBConv
 
 # --- modules -----------------------------------------------------------------------------------------------
 
@@ -138,6 +138,16 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
         if spec.get("repeat"):
             blocks.append(InvertedResidual(spec["cout"], spec["cout"], 1, spec["expand"]))
         return nn.Sequential(*blocks).eval(), torch.randn(1, spec["cin"], spec["h"], spec["h"])
+    if fam == "mbconv":  # EfficientNet: SiLU, squeeze-excitation (global pool, two 1x1 convs, sigmoid gate)
+        blocks = [MBConv(spec["cin"], spec["cout"], spec["k"], spec["s"], spec["expand"])]
+        if spec.get("repeat"):
+            blocks.append(MBConv(spec["cout"], spec["cout"], spec["k"], 1, spec["expand"]))
+        return nn.Sequential(*blocks).eval(), torch.randn(1, spec["cin"], spec["h"], spec["h"])
+    if fam == "vit_block":  # ViT: fused QKV, head reshapes, GELU MLP, over a token sequence
+        blocks = nn.Sequential(*[EncoderBlock(spec["d"], spec["heads"], spec["mlp"])
+                                 for _ in range(spec.get("blocks", 1))])
+        model = Head(nn.Sequential(nn.Linear(spec["din"], spec["d"]), blocks), spec["d"], spec["classes"])
+        return model.eval(), torch.randn(1, spec["t"], spec["din"])
     if fam == "mlp":
         sizes, layers = spec["sizes"], [nn.Flatten()]
         for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
@@ -204,7 +214,21 @@ def _channels(rng: np.random.Generator, lo: int, hi: int) -> int:
     return max(lo, min(hi, c))
 
 
+def _wide_conv(rng: np.random.Generator) -> dict[str, Any]:
+    """The late stages of ImageNet-size CNNs: 64-960 channels on small maps."""
+    cin = _channels(rng, 32, 512)
+    layers = [{"cout": _channels(rng, 32, 960) if rng.random() < 0.2 else _channels(rng, 32, 512),
+               "k": int(rng.choice([1, 1, 3, 3])), "s": int(rng.choice([1, 1, 2])), "dw": bool(i and rng.random() < 0.2),
+               "act": str(rng.choice(["relu", "relu6", ""])), "pool": False} for i in range(int(rng.choice([1, 2])))]
+    for layer in layers:
+        if layer["dw"]:
+            layer["k"] = int(rng.choice([3, 5]))
+    return {"family": "conv", "cin": cin, "h": int(rng.choice([3, 4, 6, 7, 8, 12, 14])), "layers": layers}
+
+
 def _conv(rng: np.random.Generator) -> dict[str, Any]:
+    if rng.random() < 0.3:
+        return _wide_conv(rng)
     first = rng.random() < 0.3  # a network's first layer: few input channels, full resolution
     cin = int(rng.choice([1, 1, 3])) if first else _channels(rng, 2, 96)
     n = int(rng.choice([1, 1, 2, 2, 3]))
@@ -224,10 +248,25 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if family == "conv":
         return _conv(rng)
     if family == "basic_block":
-        cin = _channels(rng, 4, 96)
+        wide = rng.random() < 0.4  # ResNet-18's later stages: 128-512 channels on 3-12 px maps
+        cin = _channels(rng, 64, 512) if wide else _channels(rng, 4, 96)
         s = int(rng.choice([1, 1, 2]))
-        return {"family": family, "cin": cin, "cout": cin if s == 1 and rng.random() < 0.6 else _channels(rng, 4, 128),
-                "s": s, "h": int(rng.choice([7, 14, 14, 28]))}
+        cout = cin if s == 1 and rng.random() < 0.6 else (_channels(rng, 64, 512) if wide else _channels(rng, 4, 128))
+        return {"family": family, "cin": cin, "cout": cout, "s": s,
+                "h": int(rng.choice([3, 6, 12] if wide else [7, 14, 14, 28]))}
+    if family == "mbconv":
+        cin = _channels(rng, 8, 192)
+        s = int(rng.choice([1, 1, 2]))
+        return {"family": family, "cin": cin, "cout": cin if s == 1 and rng.random() < 0.6 else _channels(rng, 8, 320),
+                "s": s, "k": int(rng.choice([3, 5])), "expand": int(rng.choice([1, 4, 6, 6])),
+                "h": int(rng.choice([3, 6, 12, 24, 48] if cin > 64 else [12, 24, 48])),
+                "repeat": bool(rng.random() < 0.3)}
+    if family == "vit_block":
+        heads = int(rng.choice([1, 2, 3, 4, 8]))
+        d = heads * int(rng.choice([16, 32, 48, 64]))
+        return {"family": family, "din": _channels(rng, 16, 256), "d": d, "heads": heads,
+                "mlp": _channels(rng, max(8, d // 2), 4 * d), "t": int(rng.choice([17, 33, 65, 128])),
+                "blocks": int(rng.choice([1, 1, 2])), "classes": int(rng.choice([10, 100]))}
     if family == "inverted_residual":
         cin = _channels(rng, 4, 64)
         s = int(rng.choice([1, 1, 2]))
@@ -267,8 +306,8 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
 
 # relative share of each family in a profile
 FAMILIES: dict[str, float] = {
-    "conv": 0.26, "basic_block": 0.07, "inverted_residual": 0.09, "mlp": 0.14, "linear3d": 0.06, "pool": 0.08,
-    "norm_act": 0.07, "attention": 0.10, "layernorm": 0.04, "cnn": 0.09,
+    "conv": 0.24, "basic_block": 0.07, "inverted_residual": 0.08, "mbconv": 0.06, "mlp": 0.12, "linear3d": 0.05,
+    "pool": 0.07, "norm_act": 0.06, "attention": 0.08, "vit_block": 0.06, "layernorm": 0.04, "cnn": 0.07,
 }
 
 

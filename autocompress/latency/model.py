@@ -10,7 +10,14 @@ coefficient is non-negative (non-negative least squares on relative error), so a
 measurements show: whether unstructured zeros speed up a dense kernel (the "MACs on non-zero weights" column) or
 an int8 kernel is slower than its float twin is learned, not assumed. The per-model overhead is fitted together
 with the kernels, on the micro-benchmarks and (weighted up) the whole-model calibration measurements;
-``offset``/``scale`` stay 0/1 unless set. All parameters are plain numbers (JSON).
+``offset``/``scale`` stay 0/1 unless set (``autocompress profile --calibrate`` sets them). All parameters are
+plain numbers (JSON).
+
+A data-movement or elementwise kernel kind the profile never measured (the Cast / Equal / Where / Expand chain a
+Hugging Face model builds its attention mask with, a Split of fused QKV) costs the median coefficients of the
+measured ones (:meth:`CostModel.fallback_kinds` names them, the benchmark reports their share); an unmeasured
+compute kind (convolution, GEMM, MatMul, their quantized forms) is still an :class:`UnsupportedOpError`: those
+carry the cost, and a guess there would be a number nobody measured.
 """
 
 from __future__ import annotations
@@ -25,11 +32,18 @@ from ..errors import AutocompressError
 from .lowering import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
+# op types whose kernels carry a model's compute: never priced by the data-op fallback
+COMPUTE_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm", "MatMul",
+                         "FusedMatMul", "QLinearMatMul", "MatMulInteger", "MatMulNBits", "DynamicQuantizeMatMul",
+                         "Attention", "MultiHeadAttention", "ConvTranspose"})
 
-# kernel kinds each backend's predictor scores (see autocompress.runtime.resolve_kernels): int4 (MatMulNBits) and
-# OpenVINO have no profile yet, so a study predicting latency lowers <= 4-bit weight-only layers as float, and
-# export follows it
-PREDICTED_KINDS = {"onnxruntime": frozenset({"int8", "float"}), "torch": frozenset({"float"})}
+
+def is_compute_kind(kind: str) -> bool:
+    return kind.split("/")[0] in COMPUTE_OPS
+
+# kernel kinds each backend's predictor scores (see autocompress.runtime.resolve_kernels); OpenVINO has no profile
+# yet (its studies measure). A profile without int4 MatMul samples scores int4 layers as float (LatencyPredictor.kinds)
+PREDICTED_KINDS = {"onnxruntime": frozenset({"int8", "int4", "float"}), "torch": frozenset({"float"})}
 
 
 class UnsupportedOpError(AutocompressError, ValueError):
@@ -114,13 +128,24 @@ class CostModel:
 
     def __post_init__(self) -> None:
         self._matrix = {k: np.asarray(v, dtype=float) for k, v in self.coef.items()}
+        data = [v for k, v in self._matrix.items() if not is_compute_kind(k)]
+        self._fallback = np.median(np.stack(data), axis=0) if data else None
 
     @property
     def kinds(self) -> list[str]:
         return sorted(self.coef)
 
     def unsupported(self, kinds: Iterable[str]) -> list[str]:
-        return sorted({k for k in kinds if k not in self._matrix})
+        """Kinds this model cannot price: unmeasured compute kinds (and every unmeasured kind without a fallback)."""
+        return sorted({k for k in kinds if k not in self._matrix and (self._fallback is None or is_compute_kind(k))})
+
+    def fallback_kinds(self, kernels: Sequence[Kernel]) -> list[str]:
+        """The unmeasured data-op kinds among ``kernels``, priced by the fallback (see the module docstring)."""
+        return sorted({k.kind for k in kernels if k.kind not in self._matrix})
+
+    def _coef(self, kind: str) -> np.ndarray:
+        got = self._matrix.get(kind)
+        return got if got is not None else self._fallback  # type: ignore[return-value]
 
     def check(self, kernels: Sequence[Kernel], *, where: str = "") -> None:
         missing = self.unsupported(k.kind for k in kernels)
@@ -128,13 +153,13 @@ class CostModel:
             raise UnsupportedOpError(missing, self.kinds, where=where)
 
     def kernel_ms(self, kernel: Kernel) -> float:
-        return float(self._matrix[kernel.kind] @ kernel.features)
+        return float(self._coef(kernel.kind) @ kernel.features)
 
     def raw_ms(self, kernels: Sequence[Kernel], overhead: Sequence[float]) -> float:
         """Overhead plus kernel sum, before the calibration's offset and scale."""
         total = float(np.dot(self.overhead, overhead))
         for k in kernels:
-            total += float(self._matrix[k.kind] @ k.features)
+            total += float(self._coef(k.kind) @ k.features)
         return total
 
     def predict(self, lowered: Lowered, *, where: str = "") -> float:

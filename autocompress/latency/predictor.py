@@ -83,9 +83,16 @@ class LatencyPredictor:
         own = self.profile.reference_ms
         self.speed = reference_ms / own if reference_ms and own else 1.0
 
+    def resolve(self, plan: CompressionPlan) -> Resolved:
+        """``plan`` on the teacher, with int4 layers kept float when this predictor does not score int4."""
+        res = self.analysis.resolve(plan)
+        if "int4" not in self.kinds:
+            res.int4 = {}
+        return res
+
     def lower(self, plan: CompressionPlan) -> Lowered:
         """The kernels the backend would run for ``plan`` (no costs)."""
-        return self.lowerer.lower(self.analysis.resolve(plan))
+        return self.lowerer.lower(self.resolve(plan))
 
     def predict(self, plan: CompressionPlan) -> float:
         """Predicted ``InferenceSession.run`` latency in ms (at :attr:`speed`)."""
@@ -97,13 +104,15 @@ class LatencyPredictor:
 
     def predict_resolved(self, plan: CompressionPlan) -> tuple[float, Resolved]:
         """Predicted ms and the resolved plan it was predicted for (which layers run int8)."""
-        res = self.analysis.resolve(plan)
+        res = self.resolve(plan)
         return self.speed * self.profile.model.predict(self.lowerer.lower(res), where="this plan"), res
 
     @property
     def kinds(self) -> frozenset[str]:
-        """The kernel kinds this predictor can score (see :func:`autocompress.runtime.resolve_kernels`)."""
-        return PREDICTED_KINDS[self.backend]
+        """The kernel kinds this predictor can score (see :func:`autocompress.runtime.resolve_kernels`): int4 only
+        when the profile measured the int4 MatMul."""
+        kinds = PREDICTED_KINDS[self.backend]
+        return kinds if "MatMulNBits" in self.profile.model.coef else kinds - {"int4"}
 
     def explain(self, plan: CompressionPlan) -> list[dict[str, Any]]:
         """Per kernel: kind, output tensor, predicted ms (at :attr:`speed`, before the calibration's scale)."""

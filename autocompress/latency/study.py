@@ -250,12 +250,13 @@ def scored_ms(timing, mode: LatencyMode) -> float:
 
 
 def kernels_of(res, kinds: frozenset[str]) -> Kernels:
-    """The kernels the predictor scored for a resolved plan (int8 where it lowers int8, float elsewhere)."""
+    """The kernels the predictor scored for a resolved plan (int8 / int4 where it lowers them, float elsewhere)."""
     out = Kernels()
     for layer, (first, second) in res.int8.items():
         mods = [f"{layer}.0", f"{layer}.1"] if layer in res.rank else [layer]
-        for mod, int8 in zip(mods, (first, second), strict=False):
-            out.add(mod, "int8" if int8 and "int8" in kinds else "float")
+        nbits = res.int4.get(layer, (False, False))
+        for mod, int8, int4 in zip(mods, (first, second), nbits, strict=False):
+            out.add(mod, "int8" if int8 and "int8" in kinds else "int4" if int4 and "int4" in kinds else "float")
     return out
 
 

@@ -34,10 +34,10 @@ from torch import nn
 
 from ..compress import CompressedModel
 from ..compress.layers import get_module
+from ..plan import INT4_MAX_BITS
 from ..tasks.inputs import Inputs, feed, repeat_first
 
 KINDS = ("int8", "int4", "float")  # kernel kinds a compressed module can run; float is always possible
-INT4_MAX_BITS = 4                  # weight-only layers with <= 4-bit weights may run int4 kernels
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -151,7 +151,8 @@ def resolve_kernels(cm: CompressedModel, kinds: Iterable[str]) -> Kernels:
                 else:
                     out.add(name, "float", "int8 planned, run as float32 (no int8 kernel on this backend or "
                                            "predictor)")
-            elif bits <= INT4_MAX_BITS and isinstance(get_module(cm.model, name), nn.Linear) and "int4" in allowed:
+            elif (lp.int4_kernel and bits <= INT4_MAX_BITS and isinstance(get_module(cm.model, name), nn.Linear)
+                  and "int4" in allowed):
                 # (8-bit inputs were taken by the int8 branch: what reaches here has float or 16-bit inputs)
                 out.add(name, "int4")
             elif bits < 32:

@@ -40,8 +40,9 @@ from torch import nn
 from ..compress import CompressedModel, set_input_quantizers
 from ..compress.layers import get_module
 from ..compress.quantize import weight_codes
+from ..plan import INT4_MAX_BITS
 from ..tasks.inputs import INPUT_NAME, Inputs, call, feed, named
-from .base import INT4_MAX_BITS, Kernels, resolve_kernels
+from .base import Kernels, resolve_kernels
 
 log = logging.getLogger(__name__)
 
