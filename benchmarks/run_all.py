@@ -33,11 +33,13 @@ ZOO_MODELS = ("mnist-resnet18,mnist-mobilenetv2,"
 BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
     "latency_predictor": (
         [["-m", "autocompress", "profile", "-o", PROFILE],
-         ["benchmarks/latency_predictor.py", "--profile", PROFILE, "--models", "250", "--passes", "3",
-          "--noise-models", "10", "--noise-repeats", "5"]],
+         ["benchmarks/latency_predictor.py", "--profile", PROFILE, "--models-per-family", "20,40",
+          "--noise-processes", "8", "--noise-models", "2", "--noise-load"]],
         [["-m", "autocompress", "profile", "--quick", "-o", QUICK_PROFILE],
-         ["benchmarks/latency_predictor.py", "--profile", QUICK_PROFILE, "--models", "20", "--passes", "1",
-          "--noise-models", "2", "--noise-repeats", "2", "--out", "benchmarks/out/latency_predictor.quick.json"]],
+         ["benchmarks/latency_predictor.py", "--profile", QUICK_PROFILE, "--models-per-family", "2,1",
+          "--families", "lenet5,mlp,resnet18,bert", "--calibrate-plans", "3", "--noise-processes", "2",
+          "--noise-models", "1", "--out", "benchmarks/out/latency_predictor.quick.json",
+          "--results", "benchmarks/out/latency_predictor.quick_summary.json"]],
     ),
     "runtime": (
         [["benchmarks/runtime.py"]],

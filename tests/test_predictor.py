@@ -287,6 +287,24 @@ def test_fit_learns_that_sparsity_does_not_help_dense_kernels_and_int8_can_be_sl
     assert model.kernel_ms(kernel("QLinearConv/3x3", 5e5, 0.0)) > 1.2 * dense_ms
 
 
+def test_a_cache_hinge_needs_several_samples_beyond_its_knot():
+    """One extreme sample beyond the 256 Ki-weight knot (the rest well below it) sets no hinge slope: a larger
+    layer is priced by the terms the other samples support."""
+    from autocompress.latency.model import HINGES, MIN_HINGE_SUPPORT
+
+    rng = np.random.default_rng(0)
+    truth = np.zeros(len(FEATURES))
+    truth[0], truth[1] = 1e-3, 2e-8
+    samples = _synthetic_samples({"Conv/1x1": truth}, rng)
+    hinge = FEATURES.index("weight_over_256k")
+    kernels = [("Conv/1x1", [1.0, 1e6, 0, 0, 3e5, 1e6] + [0.0] * (len(FEATURES) - 7) + [4e4])]
+    assert kernels[0][1][hinge] == 4e4
+    samples.append(Sample(kernels=kernels, overhead=[1.0, 0.0, 0.0], latency_ms=25.0))  # a disturbed outlier
+    model = fit(samples)
+    assert "weight_over_256k" in HINGES and MIN_HINGE_SUPPORT > 1
+    assert model.coef["Conv/1x1"][hinge] == 0.0
+
+
 def test_unsupported_kernel_is_a_clear_error(analyses):
     teacher = _teacher("lenet5")
     float_kinds = _kinds_of(analyses["lenet5"], [CompressionPlan()])

@@ -5,9 +5,9 @@ what those never showed: per-model overhead of its graph, the memory traffic bet
 stays in cache. As few-shot device adaptation does in the literature (HELP, LitePred: about ten measurements on
 the new target), this measures the study's teacher and a few candidates sampled from the study's own search space
 end to end (materialized, lowered and timed as the search times them, relative to the reference workload) and
-refits the profile's per-model ``offset`` and ``scale`` on them, by weighted least squares on relative error
-(or the scale alone, when that has the lower leave-one-out error: ten points of a similar size cannot tell an
-offset from a scale). The kernel coefficients are left as measured. The error after is in-sample; the
+refits the profile's per-model ``offset`` and ``scale`` on them (scipy ``least_squares`` on relative error with
+a soft-L1 loss, so one plan the profile gets badly wrong does not steer the fit), or the scale alone when that has
+the lower leave-one-out error (ten points of a similar size cannot tell an offset from a scale). The kernel coefficients are left as measured. The error after is in-sample; the
 leave-one-out error is reported beside it and is the figure to trust.
 
 The calibrated profile is written to ``<study dir>/latency_profile.json`` (or ``-o``); a study whose config sets
@@ -38,16 +38,23 @@ log = logging.getLogger(__name__)
 CALIBRATED_FILE = "latency_profile.json"
 
 
+ROBUST_SCALE = 0.05  # relative errors beyond about 5 % count less and less (soft L1): one odd plan cannot steer
+
+
 def fit_offset_scale(raw: np.ndarray, measured: np.ndarray, *, offset: bool = True) -> tuple[float, float]:
-    """``offset, scale`` minimizing the relative error of ``offset + scale * raw`` against ``measured``
-    (``offset=False``: scale only); scale is kept positive (a fit that would flip it keeps the offset at 0)."""
+    """``offset, scale`` minimizing a robust (soft L1) loss of the relative error of ``offset + scale * raw``
+    against ``measured`` (``offset=False``: scale only, at least 3 points for both); scale is kept positive."""
+    from scipy.optimize import least_squares
+
     w = 1.0 / measured
-    if offset and len(raw) >= 3:
-        a = np.stack([np.ones_like(raw), raw], axis=1) * w[:, None]
-        (off, scale), *_ = np.linalg.lstsq(a, np.ones_like(raw), rcond=None)
-        if scale > 0:
-            return float(off), float(scale)
-    return 0.0, float(np.sum(raw * w) / np.sum((raw * w) ** 2))
+    scale0 = float(np.sum(raw * w) / np.sum((raw * w) ** 2))  # the least-squares scale: the starting point
+    if not (offset and len(raw) >= 3):
+        fit = least_squares(lambda p: (p[0] * raw - measured) * w, [scale0], bounds=([1e-9], [np.inf]),
+                            loss="soft_l1", f_scale=ROBUST_SCALE)
+        return 0.0, float(fit.x[0])
+    fit = least_squares(lambda p: (p[0] + p[1] * raw - measured) * w, [0.0, scale0],
+                        bounds=([-np.inf, 1e-9], [np.inf, np.inf]), loss="soft_l1", f_scale=ROBUST_SCALE)
+    return float(fit.x[0]), float(fit.x[1])
 
 
 def _leave_one_out(raw: np.ndarray, measured: np.ndarray, *, offset: bool) -> np.ndarray:

@@ -15,10 +15,11 @@ examples:
   autocompress profile --calibrate studies/resnet18.yaml   # fit the profile to that study's model (~10 runs)
 
 What it measures (each through the same export and ONNX Runtime lowering as the search): convolutions (kernel
-1/3/5/7, stride 1/2, depthwise, channel counts as pruning leaves them), Linear as Gemm and MatMul, pooling,
-BatchNorm / LayerNorm, activations, attention matmuls and softmax; float, int8 static QDQ, low rank, 0-95 %
-sparse weights; dynamic int8 MatMul and int4 weight-only MatMulNBits; plus a few whole models for the per-model
-term. The file holds this machine's fingerprint, every raw sample and the fitted per-kernel regressions.
+1/3/5/7, stride 1/2, depthwise, channel counts as pruning leaves them, from 3-px maps with 960 channels to
+128-px stems), residual and inverted-residual blocks, MBConv with squeeze-excitation and SiLU, Linear as Gemm and
+MatMul, pooling, BatchNorm / LayerNorm, activations, attention and ViT blocks; float, int8 static QDQ, low rank,
+0-95 % sparse weights; dynamic int8 MatMul and int4 weight-only MatMulNBits; plus a few whole models for the
+per-model term. The file holds this machine's fingerprint, every raw sample and the fitted per-kernel regressions.
 
 Studies use the profile by default when its fingerprint matches this machine (written to
 $AUTOCOMPRESS_CACHE/profiles/<fingerprint>.json when -o is not given), or with `latency: {predictor: PATH}`.

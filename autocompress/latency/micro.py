@@ -226,9 +226,29 @@ def _wide_conv(rng: np.random.Generator) -> dict[str, Any]:
     return {"family": "conv", "cin": cin, "h": int(rng.choice([3, 4, 6, 7, 8, 12, 14])), "layers": layers}
 
 
+def _large_map_conv(rng: np.random.Generator) -> dict[str, Any]:
+    """The early stages of ImageNet-size CNNs: 24-128 px maps (the stem at full resolution, then expanded
+    depthwise blocks), where memory traffic rather than MACs sets the time."""
+    h = int(rng.choice([24, 32, 48, 64, 96, 128]))
+    cap = 160 if h <= 32 else 96 if h <= 64 else 32
+    stem = rng.random() < 0.3
+    cin = 3 if stem else _channels(rng, 8, cap)
+    layers = []
+    for i in range(int(rng.choice([1, 2]))):
+        dw = bool(i > 0 and rng.random() < 0.5)
+        layers.append({"cout": _channels(rng, 8, cap), "k": int(rng.choice([3, 5] if dw else [1, 3, 3, 7] if stem
+                                                                          and i == 0 else [1, 1, 3])),
+                       "s": int(rng.choice([1, 2] if i == 0 else [1])), "dw": dw,
+                       "act": str(rng.choice(["relu", "relu6", ""])), "pool": False})
+    return {"family": "conv", "cin": cin, "h": h, "layers": layers}
+
+
 def _conv(rng: np.random.Generator) -> dict[str, Any]:
-    if rng.random() < 0.3:
+    r = rng.random()
+    if r < 0.25:
         return _wide_conv(rng)
+    if r < 0.45:
+        return _large_map_conv(rng)
     first = rng.random() < 0.3  # a network's first layer: few input channels, full resolution
     cin = int(rng.choice([1, 1, 3])) if first else _channels(rng, 2, 96)
     n = int(rng.choice([1, 1, 2, 2, 3]))
@@ -257,10 +277,11 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if family == "mbconv":
         cin = _channels(rng, 8, 192)
         s = int(rng.choice([1, 1, 2]))
+        expand = int(rng.choice([1, 4, 6, 6]))
+        # as in EfficientNet: wide expanded blocks on small maps, narrow ones on large maps
+        h = int(rng.choice([3, 6, 12] if cin * expand > 512 else [12, 24, 48]))
         return {"family": family, "cin": cin, "cout": cin if s == 1 and rng.random() < 0.6 else _channels(rng, 8, 320),
-                "s": s, "k": int(rng.choice([3, 5])), "expand": int(rng.choice([1, 4, 6, 6])),
-                "h": int(rng.choice([3, 6, 12, 24, 48] if cin > 64 else [12, 24, 48])),
-                "repeat": bool(rng.random() < 0.3)}
+                "s": s, "k": int(rng.choice([3, 5])), "expand": expand, "h": h, "repeat": bool(rng.random() < 0.3)}
     if family == "vit_block":
         heads = int(rng.choice([1, 2, 3, 4, 8]))
         d = heads * int(rng.choice([16, 32, 48, 64]))

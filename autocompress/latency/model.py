@@ -32,6 +32,8 @@ from ..errors import AutocompressError
 from .lowering import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
+HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see lowering.FEATURES)
+MIN_HINGE_SUPPORT = 8
 # op types whose kernels carry a model's compute: never priced by the data-op fallback
 COMPUTE_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm", "MatMul",
                          "FusedMatMul", "QLinearMatMul", "MatMulInteger", "MatMulNBits", "DynamicQuantizeMatMul",
@@ -202,6 +204,15 @@ def _nnls(samples: Sequence[Sample], weights: np.ndarray, kinds: list[str], ridg
             j = index[kind] * nf
             x[i, j:j + nf] += feats
         x[i, -no:] = s.overhead
+    # a cache hinge is fitted only on evidence: a kind with fewer than MIN_HINGE_SUPPORT distinct samples beyond a
+    # knot gets no hinge term (one extreme sample would otherwise set a slope every larger layer inherits)
+    distinct = {id(s): i for i, s in enumerate(samples)}
+    rows = np.array(sorted(distinct.values()))
+    for k in index.values():
+        for f in HINGES:
+            col = k * nf + FEATURES.index(f)
+            if np.count_nonzero(x[rows, col]) < MIN_HINGE_SUPPORT:
+                x[:, col] = 0.0
     y = np.array([s.latency_ms for s in samples], dtype=float)
     w = weights / y
     scale = np.abs(x).max(axis=0)

@@ -3,9 +3,11 @@
 ``build_profile`` measures, on this machine:
 
 1. **micro-benchmarks** (:mod:`autocompress.latency.micro`): small graphs of every kernel kind compressed models
-   are made of (convolutions of every kernel size / stride / depthwise / channel count, Linear as Gemm and
-   MatMul, pooling, normalization, activations, attention matmuls), float and int8 (static QDQ), low rank,
-   0-95 % sparse weights, through the same export and lowering as the search;
+   are made of (convolutions of every kernel size / stride / depthwise / channel count, on maps from the late
+   stages of an ImageNet CNN to its full-resolution stem, residual, inverted-residual and MBConv blocks, Linear
+   as Gemm and MatMul, pooling, normalization, activations, attention and ViT blocks), float and int8 (static
+   QDQ), low rank, 0-95 % sparse weights, through the same export and lowering as the search, each timed beside
+   the reference workload (:mod:`autocompress.runtime.reference`) and fitted on its time relative to it;
 2. **other precisions the lowering writes**: int4 weight-only
    MatMul (``MatMulNBits``), on the matrix shapes of Linear layers;
 3. **whole-model calibration**: a handful of complete compressed models (architectures of their own, not the
