@@ -231,7 +231,7 @@ def measure(model: nn.Module, plan: CompressionPlan, x: torch.Tensor, calib, *, 
         m = Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
                         normalized=t.normalized, reference_ms=t.reference_ms)
         ops = None
-        if with_ops:
+        if with_ops and isinstance(path, Path):  # an ONNX file (the torch backend lowers to a module)
             import onnx
 
             ops = collections.Counter(_norm(n.op) for n in optimized_graph(onnx.load(str(path)), "all").nodes)

@@ -520,6 +520,8 @@ def test_calibrate_refits_the_per_model_term_and_the_study_uses_it(tmp_path, dig
     config = write_study(tmp_path, n_trials=1, deployability_gate=False, warm_start=False, sensitivity=False,
                          latency={"warmup": 2, "repeats": 20})
     monkeypatch.setattr("autocompress.tasks.load_task", lambda *a, **k: digits_task)
+    assert main(["profile", "--calibrate", str(config), "--measurements", "1"]) == 2
+    assert "at least 2" in capsys.readouterr().err
     assert main(["profile", "--calibrate", str(config), "--measurements", "5", "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "leave one out" in out and "the study of this config uses it" in out

@@ -79,17 +79,22 @@ def _summary(err: np.ndarray) -> dict[str, float]:
 def sample_plans(space, n: int, seed: int) -> list[CompressionPlan]:
     """The empty plan (the teacher) and ``n - 1`` random plans of ``space`` (an in-memory Optuna study with the
     random sampler does the sampling, so every knob's choices are exactly the search's)."""
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
-    plans, seen = [CompressionPlan()], {CompressionPlan().summary()}
-    for _ in range(20 * n):
-        if len(plans) >= n:
-            break
-        trial = study.ask()
-        plan = space.suggest(trial)
-        study.tell(trial, state=optuna.trial.TrialState.FAIL)
-        if plan.summary() not in seen:
-            seen.add(plan.summary())
-            plans.append(plan)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "study created" / "trial pruned" lines
+    try:
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        plans, seen = [CompressionPlan()], {CompressionPlan().summary()}
+        for _ in range(20 * n):
+            if len(plans) >= n:
+                break
+            trial = study.ask()
+            plan = space.suggest(trial)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # a sample, never scored
+            if plan.summary() not in seen:
+                seen.add(plan.summary())
+                plans.append(plan)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
     return plans
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 PROFILE_EPILOG = """\
 examples:
@@ -13,6 +14,7 @@ examples:
   autocompress profile --backend torch         # eager PyTorch on CPU (float kernels only)
   autocompress profile --show profiles/epyc-2t.json
   autocompress profile --calibrate studies/resnet18.yaml   # fit the profile to that study's model (~10 runs)
+  autocompress profile --calibrate studies/resnet18.yaml --base profiles/epyc-2t.json
 
 What it measures (each through the same export and ONNX Runtime lowering as the search): convolutions (kernel
 1/3/5/7, stride 1/2, depthwise, channel counts as pruning leaves them, from 3-px maps with 960 channels to
@@ -71,9 +73,15 @@ def _calibrate(args: argparse.Namespace) -> int:
     from .predictor import resolve_profile
     from .study import _resolve_path
 
+    if args.measurements < 2:
+        from .profile import ProfileError
+
+        raise ProfileError(f"--measurements {args.measurements}: calibration needs at least 2 (the teacher and one "
+                           "candidate; about 10 is the default)")
     loaded = load_study_config(args.calibrate)
     cfg = loaded.config.latency
-    base = (_resolve_path(cfg.predictor, loaded.config_path.parent) if cfg.predictor else None)
+    base = (Path(args.base) if args.base else
+            _resolve_path(cfg.predictor, loaded.config_path.parent) if cfg.predictor else None)
     profile = resolve_profile(base, threads=cfg.threads, backend=cfg.backend)
     task = load_task(loaded.config.task, loaded.config.task_options)
     from ..compress.layers import discover_layers
@@ -142,6 +150,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibrate", metavar="CONFIG", default=None,
                    help="fit the profile's per-model offset and scale to this study's model from a few end-to-end "
                         "measurements; writes <study dir>/latency_profile.json (or -o)")
+    p.add_argument("--base", metavar="PROFILE.json", default=None,
+                   help="with --calibrate: the profile to calibrate (default: the config's latency.predictor, else "
+                        "this machine's default profile)")
     p.add_argument("--measurements", type=int, default=10, metavar="N",
                    help="with --calibrate: the teacher and N-1 sampled candidates (default: 10)")
     p.add_argument("--show", metavar="PROFILE.json", default=None,

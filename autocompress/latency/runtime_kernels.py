@@ -1,6 +1,6 @@
 """Micro-benchmarks of the int4 weight-only MatMul (``MatMulNBits``, what the runtime layer lowers <= 4-bit
 weight-only Linear layers to), next to the float MatMul it replaces. Its kernels are read from the runtime's own
-optimized graph, so the profile holds fitted costs for this kind too (the predictor does not score it yet).
+optimized graph, so the profile holds fitted costs for this kind too, which the predictor scores int4 layers with.
 """
 
 from __future__ import annotations
