@@ -214,6 +214,24 @@ def test_int4_weight_only_linears_run_matmulnbits_and_predictor_agrees(shape):
     assert "MatMulNBits" in kinds and "Gemm" not in kinds
 
 
+def test_layers_with_equal_valued_biases_prune_apart():
+    """A freshly initialized model's zero biases are equal tensors, which the exporter merges into one initializer;
+    pruning one of those layers must still be followed (it broke on a random BERT's FFNs)."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 16), nn.ReLU(),
+                            nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        for m in teacher:
+            if isinstance(m, nn.Linear):
+                m.bias.zero_()
+    x = torch.randn(1, 8)
+    plan = CompressionPlan(layers={"0": LayerPlan(channel_keep=0.5)})
+    res = TeacherAnalysis(teacher, x).resolve(plan)
+    cm = apply(teacher, plan, x)
+    assert res.weights["0"] == tuple(cm.model.get_submodule("0").weight.shape) == (8, 8)
+    assert res.weights["4"] == (16, 8)
+
+
 def test_structure_cache_gives_the_same_kernels(analyses):
     an = analyses["mobilenet"]
     rng = np.random.default_rng(3)

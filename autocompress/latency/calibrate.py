@@ -115,9 +115,11 @@ def calibrate_profile(profile: LatencyProfile, teacher, example_input, plans: li
     for i, plan in enumerate(plans):
         try:
             lowered = predictor.lower(plan)
+            model.check(lowered.kernels, where=f"calibration plan {i}")
             raw = model.raw_ms(lowered.kernels, overhead_features(lowered))
             m = measure_plan(teacher, plan, example_input, backend=profile.backend, calibration=calibration,
-                             threads=profile.threads, batch_size=batch_size, runs=runs, rounds=3)
+                             threads=profile.threads, batch_size=batch_size, runs=runs, rounds=3,
+                             kinds=predictor.kinds)  # the kernels it was predicted with
         except Exception as e:  # a plan the exporter or the predictor refuses: skip it, say so
             log.warning("calibration plan %d skipped: %s: %s", i, type(e).__name__, e)
             continue
@@ -138,7 +140,6 @@ def calibrate_profile(profile: LatencyProfile, teacher, example_input, plans: li
     offset, scale = fit_offset_scale(raw_v, meas, offset=form == "offset+scale")
     calibrated = copy.deepcopy(profile)
     calibrated.model.offset, calibrated.model.scale = offset, scale
-    calibrated.model.__post_init__()
     calibrated.path = None
     calibrated.info = {**profile.info, "calibration": {
         "base_profile": str(profile.path) if profile.path else None, "base_fingerprint_id": profile.fingerprint_id,

@@ -102,7 +102,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         e = c[key]
         print(f"  {label:22s} RMSPE {100 * e['rmspe']:5.1f} %, within 10 % {100 * e['within_10pct']:3.0f} %, "
               f"max {100 * e['max_abs']:.1f} %")
-    print(f"written: {path}" + ("" if args.output else " (the study of this config uses it)"))
+    used = not args.output and not cfg.predictor and cfg.measure is not True
+    print(f"written: {path}" + (" (the study of this config uses it)" if used else
+                                 "" if args.output else " (not used: the config names latency.predictor or sets "
+                                 "measure: true)"))
     return 0
 
 

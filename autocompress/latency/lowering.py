@@ -882,7 +882,7 @@ class Lowerer:
             w, g = res.weights[layer], res.groups[layer]
             r = res.rank.get(layer)
             cin = w[1] * g if ln.is_conv else w[1]
-            item: tuple = (*res.int8[layer], *res.int4.get(layer, ()), r is not None, cin < b, cin % al == 0, w[0] % al == 0,
+            item: tuple = (*res.int8[layer], *res.int4.get(layer, (False, False)), r is not None, cin < b, cin % al == 0, w[0] % al == 0,
                            r is not None and r < b, r is not None and r % al == 0)
             if ln.is_conv and g > 1 and not ln.depthwise:
                 item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,)

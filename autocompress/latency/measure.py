@@ -12,7 +12,7 @@ see :mod:`autocompress.runtime.reference`). The profile's samples and the benchm
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,22 +56,26 @@ def materialize_plan(teacher: nn.Module, plan: CompressionPlan, example_input: I
 
 
 def lower_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, folder: Path, *,
-               calibration: Sequence[torch.Tensor], backend: str = "onnxruntime") -> tuple[Path | nn.Module, Kernels]:
-    """Materialize ``plan`` and lower it into ``folder`` as the search would time it: (artifact, kernels)."""
+               calibration: Sequence[torch.Tensor], backend: str = "onnxruntime",
+               kinds: Iterable[str] | None = None) -> tuple[Path | nn.Module, Kernels]:
+    """Materialize ``plan`` and lower it into ``folder`` as the search would time it: (artifact, kernels);
+    ``kinds``: the kernel kinds allowed (default: all the backend's predictor scores)."""
     cm = materialize_plan(teacher, plan, example_input, calibration)
-    lowered = get_backend(backend).lower(cm, first(example_input), calibration, folder, kinds=PREDICTED_KINDS[backend])
+    lowered = get_backend(backend).lower(cm, first(example_input), calibration, folder,
+                                        kinds=PREDICTED_KINDS[backend] if kinds is None else kinds)
     return lowered.artifact, lowered.kernels
 
 
 def measure_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, *,
                  calibration: Sequence[torch.Tensor] | None = None, backend: str = "onnxruntime", threads: int = 1,
-                 batch_size: int = 1, warmup: int = 20, runs: int = 100, rounds: int = 3) -> Measurement:
+                 batch_size: int = 1, warmup: int = 20, runs: int = 100, rounds: int = 3,
+                 kinds: Iterable[str] | None = None) -> Measurement:
     """Materialize, lower and time ``plan`` as the search does (see the module docstring)."""
     calibration = calibration if calibration is not None else default_calibration(example_input)
     spec = TimingSpec(threads=threads, batch_size=batch_size, warmup=warmup, runs=runs, rounds=rounds)
     with tempfile.TemporaryDirectory(prefix="autocompress-measure-") as tmp:
         artifact, kernels = lower_plan(teacher, plan, example_input, Path(tmp), calibration=calibration,
-                                       backend=backend)
+                                       backend=backend, kinds=kinds)
         t = get_backend(backend).time({"m": artifact}, example_input, spec)["m"]
     return Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
                        normalized=t.normalized, reference_ms=t.reference_ms)

@@ -84,7 +84,7 @@ class Timing:
         return self.normalized * reference_ms
 
     def record(self) -> dict[str, Any]:
-        """The figures a trial, a profile sample or an export card stores."""
+        """The figures an export card stores of a timing."""
         return {"median_ms": self.latency_ms, "rounds_ms": self.rounds_ms, "spread": self.spread,
                 "p10_ms": self.p10_ms, "p90_ms": self.p90_ms, "repeats": self.runs // max(1, len(self.rounds_ms)),
                 "normalized": self.normalized, "reference_ms": self.reference_ms}

@@ -64,13 +64,10 @@ class Reference:
     """An open session of the reference graph at ``threads`` intra-op threads."""
 
     def __init__(self, threads: int = 1) -> None:
-        import onnxruntime as ort
-
-        from .onnxruntime import session_options
+        from .onnxruntime import OnnxRuntimeBackend
 
         self.threads = threads
-        self.session = ort.InferenceSession(reference_model().SerializeToString(),
-                                            session_options(threads=threads), providers=["CPUExecutionProvider"])
+        self.session = OnnxRuntimeBackend().inference_session(reference_model().SerializeToString(), threads=threads)
         rng = np.random.default_rng(0)
         self.feeds = {"x": rng.random((1, 16, 32, 32), dtype=np.float32),
                       "t": rng.random((64, 256), dtype=np.float32)}
