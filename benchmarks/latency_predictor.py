@@ -16,8 +16,9 @@ convolutions; student width / depth on the CNNs) over ten families:
 - real sizes, 0.3-30 ms: ResNet-18 (3x96x96), MobileNetV2 (3x128x128), an EfficientNet-B0-like network with
   squeeze-excitation and SiLU (3x96x96), a small ViT (3x64x64, patch 8, 6 blocks of width 192) and a BERT-mini-like
   Hugging Face ``transformers`` encoder (4 layers, hidden 256, 4 heads) at sequence length 128, built from its
-  config. Transformers: only the MLP's first Linear is channel-pruned (pruning Q/K/V breaks the head reshapes),
-  student width and depth stay 1.
+  config. Transformers: the MLP's first Linear is channel-pruned and the attention projections of the ViT and BERT
+  lose whole heads (``compress.heads``; the 2-block encoder's are not recognised and stay), student width and
+  depth stay 1.
 
 Each model is predicted (timed: the first prediction of a plan, its kernel structure never seen, and again with it
 cached) and measured end to end exactly as the search measures it (materialized, exported, int8 layers lowered
@@ -62,6 +63,7 @@ import torch
 from scipy import stats
 from torch import nn
 
+from autocompress.compress.heads import attention_groups
 from autocompress.compress.layers import discover_layers
 from autocompress.latency.analysis import AnalysisError
 from autocompress.latency.calibrate import calibrate_profile
@@ -164,7 +166,7 @@ FAMILIES = {
     "bert": (bert_mini, (1, 128)),
 }
 TRANSFORMERS = ("transformer", "vit", "bert")
-FFN_FIRST = ("ff1", "mlp.0", "intermediate.dense")  # the one prunable Linear of a transformer block
+FFN_FIRST = ("ff1", "mlp.0", "intermediate.dense")  # the prunable Linear of a transformer block's MLP
 
 
 def teacher(family: str, seed: int) -> tuple[nn.Module, torch.Tensor, list]:
@@ -190,9 +192,10 @@ CHOICES = {"sparsity_conv": [0.0, 0.25, 0.5, 0.75], "sparsity_linear": [0.0, 0.5
 
 def random_plan(family: str, model: nn.Module, x: torch.Tensor, rng: np.random.Generator) -> CompressionPlan:
     layers = {}
+    heads = {m for g in attention_groups(model) if g.skip is None for m in g.members}  # cut by whole heads
     for info in discover_layers(model, x):
         conv = info.type_name.startswith("Conv")
-        prunable = family not in TRANSFORMERS or info.name.endswith(FFN_FIRST)
+        prunable = family not in TRANSFORMERS or info.name.endswith(FFN_FIRST) or info.name in heads
         layers[info.name] = LayerPlan(
             sparsity=float(rng.choice(CHOICES["sparsity_conv" if conv else "sparsity_linear"])),
             weight_bits=int(rng.choice(CHOICES["weight_bits"])),

@@ -225,25 +225,6 @@ def test_one_call_from_python_runs_a_resumable_study_and_exports(tmp_path, capsy
         load_task("python:tiny-py")
 
 
-def test_a_cut_that_breaks_the_forward_pass_is_undone_and_reported_in_apply_and_the_predictor():
-    from autocompress.compress import apply
-    from autocompress.compress.structured import BREAKS_FORWARD
-    from autocompress.latency.analysis import TeacherAnalysis
-    from autocompress.plan import CompressionPlan, LayerPlan
-    from autocompress.tasks.models import ViT
-
-    torch.manual_seed(0)
-    model, x = ViT().eval(), torch.randn(1, 3, 32, 32)
-    plan = CompressionPlan(layers={"blocks.0.qkv": LayerPlan(channel_keep=0.5),
-                                   "blocks.0.mlp.0": LayerPlan(channel_keep=0.5)})
-    cm = apply(model, plan, x)
-    assert cm.skipped == {"blocks.0.qkv": BREAKS_FORWARD}  # qkv is reshaped into heads: its cut is undone
-    assert cm.model.get_submodule("blocks.0.qkv").out_features == 192
-    assert cm.model.get_submodule("blocks.0.mlp.0").out_features == 64  # the other cut is kept
-    assert cm.model(x).shape == (1, 10)
-    assert TeacherAnalysis(model, x).resolve(plan).skipped == cm.skipped
-
-
 def _bounds(name: str) -> dict[str, float]:
     """Identity, 8-bit-weight and full-int8 (ONNX Runtime) metric changes of a built-in teacher, calibrated on 64
     samples (two batches of 32), as a user with a small calibration set would."""

@@ -15,6 +15,7 @@ import torch_pruning as tp
 from torch import nn
 
 from ..tasks.inputs import Inputs, call
+from .heads import HeadGroup, attention_groups, group_of, heads_kept, prune_heads
 from .layers import get_module, out_channels
 from .method import Heatmap, Knob, Method
 
@@ -70,8 +71,9 @@ def prune_channels(model: nn.Module, example_input: Inputs, targets: dict[str, i
     the pruned model (``model`` itself, or a copy) and ``{layer: reason}`` for layers left as they are.
 
     Layers pruned together with an earlier one (same dependency group) may already be at or below their target.
-    If the cuts together break the forward pass (an op Torch-Pruning's graph does not follow, like a reshape into
-    attention heads), the layers are cut one at a time from the unpruned model (``fresh()`` makes it again, so the
+    The projections of a recognised attention block lose whole heads (:mod:`.heads`). If the cuts together break the
+    forward pass (an op Torch-Pruning's graph does not follow, like a reshape into attention heads it does not
+    recognise), the layers are cut one at a time from the unpruned model (``fresh()`` makes it again, so the
     usual case copies nothing), each kept only if the model still runs, and the others reported.
     """
     if not any(t < out_channels(get_module(model, n)) for n, t in targets.items()):
@@ -97,6 +99,15 @@ def _prune(model: nn.Module, example_input: Inputs, targets: dict[str, int],
     """The cuts themselves (see :func:`prune_channels`), in place; ``{layer: reason}`` for layers not cut."""
     skipped: dict[str, str] = {}
     todo = {n: t for n, t in targets.items() if t < out_channels(get_module(model, n))}
+    if not todo:
+        return skipped
+    # attention projections lose whole heads, the same ones in q, k, v and the output projection (heads.py)
+    groups = attention_groups(model)
+    for name in [n for n in todo if group_of(groups, n)]:
+        why = cut_heads(model, group_of(groups, name), todo.pop(name), protected,  # type: ignore[arg-type]
+                        example_input)
+        if why:
+            skipped[name] = why
     if not todo:
         return skipped
     # Protected layers are not handed to Torch-Pruning as `ignored_layers`: it then treats them as graph outputs
@@ -127,6 +138,16 @@ def _prune(model: nn.Module, example_input: Inputs, targets: dict[str, int],
         except Exception as e:  # an op Torch-Pruning cannot follow: leave the layer, report it, go on
             skipped[name] = f"structured pruning unsupported here ({type(e).__name__}: {e})"
     return skipped
+
+
+def cut_heads(model: nn.Module, group: HeadGroup, target: int, protected: list[str],
+              example_input: Inputs) -> str | None:
+    """Cut an attention block to the heads a member's channel ``target`` keeps; why not, or None."""
+    if group.skip:
+        return group.skip
+    if group.out in protected or any(m in protected for m in group.members):
+        return "its heads feed the output layer's outputs; not pruned"
+    return prune_heads(model, group, heads_kept(target, group.per_head), example_input)
 
 
 def channel_target(out_channels: int, width: float, keep: float) -> int | None:

@@ -38,9 +38,17 @@ from torch import nn
 
 from ..compress import registry
 from ..compress.depth import removable_blocks, skip_blocks
+from ..compress.heads import HeadGroup, attention_groups, current_heads, group_of, heads_kept
 from ..compress.layers import LayerInfo, discover_layers, get_module, out_channels
 from ..compress.lowrank import resolve_rank
-from ..compress.structured import BREAKS_FORWARD, _prune_fn, channel_target, group_skip_reason, runs
+from ..compress.structured import (
+    BREAKS_FORWARD,
+    _prune_fn,
+    channel_target,
+    cut_heads,
+    group_skip_reason,
+    runs,
+)
 from ..plan import CompressionPlan
 from ..runtime.onnx import export_onnx, node_module
 from ..tasks.inputs import Inputs, call, feed, first, repeat_first
@@ -90,6 +98,8 @@ class GroupProbe:
     param_delta: np.ndarray | None = None     # per flattened parameter dimension
     tensor_delta: np.ndarray | None = None    # per flattened tensor dimension
     error: str | None = None                  # the graph's shapes could not be followed
+    per_head: int = 0                         # an attention block's probe: output channels one head takes from
+                                              # each projection (the deltas are of one head); 0: one channel
 
 
 _UIDS = itertools.count()
@@ -331,7 +341,12 @@ class TeacherAnalysis:
         work = copy.deepcopy(model)
         dg = None
         before = params
+        heads = attention_groups(model)
         for info in present:
+            group = group_of(heads, info.name)
+            if group is not None:
+                self._head_probe(variant, model, group, info.name, protected, onnx_model, feeds, shapes, params)
+                continue
             if info.is_output or variant.modules[info.name][0] <= 1:
                 continue
             probe = GroupProbe(layer=info.name)
@@ -359,6 +374,34 @@ class TeacherAnalysis:
             before = after
             probe.param_delta = delta
             self._tensor_delta(variant, probe, onnx_model, feeds, shapes, params)
+
+    def _head_probe(self, variant: Variant, model: nn.Module, group: HeadGroup, layer: str, protected: list[str],
+                    onnx_model: onnx.ModelProto, feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
+                    params: dict[str, tuple[int, ...]]) -> None:
+        """One head cut from an attention block, as ``prune_channels`` cuts heads, on a copy of the unpruned model
+        (the block's members share the probe: any of them cuts the same heads)."""
+        first_member = variant.probes.get(group.members[0])
+        if first_member is not None:
+            variant.probes[layer] = first_member
+            return
+        if current_heads(model, group) <= 1:
+            return
+        probe = GroupProbe(layer=layer, per_head=group.per_head)
+        variant.probes[layer] = probe
+        work = copy.deepcopy(model)
+        probe.skip = cut_heads(work, group, (group.heads - 1) * group.per_head, protected, self.example_input)
+        if probe.skip:
+            return
+        if not runs(work, self.example_input):
+            probe.skip = BREAKS_FORWARD
+            return
+        after = _param_shapes(work)
+        delta = np.zeros_like(variant.param_base)
+        for name, (pos, n) in variant.param_index.items():
+            if name in after:
+                delta[pos:pos + n] = np.subtract(params[name], after[name])
+        probe.param_delta = delta
+        self._tensor_delta(variant, probe, onnx_model, feeds, shapes, params)
 
     def _tensor_delta(self, variant: Variant, probe: GroupProbe, onnx_model: onnx.ModelProto,
                       feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
@@ -430,6 +473,10 @@ class TeacherAnalysis:
                 continue
             assert probe.param_delta is not None
             k = n - target
+            if probe.per_head:  # whole heads (compress.heads): counts and deltas are in heads
+                k = n // probe.per_head - heads_kept(target, probe.per_head)
+                if k <= 0:
+                    continue
             after = params - k * probe.param_delta
             if (after[probe.param_delta > 0] <= 0).any():
                 skipped[info.name] = "pruning would remove every channel of a coupled layer"

@@ -237,17 +237,18 @@ class EncoderBlock(nn.Module):
 
     def __init__(self, dim: int, heads: int, mlp: int) -> None:
         super().__init__()
-        self.heads = heads
+        self.heads, self.head_dim = heads, dim // heads
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        a = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, -1) @ v
-        x = x + self.proj(a.transpose(1, 2).reshape(b, n, d))
+        b, n, _ = x.shape
+        # heads as -1: attention-head pruning (compress.heads) leaves fewer of them
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, n, 3, -1, self.head_dim).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / self.head_dim ** 0.5, -1) @ v
+        x = x + self.proj(a.transpose(1, 2).reshape(b, n, -1))
         return x + self.mlp(self.norm2(x))
 
 
