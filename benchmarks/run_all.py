@@ -57,6 +57,9 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
           "--out", "benchmarks/results/zoo_96px.json"]],
         [["benchmarks/zoo.py", "--models", "mnist-resnet", "--plans", "5", "--trials", "3", "--steps", "20",
           "--out", "benchmarks/out/zoo.quick.json"]]),
+    "heads": (
+        [["examples/hf/make_models.py"], ["benchmarks/heads.py", "--profile", PROFILE]],
+        [["benchmarks/heads.py", "--profile", QUICK_PROFILE, "--steps", "20", "--out", "benchmarks/out/heads.quick.json"]]),
     "search_scale": (
         [["examples/hf/make_models.py"],
          ["benchmarks/search_scale.py", "--models",
