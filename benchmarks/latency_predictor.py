@@ -1,7 +1,7 @@
 """How well the latency predictor predicts held-out compressed models, against a FLOPs-linear baseline, and how
 much of the machine's noise speed-normalized timing removes.
 
-    .venv/bin/python benchmarks/latency_predictor.py [--backend onnxruntime|torch] [--profile PATH]
+    .venv/bin/python benchmarks/latency_predictor.py [--backend onnxruntime|openvino|torch] [--profile PATH]
         [--models-per-family 20,40] [--families lenet5,...,bert] [--runs 100] [--rounds 3] [--passes 1]
         [--calibrate-plans 10] [--noise-processes 8] [--noise-models 2] [--noise-load] [--seed 0] [--out PATH]
         [--results PATH]
@@ -22,7 +22,8 @@ convolutions; student width / depth on the CNNs) over ten families:
 
 Each model is predicted (timed: the first prediction of a plan, its kernel structure never seen, and again with it
 cached) and measured end to end exactly as the search measures it (materialized, exported, int8 layers lowered
-with static QDQ, ``InferenceSession.run`` at 1 thread, batch 1; ``--backend torch``: eager PyTorch), ``--rounds``
+with static QDQ, ``InferenceSession.run`` at 1 thread, batch 1; ``--backend openvino``: the same ONNX graphs on OpenVINO's CPU
+plugin; ``--backend torch``: eager PyTorch), ``--rounds``
 rounds of ``--runs`` calls (fewer for slow models: about 0.3 s a round), the reference workload timed around every
 round. **Ground truth**: the normalized time (relative to the reference) in ms at the profile's reference speed,
 the speed the profile predicts at; the absolute median is reported beside it. ``--passes`` > 1 measures every
@@ -234,7 +235,7 @@ def measure(model: nn.Module, plan: CompressionPlan, x: torch.Tensor, calib, *, 
         m = Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
                         normalized=t.normalized, reference_ms=t.reference_ms)
         ops = None
-        if with_ops and isinstance(path, Path):  # an ONNX file (the torch backend lowers to a module)
+        if with_ops and BACKEND == "onnxruntime":  # the runtime graph ONNX Runtime optimizes the file to
             import onnx
 
             ops = collections.Counter(_norm(n.op) for n in optimized_graph(onnx.load(str(path)), "all").nodes)
@@ -348,7 +349,7 @@ def noise_study(rows: list[dict], args, rng: np.random.Generator) -> tuple[dict,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime")
+    ap.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"), default="onnxruntime")
     ap.add_argument("--profile", default=None)
     ap.add_argument("--models-per-family", default="20,40", metavar="SMALL,REAL",
                     help="held-out models per small family and per real-size family (default 20,40: 300 models)")
@@ -361,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="run every other noise-study process beside a memory-streaming neighbour process")
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=None, help="details JSON (default: benchmarks/out/latency_predictor[_torch].json)")
+    ap.add_argument("--out", default=None, help="details JSON (default: benchmarks/out/latency_predictor[_<backend>].json)")
     ap.add_argument("--results", default="benchmarks/results/latency_predictor.json",
                     help="summary JSON, one entry per backend (merged)")
     ap.add_argument("--calibrate-plans", type=int, default=10,
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             fallback = profile.model.fallback_kinds(lowered.kernels)
             fallback_ms = sum(profile.model.kernel_ms(k) for k in lowered.kernels if k.kind in fallback)
-            pred_ops = None if args.backend == "torch" else collections.Counter(
+            pred_ops = None if args.backend != "onnxruntime" else collections.Counter(
                 _norm(op.op) for op in lower_ops(predictor.analysis.resolve(plan), block=profile.nchwc_block))
             rows.append({"family": family, "i": i, "predicted_ms": pred, "runs": runs,
                          "passes": [{"absolute_ms": m.latency_ms, "normalized": m.normalized,
@@ -499,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
                               "p95": 1e3 * float(np.percentile(predict_times, 95))},
                "predict_ms_structure_seen": {"mean": 1e3 * float(np.mean(warm_times)),
                                              "p95": 1e3 * float(np.percentile(warm_times, 95))},
-               "structure_match": (None if args.backend == "torch" else
+               "structure_match": (None if args.backend != "onnxruntime" else
                                    float(np.mean([r["structure_match"] for r in rows]))),
                "int8_nodes": {"measured": int(sum(r["int8_nodes_measured"] for r in rows)),
                               "predicted": int(sum(r["int8_nodes_predicted"] for r in rows)),
@@ -560,7 +561,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{100 * q['normalized']['rms']:.1f} %")
         for f, v in noise["by_family"].items():
             print(f"  {f:12s} absolute {100 * v['absolute_rms']:5.1f} %  normalized {100 * v['normalized_rms']:5.1f} %")
-    out = Path(args.out or f"benchmarks/out/latency_predictor{'_torch' if args.backend == 'torch' else ''}.json")
+    suffix = "" if args.backend == "onnxruntime" else f"_{args.backend}"
+    out = Path(args.out or f"benchmarks/out/latency_predictor{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"results": results, "rows": rows, "noise_rows": noise_rows, "args": vars(args)},
                               indent=1))

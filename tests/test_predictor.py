@@ -446,6 +446,35 @@ def test_torch_backend_profile_predicts_eager_and_backends_do_not_mix(tmp_path):
         LatencyPredictor(teacher, X, ort_path, backend="torch")
 
 
+@pytest.mark.parametrize("name", ["lenet5", "mobilenet", "resnet"])
+def test_openvino_kernels_are_the_compiled_models_layers(name, analyses, tmp_path):
+    """Convolutions and FullyConnected layers one for one with OpenVINO's compiled graph, int8 where it runs
+    them on uint8; FakeQuantize/requantize kernels only for int8 plans."""
+    pytest.importorskip("openvino")
+    from autocompress.latency.openvino_backend import OpenVinoLowerer
+    from autocompress.runtime import get_backend
+
+    teacher, an = _teacher(name), analyses[name]
+    lowerer, backend = OpenVinoLowerer(an), get_backend("openvino")
+    rng = np.random.default_rng(3)
+    int8_all = CompressionPlan(layers={i.name: LayerPlan(weight_bits=8, activation_bits=8)
+                                       for i in discover_layers(teacher, X)})
+    for k, plan in enumerate([CompressionPlan(), int8_all, _random_plan(teacher, rng), _random_plan(teacher, rng)]):
+        kernels = [kern.kind for kern in lowerer.lower(an.resolve(plan)).kernels]
+        folder = tmp_path / str(k)
+        folder.mkdir()
+        path, _ = lower_plan(teacher, plan, X, folder, calibration=[torch.randn(8, 1, 28, 28)], backend="openvino")
+        runtime = list(backend.runtime_precisions(path).values())
+        for layer_type, prefix in (("Convolution", "Convolution/"), ("FullyConnected", "FullyConnected")):
+            ran = [prec for kind, prec in runtime if kind == layer_type]
+            predicted = [kind for kind in kernels if kind.startswith(prefix)]
+            assert len(predicted) == len(ran), (layer_type, plan.summary())
+            assert sum(kind.endswith("/int8") for kind in predicted) == sum(p in ("u8", "i8") for p in ran), \
+                (layer_type, plan.summary())
+        quantizing = [kind for kind in kernels if kind.startswith(("FakeQuantize", "Requantize"))]
+        assert bool(quantizing) == any(kind.endswith("/int8") for kind in kernels), plan.summary()
+
+
 def test_torch_lowering_runs_batchnorm_unfolded(analyses, tmp_path):
     from autocompress.latency.measure import default_calibration, materialize_plan
     from autocompress.latency.torch_backend import TorchLowerer, module_calls

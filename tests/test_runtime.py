@@ -228,13 +228,39 @@ def test_exported_kernels_are_those_the_search_predicted(tmp_path, digits_task):
     assert any(t.user_attrs["kernels"]["int4"] for t in done)
 
 
-def test_openvino_study_without_a_predictor_must_measure(tmp_path, capsys):
+def test_openvino_study_predicts_from_its_own_profile_and_exports_what_it_scored(tmp_path, digits_task):
+    """An OpenVINO profile (quick) predicts an OpenVINO study's trials with int8 and float kernels; a front member
+    exports with the kernels it was scored with, and OpenVINO runs them int8; an ONNX Runtime profile is refused."""
     pytest.importorskip("openvino")
-    path = write_study(tmp_path, latency={"backend": "openvino", "measure": False})
-    assert main(["search", str(path), "--no-progress"]) == 2
-    err = capsys.readouterr().err
-    assert "latency.measure" in err and "'openvino' has no latency predictor yet" in err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.yaml"]
+    from test_predictor import _synthetic_profile
+
+    from autocompress.errors import ConfigError
+    from autocompress.latency.profile import ProfileSettings, build_profile
+
+    settings = ProfileSettings.quick()
+    settings.micro, settings.runs, settings.calibration_plans = 24, 20, 0
+    profile = build_profile(backend="openvino", settings=settings)
+    assert profile.fingerprint["openvino"] and any(k.endswith("/int8") for k in profile.model.kinds)
+    profile.save(tmp_path / "ov.json")
+    path = write_study(tmp_path, n_trials=5, search_space=SPACE, sampler="random", warm_start=False,
+                       fidelity={"promotion": False, "self_check": 0}, deployability_gate=False,
+                       latency={"backend": "openvino", "predictor": "ov.json"})
+    loaded = load_study_config(path)
+    run_study(loaded, progress=False, task=digits_task)
+    study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
+    assert study.user_attrs[KINDS_ATTR] == ["float", "int8"]
+    done = study.get_trials(states=[optuna.trial.TrialState.COMPLETE])
+    assert done and all(t.user_attrs["latency_source"] == "predicted" for t in done)
+    trial = next(t for t in done if t.user_attrs["kernels"]["int8"])
+    export_from_study(str(path), tmp_path / "out", trial=trial.number, task=digits_task, finetune="none",
+                      measure=False)
+    assert _kernels_in_artifact("openvino", tmp_path / "out" / "model.onnx") == \
+        {"int8": len(trial.user_attrs["kernels"]["int8"]), "int4": 0}
+    _synthetic_profile({"Gemm"}).save(tmp_path / "ort.json")
+    (tmp_path / "other").mkdir()
+    path = write_study(tmp_path / "other", latency={"backend": "openvino", "predictor": str(tmp_path / "ort.json")})
+    with pytest.raises(ConfigError, match="onnxruntime"):
+        run_study(load_study_config(path), progress=False, task=digits_task)
 
 
 class _Block(nn.Module):

@@ -12,6 +12,7 @@ examples:
   autocompress profile --threads 2 -o profiles/epyc-2t.json
   autocompress profile --quick -o /tmp/p.json  # a few seconds; for tests, not for studies
   autocompress profile --backend torch         # eager PyTorch on CPU (float kernels only)
+  autocompress profile --backend openvino      # OpenVINO's CPU plugin (int8 and float kernels)
   autocompress profile --show profiles/epyc-2t.json
   autocompress profile --calibrate studies/resnet18.yaml   # fit the profile to that study's model (~10 runs)
   autocompress profile --calibrate studies/resnet18.yaml --base profiles/epyc-2t.json
@@ -29,6 +30,8 @@ $AUTOCOMPRESS_CACHE/profiles/<fingerprint>.json when -o is not given), or with `
 micro-benchmarks and calibration models, materialized and timed module by module. Eager PyTorch has no int8 or
 sparse kernels for these layers, so quantized and sparse layers run (and are predicted) as float; BatchNorm is not
 folded. Studies use it with `latency: {backend: torch}`; a profile of one backend is refused for the other.
+`--backend openvino` times the same samples as the search lowers them for OpenVINO (int8 QDQ and float; its CPU
+plugin compiled for the static input shape), for studies with `latency: {backend: openvino}`.
 
 Every measurement is timed beside a fixed reference workload and the profile is fitted on time relative to it, so
 a slow spell of a shared machine shifts both alike; a study converts predictions to ms with the reference speed it
@@ -113,8 +116,10 @@ def _print_summary(profile) -> None:
     fit = profile.info.get("fit", {})
     micro, calib = fit.get("micro") or {}, fit.get("calibration") or {}
     n_micro = sum(s.group != "calibration" for s in profile.samples)
-    runtime = (f"torch {profile.fingerprint.get('torch')} (eager, float kernels)" if profile.backend == "torch" else
-               f"onnxruntime {profile.fingerprint.get('onnxruntime')}, NCHWc block {profile.nchwc_block}")
+    fp = profile.fingerprint
+    runtime = {"torch": f"torch {fp.get('torch')} (eager, float kernels)",
+               "openvino": f"openvino {fp.get('openvino')} (CPU plugin, int8 and float kernels)"}.get(
+        profile.backend, f"onnxruntime {fp.get('onnxruntime')}, NCHWc block {profile.nchwc_block}")
     print(f"profile {profile.fingerprint_id}: {profile.backend}, {profile.threads} thread(s), CPU "
           f"{profile.fingerprint.get('cpu')!r} x{profile.fingerprint.get('cores')}, {runtime}")
     print(f"  {n_micro} micro-benchmark samples, {len(profile.samples) - n_micro} whole-model calibration "
@@ -137,8 +142,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "per-kernel latency regressions, and write a latency profile (fingerprint, raw samples, fitted "
                     "model) atomically. A full profile takes a few minutes on 2 cores (at most 10).",
         epilog=PROFILE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--backend", choices=("onnxruntime", "torch"), default="onnxruntime",
-                   help="runtime to profile (default: onnxruntime; torch: eager PyTorch, float kernels)")
+    p.add_argument("--backend", choices=("onnxruntime", "openvino", "torch"), default="onnxruntime",
+                   help="runtime to profile (default: onnxruntime; openvino: its CPU plugin, int8 and float; torch: "
+                        "eager PyTorch, float kernels)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="intra-op threads to time with; must match the study's latency.threads (default: 1)")
     p.add_argument("-o", "--output", default=None, metavar="PROFILE.json",

@@ -45,7 +45,8 @@ def is_compute_kind(kind: str) -> bool:
 
 # kernel kinds each backend's predictor scores (see autocompress.runtime.resolve_kernels); OpenVINO has no profile
 # yet (its studies measure). A profile without int4 MatMul samples scores int4 layers as float (LatencyPredictor.kinds)
-PREDICTED_KINDS = {"onnxruntime": frozenset({"int8", "int4", "float"}), "torch": frozenset({"float"})}
+PREDICTED_KINDS = {"onnxruntime": frozenset({"int8", "int4", "float"}), "openvino": frozenset({"int8", "float"}),
+                   "torch": frozenset({"float"})}
 
 
 class UnsupportedOpError(AutocompressError, ValueError):

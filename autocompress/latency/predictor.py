@@ -25,6 +25,7 @@ from ..tasks.inputs import Inputs, signature_key
 from .analysis import Resolved, TeacherAnalysis
 from .lowering import Lowered, Lowerer
 from .model import PREDICTED_KINDS
+from .openvino_backend import OpenVinoLowerer
 from .profile import LatencyProfile, ProfileError, default_profile_path, load_profile
 from .torch_backend import TorchLowerer
 
@@ -64,9 +65,9 @@ class LatencyPredictor:
                  profile: LatencyProfile | str | Path | None = None, *, batch_size: int = 1,
                  threads: int = 1, backend: str | None = None) -> None:
         self.profile = resolve_profile(profile, threads=threads, backend=backend)
-        if self.profile.backend not in ("onnxruntime", "torch"):
+        if self.profile.backend not in PREDICTED_KINDS:
             raise ProfileError(f"the profile is for backend {self.profile.backend!r}; the predictor knows "
-                               f"onnxruntime and torch")
+                               f"{', '.join(PREDICTED_KINDS)}")
         self.backend = self.profile.backend
         self.batch_size = batch_size
         self.speed = 1.0   # predictions are multiplied by this (see at_reference)
@@ -74,6 +75,8 @@ class LatencyPredictor:
         self.lowerer: Any
         if self.backend == "torch":
             self.lowerer = TorchLowerer(self.analysis)
+        elif self.backend == "openvino":
+            self.lowerer = OpenVinoLowerer(self.analysis)
         else:
             self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)
 

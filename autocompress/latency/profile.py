@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from .lowering import Lowerer
 from .measure import measure_plan
 from .micro import AttentionBlock, Head, InvertedResidual
 from .model import CostModel, Sample, at_reference_speed, errors, fit
+from .openvino_backend import OpenVinoLowerer
 from .runtime_kernels import matmul_variant_samples
 from .torch_backend import TorchLowerer
 
@@ -59,7 +61,7 @@ log = logging.getLogger(__name__)
 # version 3: samples fitted on time relative to the reference workload (autocompress.runtime.reference), in ms at
 # the profile's reference speed (info.reference_ms); version 2 profiles (absolute times) are refused
 PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 3
-BACKENDS = ("onnxruntime", "torch")
+BACKENDS = ("onnxruntime", "openvino", "torch")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
           "amx_int8", "asimd", "sve", "i8mm")
 
@@ -97,15 +99,18 @@ def fingerprint(*, threads: int = 1, backend: str = "onnxruntime") -> dict[str, 
 @functools.lru_cache(maxsize=16)
 def _fingerprint(threads: int, backend: str) -> dict[str, Any]:
     model, flags = _cpu_info()
-    return {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(), "machine": platform.machine(),
-            "system": platform.system(), "threads": threads, "backend": backend,
-            "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    fp = {"cpu": model, "cpu_flags": flags, "cores": os.cpu_count(), "machine": platform.machine(),
+          "system": platform.system(), "threads": threads, "backend": backend,
+          "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
+          "numpy": np.__version__, "python": platform.python_version()}
+    if backend == "openvino":  # an optional extra: its version without importing it
+        fp["openvino"] = importlib.metadata.version("openvino")
+    return fp
 
 
 _ID_KEYS = ("cpu", "cpu_flags", "cores", "machine", "system", "threads", "backend", "onnxruntime")
-# what else changes timings on one backend: the torch version for eager PyTorch
-_BACKEND_KEYS = {"torch": ("torch",)}
+# what else changes timings on one backend: the torch version for eager PyTorch, OpenVINO's own
+_BACKEND_KEYS = {"torch": ("torch",), "openvino": ("openvino",)}
 
 
 def fingerprint_id(fp: dict[str, Any]) -> str:
@@ -333,6 +338,14 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
         return _fitted_profile("torch", threads, 0, 1, settings, start, samples, calibration, failures,
                                note="eager PyTorch runs quantized and sparse layers as float kernels (no int8 "
                                     "kernels here)")
+    if backend == "openvino":
+        # OpenVINO's CPU plugin (see :mod:`autocompress.latency.openvino_backend`): the same micro specs and
+        # calibration architectures, lowered as the search lowers for it (int8 QDQ and float) and timed on it
+        samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, OpenVinoLowerer,
+                                                          functools.partial(measure_plan, backend="openvino"))
+        return _fitted_profile("openvino", threads, 0, 1, settings, start, samples, calibration, failures,
+                               note="OpenVINO runs <= 4-bit weight-only layers as float kernels (no int4 kernels "
+                                    "here)")
     block, align = detect_nchwc()
     say(f"NCHWc block size {block}, input channel alignment {align}")
 
