@@ -319,6 +319,14 @@ def _matmul_samples(n: int, rng: np.random.Generator, settings: ProfileSettings,
                                   warmup=settings.warmup)
 
 
+# backends other than ONNX Runtime: their lowering (plan -> kernels) and what their profile notes
+_OTHER_BACKENDS: dict[str, tuple[Callable, str]] = {
+    "torch": (TorchLowerer, "eager PyTorch runs quantized and sparse layers as float kernels (no int8 kernels here)"),
+    "openvino": (OpenVinoLowerer, "OpenVINO runs <= 4-bit weight-only layers as float kernels (no int4 kernels "
+                                  "here)"),
+}
+
+
 def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: ProfileSettings | None = None,
                   progress: Callable[[str], None] | None = None) -> LatencyProfile:
     """Measure this machine and fit the model (see the module docstring)."""
@@ -329,23 +337,13 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     torch.set_num_threads(max(1, threads))
     start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
-    if backend == "torch":
-        # eager PyTorch (see :mod:`autocompress.latency.torch_backend`): the same micro specs and calibration
-        # architectures, materialized and timed in eager mode; float kernels only
-
-        samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, TorchLowerer,
-                                                          functools.partial(measure_plan, backend="torch"))
-        return _fitted_profile("torch", threads, 0, 1, settings, start, samples, calibration, failures,
-                               note="eager PyTorch runs quantized and sparse layers as float kernels (no int8 "
-                                    "kernels here)")
-    if backend == "openvino":
-        # OpenVINO's CPU plugin (see :mod:`autocompress.latency.openvino_backend`): the same micro specs and
-        # calibration architectures, lowered as the search lowers for it (int8 QDQ and float) and timed on it
-        samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, OpenVinoLowerer,
-                                                          functools.partial(measure_plan, backend="openvino"))
-        return _fitted_profile("openvino", threads, 0, 1, settings, start, samples, calibration, failures,
-                               note="OpenVINO runs <= 4-bit weight-only layers as float kernels (no int4 kernels "
-                                    "here)")
+    if backend in _OTHER_BACKENDS:
+        # the same micro specs and calibration architectures, lowered as the search lowers for that backend, timed
+        # on it, and read by its own lowering (see the modules named in _OTHER_BACKENDS)
+        lowerer, note = _OTHER_BACKENDS[backend]
+        samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, lowerer,
+                                                          functools.partial(measure_plan, backend=backend))
+        return _fitted_profile(backend, threads, 0, 1, settings, start, samples, calibration, failures, note=note)
     block, align = detect_nchwc()
     say(f"NCHWc block size {block}, input channel alignment {align}")
 
