@@ -104,11 +104,11 @@ class SearchSpace:
                 raise ValueError(f"cannot restrict {name!r} to {choices}: its choices are {full}")
         self.allowed = {k: list(v) for k, v in allowed.items()}
 
-    def uniform_params(self, *, weight_bits: int, sparsity: float,
-                       activation_bits: int | None = None) -> dict[str, object]:
+    def uniform_params(self, *, weight_bits: int, sparsity: float, activation_bits: int | None = None,
+                       smallest_student: bool = False) -> dict[str, object]:
         """Optuna parameters of a uniform plan: every layer at (the choice closest to) ``weight_bits`` and
         ``sparsity`` (and ``activation_bits`` when given), everything else left as in the teacher (largest
-        keep/rank/width/depth, float inputs).
+        keep/rank/width/depth, float inputs); ``smallest_student``: the smallest student width and depth instead.
 
         Used to warm-start a study with the plans an expert would try first.
         """
@@ -125,7 +125,8 @@ class SearchSpace:
         for name, choices in self.distributions().items():
             section, _, knob = name.rpartition(":")
             if section in ("student", "distill"):
-                params[name] = max(choices) if section == "student" else choices[0]
+                params[name] = ((min if smallest_student else max)(choices) if section == "student"
+                                else choices[0])
             else:
                 params[name] = closest(choices, targets[knob])
         return params

@@ -170,7 +170,9 @@ def test_a_study_scores_its_layers_once_queues_budgeted_plans_and_samples_only_w
 def test_sensitivity_off_is_the_space_as_written_with_uniform_warm_starts(tmp_path, digits_task):
     _, study, _ = run_complete(write_study(tmp_path, n_trials=2, sensitivity=False), 2, task=digits_task)
     assert sensitivity.ATTR not in study.user_attrs and warmstart.RESTRICT_ATTR not in study.user_attrs
-    assert all(t.user_attrs["warm_start"].startswith("uniform") for t in study.trials)
+    labels = [t.user_attrs["warm_start"] for t in study.trials]
+    assert labels[0] == "uniform w8 s0 a8" and labels[1] == "student w0.75 d1"  # the smallest of this space
+    assert all(lbl.startswith("uniform") for lbl in labels[2:])
 
 
 def test_sensitivity_command_prints_the_table_and_writes_it_whole(tmp_path, capsys):
@@ -197,5 +199,6 @@ def test_a_failing_sensitivity_pass_is_reported_and_the_study_goes_on(tmp_path, 
     assert study.user_attrs[sensitivity.ATTR] == {"error": "RuntimeError: solver exploded"}
     assert warmstart.RESTRICT_ATTR not in study.user_attrs
     labels = [t.user_attrs["warm_start"] for t in study.trials]  # finished and still queued
-    assert labels[0] == "uniform w8 s0 a8" and len(labels) > 2 and all(lbl.startswith("uniform") for lbl in labels)
+    assert labels[0] == "uniform w8 s0 a8" and labels[1].startswith("student") and len(labels) > 3
+    assert all(lbl.startswith("uniform") for lbl in labels[2:])
     assert "sensitivity pass failed" in caplog.text

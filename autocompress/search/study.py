@@ -117,8 +117,10 @@ def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: L
 
 
 def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
-    """Uniform int8 first, then the budgeted plans when the study scored its layers (they take the other uniform
-    plans' place: each is the least-divergence plan of its budget), else the other uniform plans."""
+    """Uniform int8 first, then the smallest student of the space distilled in float (what distillation alone
+    gives: its zero-shot divergence is no guide to it, so the budgeted plans below never propose it), then the
+    budgeted plans when the study scored its layers (they take the other uniform plans' place: each is the
+    least-divergence plan of its budget), else the other uniform plans."""
     queued: list[dict] = []
 
     def queue(params: dict, label: str) -> None:
@@ -130,6 +132,9 @@ def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
                 space.uniform_params(weight_bits=bits, sparsity=sparsity, activation_bits=act))
                for bits, sparsity, act in WARM_START]
     queue(uniform[0][1], uniform[0][0])
+    student = space.uniform_params(weight_bits=32, sparsity=0.0, activation_bits=32, smallest_student=True)
+    if student != space.uniform_params(weight_bits=32, sparsity=0.0, activation_bits=32):  # the space has a student
+        queue(student, "student w{:g} d{:g}".format(*(student.get(f"student:{k}", 1.0) for k in ("width", "depth"))))
     budgeted = study.user_attrs.get(warmstart.ATTR, {}).get("plans", [])
     for plan in budgeted:
         queue(plan["params"], plan["label"])
