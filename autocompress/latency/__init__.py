@@ -1,4 +1,4 @@
-"""Hardware-aware latency prediction: profile a machine's kernels once, predict any plan's latency in ~1 ms.
+"""Hardware-aware latency prediction: profile a machine's kernels once, predict any plan's latency in milliseconds.
 
 - ``autocompress profile`` / :func:`build_profile`: micro-benchmarks -> a versioned JSON :class:`LatencyProfile`
   (machine fingerprint, raw samples, fitted per-kernel regressions);
@@ -6,6 +6,8 @@
   candidate (graph analysis + ONNX Runtime lowering rules + fitted kernel costs);
 - ``--backend torch`` (:mod:`autocompress.latency.torch_backend`): the same for eager PyTorch on CPU (float
   kernels only: eager PyTorch has no int8 or sparse kernels for these layers);
+- ``--backend openvino`` (:mod:`autocompress.latency.openvino_backend`): the same for OpenVINO's CPU plugin (int8
+  and float kernels, its fusions and uint8 re-quantization modelled);
 - :mod:`autocompress.latency.study`: how studies use it (``latency: {predictor: PATH}``, the default profile of
   this machine, or ``{measure: true}``) and the end-of-study check of the front.
 
