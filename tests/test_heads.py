@@ -178,8 +178,32 @@ def test_a_forward_that_splits_heads_another_way_is_left_alone_and_reported(cls,
     plan = CompressionPlan(layers={"qkv": LayerPlan(channel_keep=0.5)})
     cm = apply(model, plan, x)
     assert cm.skipped == {"qkv": why}
-    assert cm.model.qkv.out_features == 192 and torch.equal(cm.model(x), model(x))
+    assert cm.model.qkv.out_features == 192 and cm.model.proj.in_features == 64 and torch.equal(cm.model(x), model(x))
+    assert getattr(cm.model, "heads", 4) == 4  # the undone cut restored the attribute too
     assert TeacherAnalysis(model, x).resolve(plan).skipped == cm.skipped
+
+
+class AttributeHeads(HardCodedHeads):
+    """Heads from the attribute, head size inferred: cut correctly in torch, but the exported graph keeps the head
+    count as a constant, so the teacher's resized graph would split the cut model's heads wrongly."""
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), -1) @ v
+        return self.head(self.proj(a.transpose(1, 2).reshape(b, n, -1)).mean(1))
+
+
+def test_a_head_count_baked_into_the_graph_is_cut_by_apply_and_refused_by_the_predictor():
+    from autocompress.latency.analysis import AnalysisError
+
+    torch.manual_seed(0)
+    model, x = AttributeHeads().eval(), torch.randn(1, 6, 64)
+    plan = CompressionPlan(layers={"qkv": LayerPlan(channel_keep=0.5)})
+    cm = apply(model, plan, x)
+    assert not cm.skipped and cm.model.heads == 2 and cm.model.proj.in_features == 32
+    with pytest.raises(AnalysisError, match="head count as a constant"):
+        TeacherAnalysis(model, x).resolve(plan)
 
 
 def test_a_study_prunes_heads_of_a_hf_encoder_and_exports_it(tmp_path):
@@ -210,3 +234,14 @@ def test_a_study_prunes_heads_of_a_hf_encoder_and_exports_it(tmp_path):
     with torch.no_grad():
         assert np.allclose(onnx_model(ids).numpy(), torch_model(ids).numpy(), atol=1e-3)
     assert res.card["source"]["trial"] == done[0].number
+
+
+def test_a_cut_that_breaks_the_forward_is_undone_and_the_other_cuts_are_kept():
+    torch.manual_seed(0)
+    model, x = UnknownAttention().eval(), torch.randn(1, 6, 64)
+    plan = CompressionPlan(layers={"qkv": LayerPlan(channel_keep=0.5), "proj": LayerPlan(channel_keep=0.5)})
+    cm = apply(model, plan, x)
+    assert cm.skipped == {"qkv": BREAKS_FORWARD}
+    assert cm.model.qkv.out_features == 192 and cm.model.proj.out_features == 32  # the other cut is kept
+    assert cm.model(x).shape == (1, 10)
+    assert TeacherAnalysis(model, x).resolve(plan).skipped == cm.skipped

@@ -158,7 +158,7 @@ def head_importance(model: nn.Module, group: HeadGroup) -> torch.Tensor:
     """L2 norm of each head's weights: its rows of q, k, v (with biases) and its columns of the output projection
     (Torch-Pruning's group-magnitude criterion, at head granularity)."""
     n = current_heads(model, group)
-    score = torch.zeros(n)
+    score = torch.zeros(n, device=model.get_submodule(group.out).weight.device)
     for h in range(n):
         rows = _head_channels(group.head_dim, [h], n, group.fused)
         cols = _head_channels(group.head_dim, [h], n)
@@ -200,18 +200,18 @@ def prune_heads(model: nn.Module, group: HeadGroup, keep: int, example_input: In
     layers = [model.get_submodule(m) for m in (*group.members, group.out)]
     before = [(m.weight, m.bias, m.in_features, m.out_features) for m in layers]
     attrs = {a: getattr(block, a) for a in (*HEAD_COUNT, *HEADS_WIDTH) if isinstance(getattr(block, a, None), int)}
-    for m in layers[:-1]:
-        tp.prune_linear_out_channels(m, rows)
-    tp.prune_linear_in_channels(out, cols)
-    for attr in attrs:
-        setattr(block, attr, keep if attr in HEAD_COUNT else keep * group.head_dim)
     try:
+        for m in layers[:-1]:
+            tp.prune_linear_out_channels(m, rows)
+        tp.prune_linear_in_channels(out, cols)
+        for attr in attrs:
+            setattr(block, attr, keep if attr in HEAD_COUNT else keep * group.head_dim)
         got = _outputs(model, example_input)
         ok = len(got) == len(expected) and all(
             g.shape == e.shape and torch.allclose(g, e, rtol=1e-4, atol=1e-5 * max(1.0, e.abs().max().item()))
             for g, e in zip(got, expected, strict=True))
-    except Exception:  # noqa: BLE001 - any failure of the cut model's forward means the cut is undone
-        ok = False
+    except Exception:  # noqa: BLE001 - any failure of the cut (a read-only attribute) or of the cut model's forward
+        ok = False         # means the cut is undone
     if not ok:
         for m, (w, b, i, o) in zip(layers, before, strict=True):
             m.weight, m.bias, m.in_features, m.out_features = w, b, i, o

@@ -402,6 +402,16 @@ class TeacherAnalysis:
                 delta[pos:pos + n] = np.subtract(params[name], after[name])
         probe.param_delta = delta
         self._tensor_delta(variant, probe, onnx_model, feeds, shapes, params)
+        if probe.tensor_delta is not None:
+            # The teacher's graph may carry the head count as a constant (a reshape to `self.num_heads` heads, which
+            # the cut model updates): its resized run then splits heads wrongly without failing. The cut model's
+            # own export says what the runtime will see; its activation shapes must be the predicted ones.
+            predicted = {name: tuple(int(d) for d in variant.tensor_base[pos:pos + n] - probe.tensor_delta[pos:pos + n])
+                         for name, (pos, n) in variant.tensor_index.items()}
+            actual = tensor_shapes(_export(work, self.example_input), feeds)
+            if _activation_shapes(predicted) != _activation_shapes(actual):
+                probe.error = ("the graph keeps its head count as a constant, so cutting heads changes shapes the "
+                               "resized teacher graph does not show")
 
     def _tensor_delta(self, variant: Variant, probe: GroupProbe, onnx_model: onnx.ModelProto,
                       feeds: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]],
@@ -517,6 +527,11 @@ class TeacherAnalysis:
             sparsity[layer] = 1.0 - _density(lp, w)  # the same masks as apply
         return Resolved(variant=v, shapes=Shapes(v.tensor_index, dims, rank), weights=weights, groups=groups, rank=rank, int8=int8, sparsity=sparsity,
                         skipped=skipped, int4=int4)
+
+
+def _activation_shapes(shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, ...]]:
+    """The shapes of 3-D and larger tensors, sorted (names differ between two exports of one architecture)."""
+    return sorted(s for s in shapes.values() if len(s) >= 3)
 
 
 @functools.lru_cache(maxsize=65536)

@@ -43,8 +43,8 @@ COMPUTE_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gem
 def is_compute_kind(kind: str) -> bool:
     return kind.split("/")[0] in COMPUTE_OPS
 
-# kernel kinds each backend's predictor scores (see autocompress.runtime.resolve_kernels); OpenVINO has no profile
-# yet (its studies measure). A profile without int4 MatMul samples scores int4 layers as float (LatencyPredictor.kinds)
+# kernel kinds each backend's predictor scores (see autocompress.runtime.resolve_kernels); a profile without int4
+# MatMul samples scores int4 layers as float (LatencyPredictor.kinds)
 PREDICTED_KINDS = {"onnxruntime": frozenset({"int8", "int4", "float"}), "openvino": frozenset({"int8", "float"}),
                    "torch": frozenset({"float"})}
 

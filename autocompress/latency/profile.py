@@ -104,7 +104,10 @@ def _fingerprint(threads: int, backend: str) -> dict[str, Any]:
           "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
           "numpy": np.__version__, "python": platform.python_version()}
     if backend == "openvino":  # an optional extra: its version without importing it
-        fp["openvino"] = importlib.metadata.version("openvino")
+        try:
+            fp["openvino"] = importlib.metadata.version("openvino")
+        except importlib.metadata.PackageNotFoundError:
+            raise ProfileError("the openvino backend needs OpenVINO: pip install 'autocompress[openvino]'") from None
     return fp
 
 

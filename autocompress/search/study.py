@@ -134,7 +134,9 @@ def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
     queue(uniform[0][1], uniform[0][0])
     student = space.uniform_params(weight_bits=32, sparsity=0.0, activation_bits=32, smallest_student=True)
     if student != space.uniform_params(weight_bits=32, sparsity=0.0, activation_bits=32):  # the space has a student
-        queue(student, "student w{:g} d{:g}".format(*(student.get(f"student:{k}", 1.0) for k in ("width", "depth"))))
+        sizes = space.config.student.model_dump()  # a knob with one choice is not an Optuna parameter
+        queue(student, "student w{:g} d{:g}".format(*(student.get(f"student:{k}", min(sizes[k]))
+                                                     for k in ("width", "depth"))))
     budgeted = study.user_attrs.get(warmstart.ATTR, {}).get("plans", [])
     for plan in budgeted:
         queue(plan["params"], plan["label"])
