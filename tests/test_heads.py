@@ -52,6 +52,9 @@ MODELS = {  # name: (builder, example input, output of the model)
     "bert": (lambda: transformers.BertModel(transformers.BertConfig(
         vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
         attn_implementation=EAGER), add_pooling_layer=False), IDS, lambda out: out.last_hidden_state),
+    "distilbert": (lambda: transformers.DistilBertModel(transformers.DistilBertConfig(
+        vocab_size=100, dim=64, n_layers=2, n_heads=4, hidden_dim=128, attn_implementation=EAGER)), IDS,
+        lambda out: out.last_hidden_state),
     "gpt2": (_gpt2, IDS, lambda out: out.logits),
     "llama": (_llama, IDS, lambda out: out.logits),
     "hf-vit": (lambda: transformers.ViTModel(transformers.ViTConfig(
