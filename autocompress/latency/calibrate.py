@@ -7,8 +7,9 @@ the new target), this measures the study's teacher and a few candidates sampled 
 end to end (materialized, lowered and timed as the search times them, relative to the reference workload) and
 refits the profile's per-model ``offset`` and ``scale`` on them (scipy ``least_squares`` on relative error with
 a soft-L1 loss, so one plan the profile gets badly wrong does not steer the fit), or the scale alone when that has
-the lower leave-one-out error (ten points of a similar size cannot tell an offset from a scale). The kernel coefficients are left as measured. The error after is in-sample; the
-leave-one-out error is reported beside it and is the figure to trust.
+the lower leave-one-out error (ten points of a similar size cannot tell an offset from a scale). The kernel
+coefficients are left as measured. The error after is in-sample; the leave-one-out error is reported beside it
+and is the figure to trust.
 
 The calibrated profile is written to ``<study dir>/latency_profile.json`` (or ``-o``); a study whose config sets
 no ``latency.predictor`` and does not set ``measure: true`` uses it over this machine's default profile, and
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from scipy.optimize import least_squares
 
 from ..plan import CompressionPlan
 from .measure import measure_plan
@@ -44,8 +46,6 @@ ROBUST_SCALE = 0.05  # relative errors beyond about 5 % count less and less (sof
 def fit_offset_scale(raw: np.ndarray, measured: np.ndarray, *, offset: bool = True) -> tuple[float, float]:
     """``offset, scale`` minimizing a robust (soft L1) loss of the relative error of ``offset + scale * raw``
     against ``measured`` (``offset=False``: scale only, at least 3 points for both); scale is kept positive."""
-    from scipy.optimize import least_squares
-
     w = 1.0 / measured
     scale0 = float(np.sum(raw * w) / np.sum((raw * w) ** 2))  # the least-squares scale: the starting point
     if not (offset and len(raw) >= 3):

@@ -95,8 +95,7 @@ class OpenVinoLowerer(TorchLowerer):
                     k = kernel_of(Op(op="FakeQuantize", inputs=[x], outputs=[x]), res, 1)
                     kernels.append(k)
             if op.layer is not None:
-                k = kernel_of(Op(op=op.op, inputs=op.inputs, outputs=op.outputs, layer=op.layer, part=op.part,
-                                 sparsity=op.sparsity), res, 1)
+                k = kernel_of(op, res, 1)
                 if op.op == "Conv":
                     w, groups = layer_weight(op, res)
                     kind = f"Convolution/{_conv_variant(w, groups) if len(w) == 4 else '1d'}"

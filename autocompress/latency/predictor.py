@@ -25,9 +25,7 @@ from ..tasks.inputs import Inputs, signature_key
 from .analysis import Resolved, TeacherAnalysis
 from .lowering import Lowered, Lowerer
 from .model import PREDICTED_KINDS
-from .openvino_backend import OpenVinoLowerer
-from .profile import LatencyProfile, ProfileError, default_profile_path, load_profile
-from .torch_backend import TorchLowerer
+from .profile import OTHER_BACKENDS, LatencyProfile, ProfileError, default_profile_path, load_profile
 
 
 def resolve_profile(profile: LatencyProfile | str | Path | None, *, threads: int = 1,
@@ -73,12 +71,9 @@ class LatencyPredictor:
         self.speed = 1.0   # predictions are multiplied by this (see at_reference)
         self.analysis = TeacherAnalysis(teacher, example_input, batch_size=batch_size)
         self.lowerer: Any
-        if self.backend == "torch":
-            self.lowerer = TorchLowerer(self.analysis)
-        elif self.backend == "openvino":
-            self.lowerer = OpenVinoLowerer(self.analysis)
-        else:
-            self.lowerer = Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align)
+        other = OTHER_BACKENDS.get(self.backend)  # the lowering its profile was fitted with
+        self.lowerer = (other[0](self.analysis) if other else
+                        Lowerer(block=self.profile.nchwc_block, align=self.profile.nchwc_align))
 
     def at_reference(self, reference_ms: float | None) -> None:
         """Predict at the machine speed where the reference workload takes ``reference_ms`` (None: the

@@ -322,8 +322,9 @@ def _matmul_samples(n: int, rng: np.random.Generator, settings: ProfileSettings,
                                   warmup=settings.warmup)
 
 
-# backends other than ONNX Runtime: their lowering (plan -> kernels) and what their profile notes
-_OTHER_BACKENDS: dict[str, tuple[Callable, str]] = {
+# backends other than ONNX Runtime: their lowering (plan -> kernels; the predictor uses it too) and what their
+# profile notes
+OTHER_BACKENDS: dict[str, tuple[Callable, str]] = {
     "torch": (TorchLowerer, "eager PyTorch runs quantized and sparse layers as float kernels (no int8 kernels here)"),
     "openvino": (OpenVinoLowerer, "OpenVINO runs <= 4-bit weight-only layers as float kernels (no int4 kernels "
                                   "here)"),
@@ -340,10 +341,10 @@ def build_profile(*, backend: str = "onnxruntime", threads: int = 1, settings: P
     torch.set_num_threads(max(1, threads))
     start = time.perf_counter()
     rng = np.random.default_rng(settings.seed)
-    if backend in _OTHER_BACKENDS:
+    if backend in OTHER_BACKENDS:
         # the same micro specs and calibration architectures, lowered as the search lowers for that backend, timed
-        # on it, and read by its own lowering (see the modules named in _OTHER_BACKENDS)
-        lowerer, note = _OTHER_BACKENDS[backend]
+        # on it, and read by its own lowering (see the modules named in OTHER_BACKENDS)
+        lowerer, note = OTHER_BACKENDS[backend]
         samples, calibration, failures = _measure_samples(settings, say, start, rng, threads, lowerer,
                                                           functools.partial(measure_plan, backend=backend))
         return _fitted_profile(backend, threads, 0, 1, settings, start, samples, calibration, failures, note=note)
