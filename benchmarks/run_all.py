@@ -41,6 +41,11 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
           "--noise-models", "1", "--out", "benchmarks/out/latency_predictor.quick.json",
           "--results", "benchmarks/out/latency_predictor.quick_summary.json"]],
     ),
+    "predict_time": (
+        [["benchmarks/predict_time.py", "--profile", PROFILE, "--out", "benchmarks/results/predict_time.json"]],
+        [["benchmarks/predict_time.py", "--profile", QUICK_PROFILE, "--families", "resnet18,bert", "--plans", "5",
+          "--warmup", "2", "--out", "benchmarks/out/predict_time.quick.json"]],
+    ),
     "runtime": (
         [["benchmarks/runtime.py"]],
         [["benchmarks/runtime.py", "--quick", "--out", "benchmarks/out/runtime.quick.json"]]),

@@ -2,6 +2,7 @@
 clear; the fitted model learns what the measurements say; studies predict, record and check latencies."""
 
 import collections
+import dataclasses
 import json
 import tempfile
 import time
@@ -22,7 +23,8 @@ from autocompress.compress.layers import discover_layers
 from autocompress.config import LatencyConfig
 from autocompress.latency.analysis import TeacherAnalysis
 from autocompress.latency.graph import optimized_graph
-from autocompress.latency.lowering import FEATURES, Kernel, Lowerer, lower_ops
+from autocompress.latency.kernels import FEATURES, Kernel
+from autocompress.latency.lowering import Lowerer, lower_ops
 from autocompress.latency.measure import lower_plan
 from autocompress.latency.model import CostModel, Sample, UnsupportedOpError, at_reference_speed, fit
 from autocompress.latency.predictor import LatencyPredictor, predict
@@ -232,19 +234,30 @@ def test_layers_with_equal_valued_biases_prune_apart():
     assert res.weights["4"] == (16, 8)
 
 
-def test_structure_cache_gives_the_same_kernels(analyses):
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "openvino"])
+def test_a_cached_structure_gives_a_fresh_lowerings_kernels(backend, analyses):
+    """A plan whose structure a lowering has compiled is evaluated from that compiled program: its kinds and
+    features must be exactly those a fresh lowering computes for it, and must follow the plan (sparsity here)."""
+    from autocompress.latency.openvino_backend import OpenVinoLowerer
+    from autocompress.latency.torch_backend import TorchLowerer
+
     an = analyses["mobilenet"]
+    make = {"onnxruntime": lambda: Lowerer(block=16), "torch": lambda: TorchLowerer(an),
+            "openvino": lambda: OpenVinoLowerer(an)}[backend]
     rng = np.random.default_rng(3)
-    cached, fresh = Lowerer(block=16), None
+    cached = make()
     for _ in range(6):
         plan = _random_plan(_teacher("mobilenet"), rng)
-        a = cached.lower(an.resolve(plan))
-        cached.lower(an.resolve(plan))  # second time from the cache
-        b = cached.lower(an.resolve(plan))
-        fresh = Lowerer(block=16).lower(an.resolve(plan))
-        for k1, k2, k3 in zip(a.kernels, b.kernels, fresh.kernels, strict=True):
-            assert k1.kind == k2.kind == k3.kind
-            assert np.allclose(k1.features, k3.features) and np.allclose(k2.features, k3.features)
+        # the same structure (int8, ranks and channel counts unchanged), other sparsities
+        other = CompressionPlan(layers={name: dataclasses.replace(lp, sparsity=0.5 - lp.sparsity)
+                                        for name, lp in plan.layers.items()}, student=plan.student)
+        assert cached.signature(an.resolve(plan)) == cached.signature(an.resolve(other))
+        first = cached.lower(an.resolve(plan))
+        hit = cached.lower(an.resolve(other))  # from the program compiled for `plan`
+        fresh = make().lower(an.resolve(other))
+        assert hit.kinds == fresh.kinds and hit.names == fresh.names and hit.int8_nodes == fresh.int8_nodes
+        assert np.array_equal(hit.features, fresh.features)
+        assert not np.array_equal(first.features, hit.features)  # nz_macs follows the sparsity
 
 
 def test_predict_is_fast_and_needs_no_candidate(analyses):
@@ -338,7 +351,6 @@ def test_unsupported_kernel_is_a_clear_error(analyses):
 def test_an_unmeasured_data_op_costs_the_median_data_op_and_is_named():
     """A Where the profile never timed costs the median of the measured data ops' coefficients; an unmeasured
     compute kind stays an error (it carries the model's cost)."""
-    from autocompress.latency.lowering import Kernel
 
     def coef(one: float) -> list[float]:
         return [one] + [1e-6] * (len(FEATURES) - 1)

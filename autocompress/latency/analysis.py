@@ -123,6 +123,7 @@ class Variant:
     probes: dict[str, GroupProbe] = field(default_factory=dict)
     pool_inputs: list[str] = field(default_factory=list)   # inputs of pools/concats (NCHWc block alignment)
     uid: int = field(default_factory=lambda: next(_UIDS))  # identity for caches (ids of dead objects get reused)
+    derived: dict = field(default_factory=dict, repr=False)  # lookups the lowerings derive from it, kept
 
 
 class Shapes:
@@ -186,6 +187,7 @@ class Resolved:
     sparsity: dict[str, float]
     skipped: dict[str, str]
     int4: dict[str, tuple[bool, bool]] = field(default_factory=dict)  # the same for int4 weight-only MatMulNBits
+    params: np.ndarray | None = None           # every parameter's dims after pruning (flat, ``variant.param_index``)
 
 
 def _flat_index(shapes: dict[str, tuple[int, ...]]) -> tuple[dict[str, tuple[int, int]], np.ndarray]:
@@ -526,7 +528,7 @@ class TeacherAnalysis:
                 int4[layer] = (True, layer in rank)
             sparsity[layer] = 1.0 - _density(lp, w)  # the same masks as apply
         return Resolved(variant=v, shapes=Shapes(v.tensor_index, dims, rank), weights=weights, groups=groups, rank=rank, int8=int8, sparsity=sparsity,
-                        skipped=skipped, int4=int4)
+                        skipped=skipped, int4=int4, params=params)
 
 
 def _activation_shapes(shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, ...]]:

@@ -31,7 +31,6 @@ from scipy.optimize import least_squares
 
 from ..plan import CompressionPlan
 from .measure import measure_plan
-from .model import overhead_features
 from .predictor import LatencyPredictor
 from .profile import LatencyProfile, ProfileError
 
@@ -115,8 +114,7 @@ def calibrate_profile(profile: LatencyProfile, teacher, example_input, plans: li
     for i, plan in enumerate(plans):
         try:
             lowered = predictor.lower(plan)
-            model.check(lowered.kernels, where=f"calibration plan {i}")
-            raw = model.raw_ms(lowered.kernels, overhead_features(lowered))
+            raw = model.raw_lowered(lowered, where=f"calibration plan {i}")
             m = measure_plan(teacher, plan, example_input, backend=profile.backend, calibration=calibration,
                              threads=profile.threads, batch_size=batch_size, runs=runs, rounds=3,
                              kinds=predictor.kinds)  # the kernels it was predicted with

@@ -19,31 +19,20 @@ here, in the runtime's order, on plain records (each rule was checked against th
    of Q/DQ/MaxPool/elementwise ops from one QLinearConv to the next (the transposes cancel, MaxPool runs NHWC).
 
 Each kernel is then described by its kind (op type plus variant, e.g. ``Conv/nchwc/kxk``, ``QLinearConv/dw``)
-and a feature vector (:data:`FEATURES`): its cost comes from the regressions fitted on measurements. Lowering
-results are cached per structural signature (:class:`Lowerer`), so most plans only recompute features.
+and a feature vector (:data:`~autocompress.latency.kernels.FEATURES`): its cost comes from the regressions fitted
+on measurements. A lowered structure is compiled once per structural signature (:class:`Lowerer`) into a
+:class:`~autocompress.latency.kernels.KernelProgram`, which computes every kernel's features of a plan at once.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from .analysis import Resolved, Shapes
 from .graph import NO_KERNEL_OPS
+from .kernels import KernelProgram, Lowered, Op, Programs
 
-# per kernel: a constant (launch), multiply-accumulates, elements read / written, weights, MACs on non-zero weights
-# (what sparse kernels would do), output positions (rows of a GEMM), positions x kernel taps, im2col elements (as
-# is and with channels padded to 8, what vectorized im2col does with few channels)
-# and min(MACs, 1e4 / 1e5 / 1e6): with non-negative coefficients the cost is a concave, increasing function of the
-# MACs (small kernels run at lower efficiency), learned from the measurements
-# and weights beyond 64 Ki / 256 Ki elements (convex: a matrix that no longer fits a cache level streams slower)
-FEATURES = ("one", "macs", "in_elems", "out_elems", "weight_elems", "nz_macs", "pixels", "pixels_k", "im2col",
-            "im2col_pad8", "macs_lo4", "macs_lo5", "macs_lo6", "weight_over_64k", "weight_over_256k")
-MAC_KNOTS = (1e4, 1e5, 1e6)
-WEIGHT_KNOTS = (65536.0, 262144.0)
 PROPAGABLE = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
 DROP_QDQ = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
 # ops the runtime runs on uint8 when a DQ feeds them and a Q follows (QLinearSigmoid, QLinearAdd, ...)
@@ -56,49 +45,14 @@ NCHWC_PASS_THROUGH = frozenset({"Gelu", "QuickGelu", "FastGelu"})
 CONV_ADD_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"})
 
 
-@dataclass(eq=False)
-class Op:
-    """A node of the working graph (identity-compared)."""
-
-    op: str
-    inputs: list[str]
-    outputs: list[str]
-    attrs: dict[str, Any] = field(default_factory=dict)
-    layer: str | None = None              # compute op of this teacher layer
-    part: int = 0                         # 0: the layer (or its first low-rank factor), 1: the second factor
-    weight: tuple[int, ...] = ()          # weight shape of a compute op (after pruning / factorization)
-    groups: int = 1
-    int8: bool = False                    # compute op lowered to int8
-    int4: bool = False                    # Linear lowered to int4 weight-only MatMulNBits
-    u8: bool = False                      # data op running on uint8 (Q/DQ dropped around it)
-    nchwc: bool = False
-    direct: bool = False                  # NCHWc conv reading an NCHW input directly (few input channels)
-    fused_sum: str | None = None          # NCHWc conv accumulating this tensor (fused Add)
-    nhwc: bool = False
-    scale: str | None = None              # Q/DQ: the tensor whose calibrated scale it uses
-    sparsity: float = 0.0
-
-
-@dataclass
-class Kernel:
-    """One kernel the runtime runs: ``kind`` and its :data:`FEATURES` vector."""
-
-    kind: str
-    features: np.ndarray
-    name: str = ""
-
-
 # --- building the working graph ----------------------------------------------------------------------------
 
 def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     """The working graph of a resolved plan (float fusions from the runtime, low rank applied) and its shapes."""
     v = res.variant
-    graph = v.graph
     fusions = v.fusions_int8 if any(a or b for a, b in res.int8.values()) else v.fusions
     shapes = res.shapes
-    by_name = {n.name: n for n in graph.nodes}
-    layer_of_node = {ln.node: ln for ln in v.layers.values()}
-    bias_add_of = {ln.bias_add: ln for ln in v.layers.values() if ln.bias_add}
+    by_name, layer_of_node, bias_add_of, ordered = _lookups(v, fusions)
     # a runtime kernel is taken apart when the op holding the layer's weights in it (the layer, or its second
     # low-rank factor) runs int8: the quantizer's Q/DQ nodes sit between it and what was fused with it
     # (int4 likewise: MatMulNBits replaces the node before the runtime optimizes, so nothing fuses with it)
@@ -115,9 +69,8 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     for k, kn in enumerate(fusions.kernels):
         members = fusions.members.get(k, [])
         if k in broken:
-            for name in [n.name for n in graph.nodes if n.name in set(members)]:
-                node = by_name[name]
-                ops.extend(_original_op(node, res, layer_of_node, bias_add_of, shapes))
+            for name in ordered[k]:
+                ops.extend(_original_op(by_name[name], res, layer_of_node, bias_add_of, shapes))
             continue
         compute = next((layer_of_node[m] for m in members if m in layer_of_node), None)
         if compute is None:
@@ -135,6 +88,21 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
             ops.append(_nbits(first, res.int4.get(layer, (False, False))[0]))
         ops.append(main)
     return ops, shapes
+
+
+def _lookups(v, fusions) -> tuple[dict, dict, dict, dict[int, list[str]]]:
+    """Per variant and fusion set (computed once): nodes by name, layers by node and by bias Add node, and each
+    runtime kernel's member nodes in graph order."""
+    key = ("lookups", id(fusions))
+    got = v.derived.get(key)
+    if got is None:
+        graph = v.graph
+        position = {n.name: i for i, n in enumerate(graph.nodes)}
+        ordered = {k: sorted((m for m in members if m in position), key=position.__getitem__)
+                   for k, members in fusions.members.items()}
+        got = v.derived[key] = ({n.name: n for n in graph.nodes}, {ln.node: ln for ln in v.layers.values()},
+                                {ln.bias_add: ln for ln in v.layers.values() if ln.bias_add}, ordered)
+    return got
 
 
 def _nbits(op: Op, int4: bool) -> Op:
@@ -696,130 +664,9 @@ def lower_nhwc(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
 
 # --- kernels -----------------------------------------------------------------------------------------------
 
-def _pad(n: int, block: int) -> int:
-    return n if block <= 1 else -(-n // block) * block
-
-
-def _elems(shape: tuple[int, ...]) -> int:
-    return int(math.prod(shape)) if shape else 0
-
-
-def layer_weight(op: Op, res: Resolved) -> tuple[tuple[int, ...], int]:
-    """Weight shape and groups of a compute op under ``res`` (after pruning and low rank)."""
-    layer = op.layer
-    assert layer is not None
-    w = res.weights[layer]
-    r = res.rank.get(layer)
-    if r is None:
-        return w, res.groups[layer]
-    if res.variant.layers[layer].is_conv:
-        return ((r, *w[1:]) if op.part == 0 else (w[0], r, *([1] * (len(w) - 2)))), 1
-    return ((r, w[1]) if op.part == 0 else (w[0], r)), 1
-
-
-def _conv_variant(w: tuple[int, ...], groups: int) -> str:
-    o, cg = w[0], w[1]
-    if groups > 1:
-        return "dw" if cg == 1 and o == groups else "grouped"
-    if all(k == 1 for k in w[2:]):
-        return "1x1"
-    return "kxk"
-
-
-def _set(feats: np.ndarray, macs: float, in_elems: float, out_elems: float, weight: float, nz_macs: float,
-         pixels: float = 0.0, pixels_k: float = 0.0, im2col: float = 0.0, im2col_pad8: float = 0.0) -> None:
-    feats[1:] = (macs, in_elems, out_elems, weight, nz_macs, pixels, pixels_k, im2col, im2col_pad8,
-                 *(min(macs, k) for k in MAC_KNOTS), *(max(0.0, weight - k) for k in WEIGHT_KNOTS))
-
-
-def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
-    """Kind and features of one op under ``res``."""
-    shapes, inits = res.shapes, res.variant.graph.initializers
-    feats = np.zeros(len(FEATURES))
-    feats[0] = 1.0
-    x = op.inputs[0] if op.inputs else ""
-    y = op.outputs[0] if op.outputs else ""
-    xs, ys = shapes.get(x, ()), shapes.get(y, ())
-    if op.layer is not None and op.op in ("Conv", "FusedConv", "QLinearConv"):
-        w, groups = layer_weight(op, res)
-        sparsity = res.sparsity[op.layer]
-        variant = _conv_variant(w, groups)
-        o, cg = w[0], w[1]
-        spatial = _elems(ys[2:]) if len(ys) > 2 else 1
-        n = ys[0] if ys else 1
-        ksize = _elems(w[2:])
-        in_elems = _elems(xs)
-        if op.op == "QLinearConv":
-            kind = f"QLinearConv/{variant}"
-        elif op.nchwc:
-            kind = f"Conv/nchwc/{'direct' if op.direct else variant}"
-            o = _pad(o, block)
-            if not op.direct and variant != "dw":
-                cg = _pad(cg, block)
-            if xs:
-                in_elems = in_elems // max(xs[1], 1) * (_pad(xs[1], block) if not op.direct else xs[1])
-        else:
-            kind = f"Conv/{variant}" if len(w) == 4 else "Conv/1d"
-        if op.fused_sum:
-            in_elems += _elems(shapes.get(op.fused_sum, ()))
-        macs = n * o * spatial * cg * ksize
-        pixels = n * spatial
-        _set(feats, macs, in_elems, n * o * spatial, o * cg * ksize, macs * (1.0 - sparsity), pixels,
-             pixels * ksize, pixels * ksize * cg, pixels * ksize * _pad(cg, 8))
-        return Kernel(kind=kind, features=feats, name=y)
-    if op.layer is not None:
-        w, _ = layer_weight(op, res)  # (out, in) of the Linear
-        sparsity = res.sparsity[op.layer]
-        out_f, in_f = w[0], w[1]
-        rows = _elems(xs) // max(in_f, 1) if xs else 1
-        macs = rows * in_f * out_f
-        kind = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm", "QLinearMatMul": "QLinearMatMul/w",
-                "MatMulNBits": "MatMulNBits"}.get(op.op, "MatMul/w")
-        nz = macs if op.int4 else macs * (1.0 - sparsity)  # the int4 kernel is dense (its samples count all MACs)
-        _set(feats, macs, _elems(xs), rows * out_f, in_f * out_f, nz, rows, rows, rows * in_f, rows * _pad(in_f, 8))
-        return Kernel(kind=kind, features=feats, name=y)
-    kind = op.op
-    data_in = [t for t in op.inputs if t and t not in inits]
-    in_elems = sum(_elems(shapes.get(t, ())) for t in data_in)
-    out_elems = sum(_elems(shapes.get(t, ())) for t in op.outputs if t)
-    macs = 0.0
-    if kind in ("MatMul", "FusedMatMul"):
-        a, b = (shapes.get(t, ()) for t in op.inputs[:2])
-        if a and b:
-            k_dim = a[-1] if not op.attrs.get("transA") else a[-2]
-            macs = out_elems * k_dim
-    if kind in ("Conv", "FusedConv") and len(op.inputs) > 1:
-        w = inits.get(op.inputs[1], ())
-        if w:
-            macs = out_elems * _elems(w[1:])
-    if op.nchwc and kind not in ("ReorderInput", "ReorderOutput"):
-        kind += "/nchwc"
-    elif kind in ("ReorderInput", "ReorderOutput"):
-        shape = shapes.get(x if kind == "ReorderInput" else y, ())
-        if len(shape) > 1:
-            in_elems = out_elems = _elems(shape) // max(shape[1], 1) * _pad(shape[1], block)
-    elif op.u8 and kind not in ("NhwcMaxPool",):
-        kind += "/u8"
-    if kind in ("BatchNormalization/nchwc",):
-        macs = out_elems
-    _set(feats, macs, in_elems, out_elems, 0.0, macs)
-    return Kernel(kind=kind, features=feats, name=y)
-
-
-@dataclass
-class Lowered:
-    """The kernels of one plan, plus what the prediction reports."""
-
-    kernels: list[Kernel]
-    int8_nodes: int
-    input_elems: int
-    output_elems: int
-    skipped: dict[str, str]
-
-
 @dataclass
 class _Structure:
-    ops: list[Op]
+    program: KernelProgram
     aliases: dict[str, str]
     rank_tensors: dict[str, tuple[str, str, bool]]
 
@@ -872,8 +719,7 @@ class Lowerer:
 
     def __init__(self, *, block: int, align: int = 4, max_entries: int = 4096) -> None:
         self.block, self.align = block, align
-        self.max_entries = max_entries
-        self._cache: dict[tuple, _Structure] = {}
+        self._cache = Programs(max_entries)
 
     def signature(self, res: Resolved) -> tuple:
         v, b, al = res.variant, self.block, self.align
@@ -885,7 +731,8 @@ class Lowerer:
             item: tuple = (*res.int8[layer], *res.int4.get(layer, (False, False)), r is not None, cin < b, cin % al == 0, w[0] % al == 0,
                            r is not None and r < b, r is not None and r % al == 0)
             if ln.is_conv and g > 1 and not ln.depthwise:
-                item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,)
+                item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,
+                         w[1] == 1 and w[0] == g)  # the kernel's variant (grouped or depthwise)
             parts.append(item)
         for t in v.pool_inputs:
             shape = res.shapes.get(t, ())
@@ -897,21 +744,14 @@ class Lowerer:
         entry = self._cache.get(sig)
         if entry is None:
             ops = lower_ops(res, block=self.block, align=self.align)
-            entry = _Structure(ops=ops, aliases=dict(res.shapes.aliases),
-                               rank_tensors=dict(res.shapes.rank_tensors))
-            if len(self._cache) >= self.max_entries:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[sig] = entry
-        else:
+            program = KernelProgram([(op, None) for op in ops], res, self.block,
+                                    int8_nodes=sum(op.op in INT8_KERNELS for op in ops), terms=self._cache.terms(res))
+            entry = self._cache.put(sig, _Structure(program=program, aliases=dict(res.shapes.aliases),
+                                                    rank_tensors=dict(res.shapes.rank_tensors)))
+        else:  # the tensors the lowering registered, for whoever reads this plan's shapes next
             res.shapes.aliases.update(entry.aliases)
             res.shapes.rank_tensors.update(entry.rank_tensors)
-        v = res.variant
-        kernels = [kernel_of(op, res, self.block) for op in entry.ops]
-        x = v.graph.inputs[0] if v.graph.inputs else ""
-        return Lowered(kernels=kernels, int8_nodes=sum(op.op in INT8_KERNELS for op in entry.ops),
-                       input_elems=_elems(res.shapes.get(x, ())),
-                       output_elems=sum(_elems(res.shapes.get(o, ())) for o in v.graph.outputs),
-                       skipped=res.skipped)
+        return entry.program.lower(res)
 
 
 def lower(res: Resolved, *, block: int, align: int = 4) -> Lowered:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AutocompressError
-from .lowering import FEATURES, Kernel, Lowered
+from .kernels import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
 HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see lowering.FEATURES)
@@ -133,6 +133,7 @@ class CostModel:
         self._matrix = {k: np.asarray(v, dtype=float) for k, v in self.coef.items()}
         data = [v for k, v in self._matrix.items() if not is_compute_kind(k)]
         self._fallback = np.median(np.stack(data), axis=0) if data else None
+        self._rows: dict[tuple[str, ...], tuple[list[str], np.ndarray | None]] = {}  # kinds -> (unsupported, coefs)
 
     @property
     def kinds(self) -> list[str]:
@@ -165,9 +166,30 @@ class CostModel:
             total += float(self._coef(k.kind) @ k.features)
         return total
 
+    def _kind_rows(self, kinds: tuple[str, ...]) -> tuple[list[str], np.ndarray | None]:
+        """The unsupported kinds among ``kinds`` and the coefficient matrix (a row per kernel), computed once per
+        kernel structure (its kinds tuple)."""
+        hit = self._rows.get(kinds)
+        if hit is None:
+            missing = self.unsupported(kinds)
+            rows = None if missing else (np.stack([self._coef(k) for k in kinds]) if kinds else
+                                         np.zeros((0, len(FEATURES))))
+            if len(self._rows) >= 4096:
+                self._rows.clear()
+            hit = self._rows[kinds] = (missing, rows)
+        return hit
+
+    def raw_lowered(self, lowered: Lowered, *, where: str = "") -> float:
+        """:meth:`raw_ms` of a lowered plan, every kernel at once; raises :class:`UnsupportedOpError` for a kind
+        it cannot price."""
+        missing, rows = self._kind_rows(lowered.kinds)
+        if missing or rows is None:
+            raise UnsupportedOpError(missing, self.kinds, where=where)
+        return float(np.dot(self.overhead, overhead_features(lowered))) + float(np.einsum("ij,ij->", rows,
+                                                                                          lowered.features))
+
     def predict(self, lowered: Lowered, *, where: str = "") -> float:
-        self.check(lowered.kernels, where=where)
-        return self.offset + self.scale * self.raw_ms(lowered.kernels, overhead_features(lowered))
+        return self.offset + self.scale * self.raw_lowered(lowered, where=where)
 
     def predict_sample(self, s: Sample) -> float:
         kernels = [Kernel(kind=k, features=np.asarray(f)) for k, f in s.kernels]

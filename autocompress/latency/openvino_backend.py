@@ -18,8 +18,10 @@ openvino``).
 
 from __future__ import annotations
 
+from typing import Any
+
 from .analysis import Resolved
-from .lowering import Kernel, Lowered, Op, _conv_variant, _elems, kernel_of, layer_weight
+from .kernels import Op, _conv_variant, layer_weight
 from .torch_backend import TorchLowerer
 
 VIEWS = frozenset({"Identity", "Constant", "Dropout", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
@@ -81,10 +83,14 @@ class OpenVinoLowerer(TorchLowerer):
             op.inputs = [src(t) for t in op.inputs]
         return _fuse_post_ops(ops, {src(t) for t in v.graph.outputs})
 
-    def lower(self, res: Resolved) -> Lowered:
+    def signature(self, res: Resolved) -> tuple:
+        """The student depth, which layers are factorized and which run int8."""
+        return (*super().signature(res), tuple(res.int8.values()))
+
+    def specs(self, res: Resolved) -> list[tuple[Op | None, Any]]:
         ops = self.ops(res)
         producer = {t: op for op in ops for t in op.outputs}
-        kernels: list[Kernel] = []
+        specs: list[tuple[Op | None, Any]] = []
         quantized: set[str] = set()
         for op in ops:
             if op.layer is not None and op.int8:
@@ -92,28 +98,21 @@ class OpenVinoLowerer(TorchLowerer):
                 prod = producer.get(x)
                 if not (prod is not None and prod.layer is not None and prod.int8) and x not in quantized:
                     quantized.add(x)  # a FakeQuantize writes this layer's uint8 input
-                    k = kernel_of(Op(op="FakeQuantize", inputs=[x], outputs=[x]), res, 1)
-                    kernels.append(k)
+                    specs.append((Op(op="FakeQuantize", inputs=[x], outputs=[x]), None))
             if op.layer is not None:
-                k = kernel_of(op, res, 1)
                 if op.op == "Conv":
                     w, groups = layer_weight(op, res)
                     kind = f"Convolution/{_conv_variant(w, groups) if len(w) == 4 else '1d'}"
                 else:
                     kind = "FullyConnected"
-                kernels.append(Kernel(kind=kind + ("/int8" if op.int8 else ""), features=k.features, name=k.name))
+                specs.append((op, kind + ("/int8" if op.int8 else "")))
                 act = next((a for a in op.attrs.get("post", ()) if a not in ("Relu", "Add")), None)
                 if op.int8 and act:  # an int8 kernel writes uint8; this activation then runs on its own
-                    kernels.append(Kernel(kind=f"Requantize/{act}",
-                                          features=kernel_of(Op(op=act, inputs=op.outputs, outputs=op.outputs),
-                                                             res, 1).features, name=f"{k.name}::{act}"))
+                    specs.append((Op(op=act, inputs=op.outputs, outputs=op.outputs),
+                                  (f"Requantize/{act}", f"{op.outputs[0]}::{act}")))
             else:
-                kernels.append(kernel_of(op, res, 1))
-        v = res.variant
-        x = v.graph.inputs[0] if v.graph.inputs else ""
-        return Lowered(kernels=kernels, int8_nodes=sum(1 for op in ops if op.int8),
-                       input_elems=_elems(res.shapes.get(x, ())), output_elems=sum(_elems(res.shapes.get(o, ())) for o in v.graph.outputs),
-                       skipped=res.skipped)
+                specs.append((op, None))
+        return specs
 
 
 def _fuse_post_ops(ops: list[Op], outputs: set[str]) -> list[Op]:

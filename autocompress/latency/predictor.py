@@ -4,7 +4,9 @@ Once per teacher (and student depth) :class:`~autocompress.latency.analysis.Teac
 graph, its shapes, the runtime's fusions and Torch-Pruning's coupled groups. Per plan the predictor derives each
 node's channel counts, low-rank splits and precision, lowers the graph as ONNX Runtime would
 (:mod:`autocompress.latency.lowering`) and sums the fitted per-kernel costs of a measured profile
-(:mod:`autocompress.latency.model`). Typically well under a millisecond per plan once the teacher is analysed.
+(:mod:`autocompress.latency.model`). Once the teacher is analysed, a plan whose kernel structure was seen before
+takes well under a millisecond (its structure's compiled program computes every kernel's features at once), a new
+structure a few milliseconds (``benchmarks/predict_time.py``).
 
 Predictions are in ms at the profile's reference speed (the reference workload's time while the profile was
 measured, :mod:`autocompress.runtime.reference`) until :meth:`LatencyPredictor.at_reference` sets another one:

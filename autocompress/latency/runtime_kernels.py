@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..runtime import TimingSpec, time_interleaved
 from ..runtime.onnxruntime import OnnxRuntimeBackend
 from .graph import OnnxGraph, optimized_graph, tensor_shapes
-from .lowering import FEATURES, Kernel, Lowered, _set
+from .kernels import FEATURES, Kernel, Lowered, _set
 from .model import Sample
 
 INT4_BLOCK = 32

@@ -18,13 +18,15 @@ of a module call (``ModuleCall``, counted once per teacher and student depth).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from ..tasks.inputs import Inputs, call
 from .analysis import Resolved
-from .lowering import FEATURES, Kernel, Lowered, Op, _elems, kernel_of, layer_weight
+from .kernels import FEATURES, KernelProgram, Lowered, Op, Programs, _conv_variant, layer_weight
 
 SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
 
@@ -50,6 +52,7 @@ class TorchLowerer:
         self._calls: dict[int, int] = {}
         self._static: dict[int, set[str]] = {}
         self._gelu: dict[int, dict[str, tuple[str, str] | None]] = {}
+        self._programs = Programs()
 
     def _variant_calls(self, res: Resolved) -> int:
         v = res.variant
@@ -138,30 +141,39 @@ class TorchLowerer:
                 ops.append(Op(op="BatchNormalization", inputs=[out], outputs=[out]))
         return ops
 
-    def lower(self, res: Resolved) -> Lowered:
-        kernels = []
+    def signature(self, res: Resolved) -> tuple:
+        """What the kernel list depends on: the student depth and which layers are factorized."""
+        return (res.variant.uid, tuple(sorted(res.rank)))
+
+    def specs(self, res: Resolved) -> list[tuple[Op | None, Any]]:
+        """The kernels of ``res`` as :class:`~autocompress.latency.kernels.KernelProgram` specs."""
+        specs: list[tuple[Op | None, Any]] = []
         for op in self.ops(res):
             if op.layer is not None and op.op == "Conv":
-                k = kernel_of(Op(op="Conv", inputs=op.inputs, outputs=op.outputs, layer=op.layer, part=op.part,
-                                 sparsity=op.sparsity), res, 1)
-                w, _ = layer_weight(op, res)
-                kind = k.kind
-                if kind in ("Conv/kxk", "Conv/dw", "Conv/grouped") and len(w) == 4:
+                conv = Op(op="Conv", inputs=op.inputs, outputs=op.outputs, layer=op.layer, part=op.part)
+                w, groups = layer_weight(op, res)
+                kind = f"Conv/{_conv_variant(w, groups)}" if len(w) == 4 else "Conv/1d"
+                if kind in ("Conv/kxk", "Conv/dw", "Conv/grouped"):
                     # eager convolutions change algorithm with the kernel size (a 5x5 costs far more per MAC)
                     kind += f"/{'x'.join(str(d) for d in w[2:])}"
-                kernels.append(Kernel(kind=kind, features=k.features, name=k.name))
+                specs.append((conv, kind))
             elif op.layer is not None:
-                k = kernel_of(Op(op="Gemm", inputs=op.inputs, outputs=op.outputs, layer=op.layer, part=op.part,
-                                 sparsity=op.sparsity), res, 1)
-                kernels.append(Kernel(kind="Linear", features=k.features, name=k.name))
+                specs.append((Op(op="Gemm", inputs=op.inputs, outputs=op.outputs, layer=op.layer, part=op.part),
+                              "Linear"))
             else:
-                kernels.append(kernel_of(op, res, 1))
+                specs.append((op, None))
         calls = self._variant_calls(res) + 2 * len(res.rank)  # a factorized layer: Sequential + second factor
         feats = np.zeros(len(FEATURES))
         feats[0] = float(calls)
-        kernels.append(Kernel(kind="ModuleCall", features=feats, name="(module calls)"))
-        v = res.variant
-        x = v.graph.inputs[0] if v.graph.inputs else ""
-        return Lowered(kernels=kernels, int8_nodes=0, input_elems=_elems(res.shapes.get(x, ())),
-                       output_elems=sum(_elems(res.shapes.get(o, ())) for o in v.graph.outputs),
-                       skipped=res.skipped)
+        specs.append((None, ("ModuleCall", feats, "(module calls)")))
+        return specs
+
+    def lower(self, res: Resolved) -> Lowered:
+        sig = self.signature(res)
+        program = self._programs.get(sig)
+        if program is None:
+            specs = self.specs(res)
+            int8 = sum(1 for op, _ in specs if op is not None and op.layer is not None and op.int8)
+            program = self._programs.put(sig, KernelProgram(specs, res, 1, int8_nodes=int8,
+                                                            terms=self._programs.terms(res)))
+        return program.lower(res)
