@@ -37,7 +37,8 @@ def _gpt2():
 
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(vocab_size=100, n_positions=32, n_embd=64,
                                                                  n_layer=2, n_head=4, bos_token_id=1,
-                                                                 eos_token_id=1, attn_implementation=EAGER))
+                                                                 eos_token_id=1, attn_implementation=EAGER,
+                                                                 use_cache=False))  # as the causal-LM task runs it
     linearize_conv1d(model)
     return model
 
@@ -119,10 +120,15 @@ class Logits(nn.Module):
         return self.read(self.model(x))
 
 
-@pytest.mark.parametrize("name", ["bert", "zoo-vit"])
+@pytest.mark.parametrize("name", ["bert", "zoo-vit", "gpt2"])  # GPT-2: fused q/k/v split in three, tied head
 def test_apply_and_the_predictor_cut_the_same_heads(name):
     model, x, read = _build(name)
-    model, x = Logits(model, read).eval(), x[:1]
+    if name == "gpt2":  # as the causal-LM task wraps it: token ids and attention mask in, logits out
+        from autocompress.tasks.hf import CausalLM
+
+        model, x = CausalLM(model).eval(), {"input_ids": x[:1], "attention_mask": torch.ones_like(x[:1])}
+    else:
+        model, x = Logits(model, read).eval(), x[:1]
     groups = attention_groups(model)
     q0, q1 = groups[0].members[0], groups[1].members[-1]  # q of block 0, v (or the fused qkv) of block 1
     layers = {q0: LayerPlan(channel_keep=0.5), q1: LayerPlan(channel_keep=0.25)}

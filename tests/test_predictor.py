@@ -562,6 +562,24 @@ def _digits_profile(task, path: Path) -> Path:
     return profile.save(path)
 
 
+def test_a_predictor_failing_on_the_teacher_makes_the_study_measure(tmp_path, digits_task, monkeypatch):
+    """Any failure of the analysis on the teacher (here a KeyError, as a tied weight once raised) is found before
+    the first trial and the study measures instead; the reason is recorded, no trial fails."""
+    from autocompress.latency import study as latency_study
+
+    profile = _digits_profile(digits_task, tmp_path / "digits-profile.json")
+    cfg = LatencyConfig(predictor=str(profile), fallback="measure")
+    assert latency_study.resolve_mode(digits_task, cfg).source == "predicted"
+
+    def broken(self, plan):
+        raise KeyError("model.lm_head.weight")
+
+    monkeypatch.setattr(LatencyPredictor, "predict", broken)
+    monkeypatch.setattr(latency_study, "_MODES", {})
+    mode = latency_study.resolve_mode(digits_task, cfg)
+    assert mode.source == "measured" and "KeyError" in mode.reason and "lm_head" in mode.reason
+
+
 def test_calibrate_refits_the_per_model_term_and_the_study_uses_it(tmp_path, digits_task, monkeypatch, capsys):
     """A profile 3x off for this model: ``profile --calibrate`` refits its scale from the teacher and a few
     candidates, writes the study's calibrated profile, and a study of that config predicts with it and says so."""

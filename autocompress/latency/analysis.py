@@ -255,7 +255,9 @@ def _map_layers(graph: OnnxGraph, model: nn.Module, present: list[LayerInfo]) ->
 
 
 def _param_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    """Every parameter's shape by every name it has (a tied weight, such as a language model's head sharing the
+    token embedding, under each module's name: layers are looked up as ``<layer>.weight``)."""
+    return {n: tuple(p.shape) for n, p in model.named_parameters(remove_duplicate=False)}
 
 
 class TeacherAnalysis:

@@ -241,6 +241,7 @@ def model_with_shapes(model: onnx.ModelProto, new_shapes: dict[str, Sequence[int
             dtype = helper.tensor_dtype_to_np_dtype(init.data_type)
             zero = numpy_helper.from_array(np.zeros(tuple(new_shapes[init.name]), dtype=dtype), init.name)
             m.graph.initializer[i].CopyFrom(zero)
+    _equal_splits_follow_their_input(m)
     for node in m.graph.node:
         if node_groups and node.name in node_groups:
             for a in node.attribute:
@@ -255,3 +256,26 @@ def model_with_shapes(model: onnx.ModelProto, new_shapes: dict[str, Sequence[int
             m.graph.initializer.append(numpy_helper.from_array(np.zeros(tuple(shape), dtype=dtype), fresh))
             node.input[idx] = fresh
     return m
+
+
+def _equal_splits_follow_their_input(m: onnx.ModelProto) -> None:
+    """A Split into equal parts given as constant sizes (a fused query/key/value projection split in three) becomes
+    a split into that many equal parts, the same op on the teacher's shapes, which follows its input when pruning
+    resizes it (cutting the same heads from each part keeps them equal)."""
+    consts = {init.name: numpy_helper.to_array(init) for init in m.graph.initializer}
+    for node in m.graph.node:
+        if node.op_type == "Constant":
+            for a in node.attribute:
+                if a.name == "value":
+                    consts.update({o: numpy_helper.to_array(a.t) for o in node.output})
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    for node in m.graph.node:
+        if node.op_type != "Split" or len(node.input) < 2 or node.input[1] not in consts or opset < 13:
+            continue
+        sizes = consts[node.input[1]].reshape(-1)
+        if len(sizes) != len(node.output) or len(set(sizes.tolist())) != 1:
+            continue
+        del node.input[1]
+        if opset >= 18:
+            node.attribute.append(helper.make_attribute("num_outputs", len(node.output)))
+

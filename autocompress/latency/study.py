@@ -43,6 +43,7 @@ from typing import Any
 from ..errors import ConfigError
 from ..evaluate.candidate import Candidate, baked_teacher
 from ..front import Front
+from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for
 from ..runtime.reference import REFERENCE_VERSION, reference, reference_ms
 from .analysis import AnalysisError
@@ -159,8 +160,7 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
             log.warning("latency profile %s was measured at batch %d; predicting at batch %d extrapolates",
                         path, profile.batch_size, cfg.batch_size)
         try:
-            predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size)
-            predictor.analysis.variant(1.0)
+            predictor = _checked_predictor(task, profile, cfg)
         except AnalysisError as e:
             if fallback == "measure":
                 log.warning("latency predictor unavailable (%s); measuring instead", e)
@@ -177,9 +177,7 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
         return LatencyMode("measured", "no latency profile for this machine", fallback=fallback)
     try:
         profile = load_profile(path)
-        predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size,
-                                     backend=cfg.backend)
-        predictor.analysis.variant(1.0)
+        predictor = _checked_predictor(task, profile, cfg, backend=cfg.backend)
     except (ProfileError, AnalysisError) as e:
         if measure is False:
             raise ConfigError(f"the latency predictor is unavailable: {e}", file=config_file,
@@ -189,6 +187,24 @@ def _build_mode(task, cfg, *, base: Path | None, config_file: str | None) -> Lat
     if measure is True:  # measured, with predictions recorded beside the measurements
         return LatencyMode("measured", "latency.measure: true", predictor, path, fallback)
     return LatencyMode("predicted", f"profile {path}", predictor, path, "measure" if measure is None else fallback)
+
+
+def _checked_predictor(task, profile, cfg, *, backend: str | None = None) -> LatencyPredictor:
+    """The study's predictor, its teacher analysed and predicted once: a model the analysis cannot follow raises
+    :class:`AnalysisError` here, before any trial, whatever went wrong (the study then measures, or says why not)."""
+    try:
+        predictor = LatencyPredictor(task.model, task.example_input, profile, batch_size=cfg.batch_size,
+                                     backend=backend)
+        predictor.analysis.variant(1.0)
+        try:
+            predictor.predict(CompressionPlan())
+        except UnsupportedOpError:
+            pass  # a kernel the profile lacks: each trial's prediction says so (or measures, with fallback: measure)
+    except (AnalysisError, ProfileError):
+        raise
+    except Exception as e:  # an unforeseen model structure: the study measures instead of failing every trial
+        raise AnalysisError(f"the analysis of the teacher failed ({type(e).__name__}: {e})") from e
+    return predictor
 
 
 def prepare(loaded, task) -> LatencyMode:
@@ -267,13 +283,13 @@ def predicted_latency(task, plan, cfg) -> CandidateLatency | None:
         return None
     try:
         ms, res = mode.predictor.predict_resolved(plan)
-    except (UnsupportedOpError, AnalysisError) as e:
+    except Exception as e:  # unsupported kernels, a cut the analysis cannot follow, or what nobody foresaw
         if mode.fallback != "measure":
             raise
         kind = type(e).__name__
         if kind not in mode.warned:
             mode.warned.add(kind)
-            log.warning("latency prediction unavailable for a candidate (%s); measuring it instead", e)
+            log.warning("latency prediction unavailable for a candidate (%s: %s); measuring it instead", kind, e)
         return None
     return CandidateLatency(latency_ms=ms, p10_ms=ms, p90_ms=ms, source="predicted", backend=cfg.backend,
                             kernels=kernels_of(res, mode.kinds))
