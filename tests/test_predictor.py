@@ -260,6 +260,26 @@ def test_a_cached_structure_gives_a_fresh_lowerings_kernels(backend, analyses):
         assert not np.array_equal(first.features, hit.features)  # nz_macs follows the sparsity
 
 
+@pytest.mark.parametrize("backend", ["onnxruntime", "torch", "openvino"])
+def test_a_depthwise_layer_cut_to_one_channel_is_another_structure(backend, analyses):
+    """Cut to one channel, the depthwise convolution runs as a plain one: a structure compiled for a wider cut must
+    not be reused for it (its kernel kind changes)."""
+    from autocompress.latency.openvino_backend import OpenVinoLowerer
+    from autocompress.latency.torch_backend import TorchLowerer
+
+    an = analyses["mobilenet"]
+    make = {"onnxruntime": lambda: Lowerer(block=16), "torch": lambda: TorchLowerer(an),
+            "openvino": lambda: OpenVinoLowerer(an)}[backend]
+    wide, narrow = (CompressionPlan(layers={"expand": LayerPlan(channel_keep=keep)}) for keep in (0.5, 0.01))
+    assert an.resolve(narrow).weights["dw"][0] == 1
+    cached = make()
+    first = cached.lower(an.resolve(wide))
+    second = cached.lower(an.resolve(narrow))
+    fresh = make().lower(an.resolve(narrow))
+    assert second.kinds == fresh.kinds and np.array_equal(second.features, fresh.features)
+    assert first.kinds != fresh.kinds  # the depthwise kernel's kind
+
+
 def test_predict_is_fast_and_needs_no_candidate(analyses):
     teacher = _teacher("resnet")
     kinds = _kinds_of(analyses["resnet"], [_random_plan(teacher, np.random.default_rng(s)) for s in range(30)])

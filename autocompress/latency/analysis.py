@@ -157,6 +157,11 @@ class Shapes:
         self._cache[name] = value
         return value
 
+    @property
+    def dims(self) -> np.ndarray:
+        """The flat dims vector (every tensor of the variant's graph, ``Variant.tensor_index``)."""
+        return self._dims
+
     def __getitem__(self, name: str) -> tuple[int, ...]:
         if name not in self:
             raise KeyError(name)

@@ -268,14 +268,16 @@ def _equal_splits_follow_their_input(m: onnx.ModelProto) -> None:
             for a in node.attribute:
                 if a.name == "value":
                     consts.update({o: numpy_helper.to_array(a.t) for o in node.output})
-    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 13)
+    # opsets 13-17 split into equal parts when no sizes are given, and refuse a size that does not divide (from
+    # 18 on, `num_outputs` would allow a smaller last part: a wrong probe rather than a refused one)
+    opset = next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if not 13 <= opset <= 17:
+        return
     for node in m.graph.node:
-        if node.op_type != "Split" or len(node.input) < 2 or node.input[1] not in consts or opset < 13:
+        if node.op_type != "Split" or len(node.input) < 2 or node.input[1] not in consts:
             continue
         sizes = consts[node.input[1]].reshape(-1)
         if len(sizes) != len(node.output) or len(set(sizes.tolist())) != 1:
             continue
         del node.input[1]
-        if opset >= 18:
-            node.attribute.append(helper.make_attribute("num_outputs", len(node.output)))
 

@@ -5,8 +5,7 @@ A lowering's kernel list depends on a plan only through its structural signature
 are factorized, ...); the numbers in the features (channel counts, shapes, sparsity, ranks) change with every plan.
 So a structure is compiled once into a :class:`KernelProgram`: every kernel's kind and, for each of its features,
 which entries of the plan's flat dimension vectors (tensor shapes, parameter shapes, ranks) it multiplies. Per plan
-the program gathers those entries and computes every kernel's features at once with a few array operations;
-:func:`kernel_of` is the same program for a single op.
+the program gathers those entries and computes every kernel's features at once with a few array operations.
 """
 
 from __future__ import annotations
@@ -55,7 +54,6 @@ class Op:
     fused_sum: str | None = None          # NCHWc conv accumulating this tensor (fused Add)
     nhwc: bool = False
     scale: str | None = None              # Q/DQ: the tensor whose calibrated scale it uses
-    sparsity: float = 0.0
 
 
 @dataclass
@@ -87,10 +85,6 @@ class Lowered:
     def kernels(self) -> list[Kernel]:
         return [Kernel(kind=k, features=f, name=n) for k, f, n in zip(self.kinds, self.features, self.names,
                                                                          strict=True)]
-
-
-def _pad(n: int, block: int) -> int:
-    return n if block <= 1 else -(-n // block) * block
 
 
 def _elems(shape: tuple[int, ...]) -> int:
@@ -125,13 +119,30 @@ def _set(feats: np.ndarray, macs: float, in_elems: float, out_elems: float, weig
                  *(min(macs, k) for k in MAC_KNOTS), *(max(0.0, weight - k) for k in WEIGHT_KNOTS))
 
 
+def grouped_variants(res: Resolved) -> tuple[str, ...]:
+    """The kernel variant of every grouped or depthwise convolution layer under ``res``: the part of a kernel
+    structure's kinds that pruning can change (a depthwise layer cut to one channel runs as a plain convolution);
+    part of every lowering's structural signature."""
+    return tuple(_conv_variant(res.weights[layer], res.groups[layer]) for layer, ln in res.variant.layers.items()
+                 if ln.is_conv and ln.groups > 1 and layer not in res.rank)
+
+
 # --- compiled kernel features --------------------------------------------------------------------------------
 
 CONV, LINEAR, OTHER, CONSTANT = 0, 1, 2, 3
-# the per-kernel quantities a program gathers (each a sum of products of dimension entries);
-# k: an op outside any layer does out_elems * k MACs (MatMul: the inner dimension; Conv: its weight's size per output)
+# The per-kernel quantities a program gathers, each a sum of products of plan-vector entries:
+#   o, cg      a layer's output channels and input channels per group (a Linear: out and in features)
+#   ksize      kernel taps;  spatial, n: output positions per image and batch;  x: elements read (of every data
+#              input, for an op outside a layer);  x1: channels of a layer's input (NCHWc pads them)
+#   fused      elements of the sum an NCHWc convolution accumulates;  y: elements written (op outside a layer)
+#   k          an op outside a layer does y * k MACs (MatMul: the inner dimension; Conv: its weight per output)
+#   rs, rs1    a layout reorder's tensor: elements and channels (it moves them padded to the block)
 SLOTS = ("o", "cg", "ksize", "spatial", "n", "x", "x1", "fused", "y", "k", "rs", "rs1")
+# nchwc: an NCHWc convolution; direct: it reads NCHW (channels not padded); dwpad: its input channels are padded
+# (neither direct nor depthwise); hasx: its input shape is known; int4: MatMulNBits (dense MACs); reorder: a
+# layout reorder; bn: an NCHWc BatchNormalization (one MAC per element)
 FLAGS = ("nchwc", "direct", "dwpad", "hasx", "int4", "reorder", "bn")
+COL = {name: i for i, name in enumerate(FEATURES)}
 
 
 class Terms:
@@ -139,7 +150,8 @@ class Terms:
 
         E = [tensor dims | parameter dims | rank of each layer | 1, 0 | constants]
 
-    and the recipe of every op seen so far (kind, flags and a term per :data:`SLOTS` entry). A tensor's name says
+    and the recipe of every op seen so far (kind, name, branch, layer, :data:`FLAGS` and a term per :data:`SLOTS`
+    entry). A tensor's name says
     which tensor's shape it has (the lowering's new tensors are named after the one they alias), so an op's recipe
     holds for every structure of the variant: a new structure mostly reuses the recipes of ops already seen.
     """
@@ -176,6 +188,8 @@ class Terms:
 
     def values(self, res: Resolved) -> np.ndarray:
         """Every term's value under ``res``."""
+        if res.params is None:
+            raise ValueError("the resolved plan carries no parameter dims (Resolved.params)")
         if self._arrays is None:
             prods = [p for t in self._terms for p in t]
             self._arrays = (np.asarray([e for p in prods for e in p], dtype=np.intp),
@@ -185,7 +199,8 @@ class Terms:
         ranks = np.zeros(len(self._layers), dtype=np.int64)
         for layer, r in res.rank.items():
             ranks[self._layers[layer]] = r
-        e = np.concatenate((res.shapes._dims, res.params, ranks, np.asarray([1, 0, *self._constants], dtype=np.int64)))
+        e = np.concatenate((res.shapes.dims, res.params, ranks, np.asarray([1, 0, *self._constants],
+                                                                            dtype=np.int64)))
         return np.add.reduceat(np.multiply.reduceat(e[flat], prod_at), term_at)
 
     def recipe(self, op: Op, kind: str | None, res: Resolved) -> tuple:
@@ -199,9 +214,11 @@ class Terms:
                 t = aliases[t]
             return t
 
+        variant = (_conv_variant(*layer_weight(op, res)) if op.layer is not None and op.op in LAYER_CONVS
+                   else None)  # pruning can change it (a depthwise layer down to one channel)
         key = (op.op, tuple(map(base, op.inputs)), tuple(t in inits for t in op.inputs), tuple(map(base, op.outputs)),
                op.layer, op.part, op.layer in res.rank, op.nchwc, op.direct, op.fused_sum and base(op.fused_sum),
-               op.u8, op.int4, op.attrs.get("transA"), kind)
+               op.u8, op.int4, op.attrs.get("transA"), variant, kind)
         got = self.recipes.get(key)
         if got is None:
             got = self.recipes[key] = self._compile(op, kind, res)
@@ -238,7 +255,7 @@ class Terms:
 
     def _compile(self, op: Op, override: str | None, res: Resolved) -> tuple:
         term, inits = self.term, res.variant.graph.initializers
-        zero, one = self.zero_term, self.one_term
+        zero, one = self.zero_term, self.one_term  # the terms 0 and 1 (self.zero, self.one: E entries)
         slot = dict.fromkeys(SLOTS, zero)
         flags = dict.fromkeys(FLAGS, False)
         x = op.inputs[0] if op.inputs else ""
@@ -303,8 +320,8 @@ class Terms:
 class KernelProgram:
     """The kernels of one lowered structure, compiled against the plan ``res`` it was lowered for.
 
-    ``specs``: per kernel, ``(op, kind)`` with ``kind`` None for the kind :func:`kernel_of` gives (a backend names
-    its kernels its own way; ``(kind, name)`` names the kernel too), or ``(None, (kind, features, name))`` for a kernel whose features no plan changes.
+    ``specs``: per kernel, ``(op, kind)`` with ``kind`` None for the kind the ONNX Runtime rules give (a backend
+    names its kernels its own way; ``(kind, name)`` names the kernel too), or ``(None, (kind, features, name))`` for a kernel whose features no plan changes.
     ``terms``: the variant's :class:`Terms` (shared by the programs of one predictor). Plans of the same structure
     (same signature) may then be evaluated: :meth:`features`, :meth:`lower`.
     """
@@ -335,7 +352,7 @@ class KernelProgram:
         self._slots = np.asarray([r[5] for r in recipes], dtype=np.intp).reshape(len(recipes), len(SLOTS)).T
         self._layer_rows = [i for i, r in enumerate(recipes) if r[3] is not None]
         self._layer_names = [recipes[i][3] for i in self._layer_rows]
-        self._constants = constants
+        self._constant_rows = constants
 
     def lower(self, res: Resolved) -> Lowered:
         """The kernels of ``res`` (a plan of this program's structure)."""
@@ -382,22 +399,17 @@ class KernelProgram:
         pad8 = np.where(conv, pix_c * ksize * pad(cg_c, 8), np.where(lin, rows * pad(cg, 8), 0))
         macs_f = macs.astype(float)
         feats = np.empty((n_k, len(FEATURES)))
-        feats[:, 0] = 1.0
-        feats[:, 1] = macs_f
-        feats[:, 2] = in_e
-        feats[:, 3] = out_e
-        feats[:, 4] = weight
-        feats[:, 5] = np.where(conv | (lin & ~self._int4), macs_f * (1.0 - sparsity), macs_f)
-        feats[:, 6] = pixels
-        feats[:, 7] = pixels_k
-        feats[:, 8] = im2col
-        feats[:, 9] = pad8
-        for j, knot in enumerate(MAC_KNOTS):
-            feats[:, 10 + j] = np.minimum(macs_f, knot)
+        for name, column in (("one", 1.0), ("macs", macs_f), ("in_elems", in_e), ("out_elems", out_e),
+                             ("weight_elems", weight),
+                             ("nz_macs", np.where(conv | (lin & ~self._int4), macs_f * (1.0 - sparsity), macs_f)),
+                             ("pixels", pixels), ("pixels_k", pixels_k), ("im2col", im2col), ("im2col_pad8", pad8)):
+            feats[:, COL[name]] = column
+        for name, knot in zip(("macs_lo4", "macs_lo5", "macs_lo6"), MAC_KNOTS, strict=True):
+            feats[:, COL[name]] = np.minimum(macs_f, knot)
         w_f = weight.astype(float)
-        for j, knot in enumerate(WEIGHT_KNOTS):
-            feats[:, 13 + j] = np.maximum(0.0, w_f - knot)
-        for i, row in self._constants.items():
+        for name, knot in zip(("weight_over_64k", "weight_over_256k"), WEIGHT_KNOTS, strict=True):
+            feats[:, COL[name]] = np.maximum(0.0, w_f - knot)
+        for i, row in self._constant_rows.items():
             feats[i] = row
         return feats
 
@@ -425,12 +437,3 @@ class Programs:
         if uid not in self._terms:
             self._terms[uid] = Terms(res)
         return self._terms[uid]
-
-    def clear(self) -> None:
-        self._cache.clear()
-
-
-def kernel_of(op: Op, res: Resolved, block: int) -> Kernel:
-    """Kind and features of one op under ``res`` (a one-kernel :class:`KernelProgram`)."""
-    prog = KernelProgram([(op, None)], res, block)
-    return Kernel(kind=prog.kinds[0], features=prog.features(res)[0], name=prog.names[0])

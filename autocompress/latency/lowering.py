@@ -31,7 +31,7 @@ from typing import Any
 
 from .analysis import Resolved, Shapes
 from .graph import NO_KERNEL_OPS
-from .kernels import KernelProgram, Lowered, Op, Programs
+from .kernels import KernelProgram, Lowered, Op, Programs, grouped_variants
 
 PROPAGABLE = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
 DROP_QDQ = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
@@ -81,7 +81,7 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
         layer = compute.layer
         node = by_name[compute.node]
         main = Op(op=kn.op, inputs=list(kn.inputs), outputs=list(kn.outputs), attrs=dict(kn.attrs), layer=layer,
-                  weight=res.weights[layer], groups=res.groups[layer], sparsity=res.sparsity[layer])
+                  weight=res.weights[layer], groups=res.groups[layer])
         if layer in res.rank:
             first, main = _split(main, node, res, shapes, keep_fused=True)
             first.int8 = res.int8[layer][0]
@@ -127,8 +127,7 @@ def _original_op(node, res: Resolved, layer_of_node, bias_add_of, shapes) -> lis
     a, b = res.int8[layer]
     a4, b4 = res.int4.get(layer, (False, False))
     op = Op(op=node.op, inputs=list(node.inputs), outputs=list(node.outputs), attrs=dict(node.attrs), layer=layer,
-            weight=res.weights[layer], groups=res.groups[layer], int8=a,
-            sparsity=res.sparsity[layer])
+            weight=res.weights[layer], groups=res.groups[layer], int8=a)
     if layer in res.rank:
         first, second = _split(op, node, res, shapes, keep_fused=False)
         first.int8, second.int8 = a, b
@@ -152,18 +151,18 @@ def _split(op: Op, node, res: Resolved, shapes: dict, *, keep_fused: bool) -> tu
     if is_conv:
         first_attrs = {k: val for k, val in node.attrs.items() if k != "group"}
         first = Op(op="Conv", inputs=[node.inputs[0], f"{layer}.0.weight"], outputs=[mid], attrs=first_attrs,
-                   layer=layer, part=0, weight=(r, *w[1:]), sparsity=op.sparsity)
+                   layer=layer, part=0, weight=(r, *w[1:]))
         second_w: tuple[int, ...] = (w[0], r, *([1] * (len(w) - 2)))
         second_attrs = {k: val for k, val in op.attrs.items()
                         if k not in ("strides", "pads", "dilations", "group", "auto_pad")}
         second_attrs["kernel_shape"] = [1] * (len(w) - 2)
     else:
         first = Op(op="MatMul", inputs=[node.inputs[0], f"{layer}.0.weight"], outputs=[mid], layer=layer, part=0,
-                   weight=(r, w[1]), sparsity=op.sparsity)
+                   weight=(r, w[1]))
         second_w = (w[0], r)
         second_attrs = dict(op.attrs)
     second = Op(op=op.op, inputs=[mid, *op.inputs[1:]], outputs=list(op.outputs), attrs=second_attrs,
-                layer=layer, part=1, weight=second_w, groups=1, int8=op.int8, sparsity=op.sparsity)
+                layer=layer, part=1, weight=second_w, groups=1, int8=op.int8)
     if keep_fused:
         # the runtime kernel reads the layer's input as its first input; now it reads the rank tensor
         second.inputs = [mid if t == node.inputs[0] else t for t in op.inputs]
@@ -256,10 +255,11 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             _replace_input(c, dq.outputs[0], name)
             inserted.setdefault(id(dq), []).append(
                 Op(op="DequantizeLinear", inputs=list(dq.inputs), outputs=[name], scale=dq.scale))
+    # (each step below rebuilds the consumer index only when the step before changed the graph)
     if inserted:
         ops = _with_inserted(ops, inserted)
+        uses = _Uses(ops, outputs)
     # QDQPropagation: Q backward through propagable ops (single-use edges), DQ forward
-    uses = _Uses(ops, outputs)
     for q in [op for op in ops if op.op == "QuantizeLinear"]:
         t = q.inputs[0]
         producer = uses.producer.get(t)
@@ -302,7 +302,6 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             uses = _Uses(ops, outputs)
             cur = ndq
     # ReluQuantFusion: a Relu whose only consumer is a Q is dropped (the Q's zero point clips)
-    uses = _Uses(ops, outputs)
     dropped: set[int] = set()
     for relu in [op for op in ops if op.op in ("Relu", "Clip") and op.layer is None]:
         consumers = uses.consumers.get(relu.outputs[0], [])
@@ -311,9 +310,9 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             dropped.add(id(relu))
     if dropped:
         ops = [op for op in ops if id(op) not in dropped]
+        uses = _Uses(ops, outputs)
     # WeightBiasQuantization: a float Conv/Gemm between a DQ and a Q (through Relu/Clip only) has its float
     # weights quantized by the runtime and joins the int8 path too
-    uses = _Uses(ops, outputs)
     dropped = set()
     for op in ops:
         if op.int8 or op.layer is None or op.op not in ("Conv", "FusedConv", "Gemm", "FusedGemm"):
@@ -337,8 +336,8 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             t = nxt.outputs[0]
     if dropped:
         ops = [op for op in ops if id(op) not in dropped]
+        uses = _Uses(ops, outputs)
     # selectors: DQ -> Conv/Gemm -> Q  =>  QLinearConv / QGemm; DQ -> data op -> Q (same scale) => uint8 op
-    uses = _Uses(ops, outputs)
     removed: set[int] = set()
     for op in ops:
         if op.int8:
@@ -731,12 +730,12 @@ class Lowerer:
             item: tuple = (*res.int8[layer], *res.int4.get(layer, (False, False)), r is not None, cin < b, cin % al == 0, w[0] % al == 0,
                            r is not None and r < b, r is not None and r % al == 0)
             if ln.is_conv and g > 1 and not ln.depthwise:
-                item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,
-                         w[1] == 1 and w[0] == g)  # the kernel's variant (grouped or depthwise)
+                item += (cin % b == 0 and w[0] % g == 0 and (w[0] // g) % b == 0 and w[1] % b == 0,)
             parts.append(item)
         for t in v.pool_inputs:
             shape = res.shapes.get(t, ())
             parts.append(len(shape) == 4 and shape[1] % b == 0)
+        parts.append(grouped_variants(res))
         return tuple(parts)
 
     def lower(self, res: Resolved) -> Lowered:

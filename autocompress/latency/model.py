@@ -4,7 +4,7 @@ A model's predicted latency is
 
     offset + scale * (overhead . [1, input_elems, output_elems]  +  sum over kernels of coef[kind] . features)
 
-with :data:`~autocompress.latency.lowering.FEATURES` (a constant, MACs, elements read and written, weights, MACs
+with :data:`~autocompress.latency.kernels.FEATURES` (a constant, MACs, elements read and written, weights, MACs
 on non-zero weights, output positions, im2col sizes, concave MAC hinges, convex weight-size hinges). Every
 coefficient is non-negative (non-negative least squares on relative error), so a kernel kind only costs what the
 measurements show: whether unstructured zeros speed up a dense kernel (the "MACs on non-zero weights" column) or
@@ -32,7 +32,7 @@ from ..errors import AutocompressError
 from .kernels import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
-HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see lowering.FEATURES)
+HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see kernels.FEATURES)
 MIN_HINGE_SUPPORT = 8
 # op types whose kernels carry a model's compute: never priced by the data-op fallback
 COMPUTE_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm", "MatMul",

@@ -72,19 +72,16 @@ class OpenVinoLowerer(TorchLowerer):
             if layer in res.rank:
                 mid = f"{layer}::rank"
                 res.shapes.rank_tensor(mid, layer, n.outputs[0], ln.is_conv)
-                ops.append(Op(op=kind, inputs=[inputs[0]], outputs=[mid], layer=layer, part=0, int8=int8[0],
-                              sparsity=res.sparsity[layer]))
-                ops.append(Op(op=kind, inputs=[mid], outputs=[out], layer=layer, part=1, int8=int8[1],
-                              sparsity=res.sparsity[layer]))
+                ops.append(Op(op=kind, inputs=[inputs[0]], outputs=[mid], layer=layer, part=0, int8=int8[0]))
+                ops.append(Op(op=kind, inputs=[mid], outputs=[out], layer=layer, part=1, int8=int8[1]))
             else:
-                ops.append(Op(op=kind, inputs=[inputs[0]], outputs=[out], layer=layer, int8=int8[0],
-                              sparsity=res.sparsity[layer]))
+                ops.append(Op(op=kind, inputs=[inputs[0]], outputs=[out], layer=layer, int8=int8[0]))
         for op in ops:  # views after an op's output
             op.inputs = [src(t) for t in op.inputs]
         return _fuse_post_ops(ops, {src(t) for t in v.graph.outputs})
 
     def signature(self, res: Resolved) -> tuple:
-        """The student depth, which layers are factorized and which run int8."""
+        """The eager signature and which layers run int8."""
         return (*super().signature(res), tuple(res.int8.values()))
 
     def specs(self, res: Resolved) -> list[tuple[Op | None, Any]]:

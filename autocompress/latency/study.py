@@ -290,6 +290,7 @@ def predicted_latency(task, plan, cfg) -> CandidateLatency | None:
         if kind not in mode.warned:
             mode.warned.add(kind)
             log.warning("latency prediction unavailable for a candidate (%s: %s); measuring it instead", kind, e)
+            log.debug("the prediction's failure", exc_info=e)
         return None
     return CandidateLatency(latency_ms=ms, p10_ms=ms, p90_ms=ms, source="predicted", backend=cfg.backend,
                             kernels=kernels_of(res, mode.kinds))

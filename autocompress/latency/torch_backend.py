@@ -26,7 +26,16 @@ from torch import nn
 
 from ..tasks.inputs import Inputs, call
 from .analysis import Resolved
-from .kernels import FEATURES, KernelProgram, Lowered, Op, Programs, _conv_variant, layer_weight
+from .kernels import (
+    FEATURES,
+    KernelProgram,
+    Lowered,
+    Op,
+    Programs,
+    _conv_variant,
+    grouped_variants,
+    layer_weight,
+)
 
 SHAPE_OPS = frozenset({"Shape", "Size", "ConstantOfShape"})
 
@@ -130,20 +139,18 @@ class TorchLowerer:
             if layer in res.rank:
                 mid = f"{layer}::rank"
                 res.shapes.rank_tensor(mid, layer, n.outputs[0], ln.is_conv)
-                ops.append(Op(op=kind, inputs=[n.inputs[0]], outputs=[mid], layer=layer, part=0,
-                              sparsity=res.sparsity[layer]))
-                ops.append(Op(op=kind, inputs=[mid], outputs=[out], layer=layer, part=1,
-                              sparsity=res.sparsity[layer]))
+                ops.append(Op(op=kind, inputs=[n.inputs[0]], outputs=[mid], layer=layer, part=0))
+                ops.append(Op(op=kind, inputs=[mid], outputs=[out], layer=layer, part=1))
             else:
-                ops.append(Op(op=kind, inputs=[n.inputs[0]], outputs=[out], layer=layer,
-                              sparsity=res.sparsity[layer]))
+                ops.append(Op(op=kind, inputs=[n.inputs[0]], outputs=[out], layer=layer))
             if ln.is_conv and ln.weight != f"{layer}.weight":  # BatchNorm folded by the exporter: runs in eager
                 ops.append(Op(op="BatchNormalization", inputs=[out], outputs=[out]))
         return ops
 
     def signature(self, res: Resolved) -> tuple:
-        """What the kernel list depends on: the student depth and which layers are factorized."""
-        return (res.variant.uid, tuple(sorted(res.rank)))
+        """What the kernel list depends on: the student depth, which layers are factorized and the variants of
+        grouped convolutions."""
+        return (res.variant.uid, tuple(sorted(res.rank)), grouped_variants(res))
 
     def specs(self, res: Resolved) -> list[tuple[Op | None, Any]]:
         """The kernels of ``res`` as :class:`~autocompress.latency.kernels.KernelProgram` specs."""
