@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import io
 import itertools
 import logging
@@ -100,6 +99,18 @@ class GroupProbe:
     error: str | None = None                  # the graph's shapes could not be followed
     per_head: int = 0                         # an attention block's probe: output channels one head takes from
                                               # each projection (the deltas are of one head); 0: one channel
+    _nonzero: tuple | None = field(default=None, repr=False, compare=False)
+
+    def nonzero(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The deltas' nonzero entries (a cut changes few of the graph's dims): parameter positions and deltas,
+        tensor positions and deltas, computed once."""
+        if self._nonzero is None:
+            assert self.param_delta is not None
+            p = np.flatnonzero(self.param_delta)
+            t = np.flatnonzero(self.tensor_delta) if self.tensor_delta is not None else np.zeros(0, dtype=np.intp)
+            tensor = self.tensor_delta[t] if self.tensor_delta is not None else np.zeros(0, dtype=np.int64)
+            self._nonzero = (p, self.param_delta[p], t, tensor)
+        return self._nonzero
 
 
 _UIDS = itertools.count()
@@ -283,6 +294,7 @@ class TeacherAnalysis:
         self.tuple_blocks: set[str] = set()
         self.blocks = removable_blocks(teacher, self.example_input, tuples=self.tuple_blocks)
         self._variants: dict[tuple[str, ...], Variant] = {}
+        self._decisions: dict[tuple, tuple] = {}  # (layer, layer plan, weight shape) -> _decide(...)
 
     # --- depth ---------------------------------------------------------------------------------------------
     def removed_blocks(self, depth: float) -> tuple[str, ...]:
@@ -496,44 +508,51 @@ class TeacherAnalysis:
                 k = n // probe.per_head - heads_kept(target, probe.per_head)
                 if k <= 0:
                     continue
-            after = params - k * probe.param_delta
-            if (after[probe.param_delta > 0] <= 0).any():
+            p_idx, p_delta, _, _ = probe.nonzero()
+            after = params[p_idx] - k * p_delta
+            if (after[p_delta > 0] <= 0).any():
                 skipped[info.name] = "pruning would remove every channel of a coupled layer"
                 continue
             if probe.error:
                 raise AnalysisError(f"pruning layer {info.name} changes tensor shapes the latency predictor cannot "
                                     f"follow ({probe.error}); measure latency instead (latency: {{measure: true}})")
             counts[info.name] = counts.get(info.name, 0) + k
-            params = after
+            params[p_idx] = after
         dims = v.tensor_base
         if counts:
-            dims = dims - sum(k * v.probes[name].tensor_delta for name, k in counts.items())  # type: ignore[misc]
+            dims = dims.copy()
+            for name, k in counts.items():
+                _, _, t_idx, t_delta = v.probes[name].nonzero()
+                dims[t_idx] -= k * t_delta
         weights, groups = {}, {}
         for layer, ln in v.layers.items():
             pos, n = v.param_index[f"{layer}.weight"]
-            weights[layer] = tuple(int(d) for d in params[pos:pos + n])
+            weights[layer] = tuple(params[pos:pos + n].tolist())
             groups[layer] = weights[layer][0] if ln.depthwise else ln.groups
         rank: dict[str, int] = {}
         int8: dict[str, tuple[bool, bool]] = {}
         int4: dict[str, tuple[bool, bool]] = {}
         sparsity: dict[str, float] = {}
+        decisions = self._decisions
+        if len(decisions) > 65536:
+            decisions.clear()
         for layer, ln in v.layers.items():
             lp = plan.layer(layer)
             w = weights[layer]
-            if lp.rank_ratio < 1:
-                r, why = resolve_rank(w, lp.rank_ratio, ln.groups if ln.is_conv else 1)
-                if r is None:
-                    skipped.setdefault(layer, why)
-                else:
-                    rank[layer] = r
-            quant = lp.int8_kernel and ln.int8_ok
-            # a Linear's Gemm / MatMul node becomes MatMulNBits (runtime.onnx lowers it so)
-            nbits = lp.int4_kernel and ln.int8_ok and not ln.is_conv and ln.op in ("Gemm", "MatMul")
+            key = (layer, lp, w)
+            decided = decisions.get(key)
+            if decided is None:
+                decided = decisions[key] = _decide(ln, lp, w)
+            r, why, quant, nbits, density = decided
+            if why is not None:
+                skipped.setdefault(layer, why)
+            elif r is not None:
+                rank[layer] = r
             # factors <layer>.0 and <layer>.1 are found by their scopes, like the layer itself
             int8[layer] = (quant, quant and layer in rank)
             if nbits:
                 int4[layer] = (True, layer in rank)
-            sparsity[layer] = 1.0 - _density(lp, w)  # the same masks as apply
+            sparsity[layer] = 1.0 - density  # the same masks as apply
         return Resolved(variant=v, shapes=Shapes(v.tensor_index, dims, rank), weights=weights, groups=groups, rank=rank, int8=int8, sparsity=sparsity,
                         skipped=skipped, int4=int4, params=params)
 
@@ -543,11 +562,16 @@ def _activation_shapes(shapes: dict[str, tuple[int, ...]]) -> list[tuple[int, ..
     return sorted(s for s in shapes.values() if len(s) >= 3)
 
 
-@functools.lru_cache(maxsize=65536)
-def _density(lp, weight: tuple[int, ...]) -> float:
-    """:func:`registry.density` of a (frozen, hashable) layer plan on a weight shape, computed once per pair (its
-    fields are plain values: ``vars`` is the cheap ``asdict``)."""
-    return registry.density(vars(lp), weight)
+def _decide(ln: LayerNode, lp, w: tuple[int, ...]) -> tuple[int | None, str | None, bool, bool, float]:
+    """A layer's per-plan decisions from its (frozen) layer plan and pruned weight shape, which is all they depend
+    on (:meth:`TeacherAnalysis.resolve` caches them): low-rank rank (or why not), int8 and int4 kernels, the density
+    of ``apply``'s masks (``registry.density``; the plan's fields are plain values, so ``vars`` is the cheap
+    ``asdict``)."""
+    r, why = resolve_rank(w, lp.rank_ratio, ln.groups if ln.is_conv else 1) if lp.rank_ratio < 1 else (None, None)
+    quant = lp.int8_kernel and ln.int8_ok
+    # a Linear's Gemm / MatMul node becomes MatMulNBits (runtime.onnx lowers it so)
+    nbits = lp.int4_kernel and ln.int8_ok and not ln.is_conv and ln.op in ("Gemm", "MatMul")
+    return r, why, quant, nbits, registry.density(vars(lp), w)
 
 
 def _dependency_graph(model: nn.Module, example_input: Inputs):
