@@ -41,6 +41,8 @@ QLINEAR_OPS = frozenset({"Sigmoid", "Softmax", "LeakyRelu", "Add", "Mul", "Avera
 UNARY_ELEMENTWISE = frozenset({"Relu", "Tanh", "Sigmoid", "Clip", "Gelu", "QuickGelu", "FastGelu", "LeakyRelu",
                                "HardSigmoid", "Erf", "Exp", "Abs", "Neg", "Sqrt", "Softplus", "Elu"})
 NCHWC_PASS_THROUGH = frozenset({"Gelu", "QuickGelu", "FastGelu"})
+# the ops that can switch a tensor to the NCHWc layout (everything else follows its inputs)
+NCHWC_SOURCES = frozenset({"Conv", "FusedConv", "MaxPool", "AveragePool"})
 # Conv + Add (+ activation) fusion for convolutions left in NCHW (ConvAddActivationFusion)
 CONV_ADD_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"})
 
@@ -401,7 +403,7 @@ class _Arg:
 def lower_nchwc(ops: list[Op], outputs: list[str], shapes: Shapes, block: int, align: int = 4) -> list[Op]:
     """ONNX Runtime's NchwcTransformer on float convolutions and what follows them (block size ``block``; input
     channels a multiple of ``align`` for the layout change)."""
-    if block <= 1:
+    if block <= 1 or not any(op.op in NCHWC_SOURCES for op in ops):  # only these start NCHWc tensors
         return ops
     uses = _Uses(ops, outputs)
     args: dict[str, _Arg] = {}
@@ -673,6 +675,8 @@ class _Structure:
 def fuse_conv_add(ops: list[Op], outputs: list[str], shapes: Shapes) -> list[Op]:
     """ConvAddActivationFusion: a float NCHW Conv (with bias, no activation) whose lone consumer is an Add of two
     same-shape 4-D tensors absorbs the Add, and the Add's lone activation consumer."""
+    if not any(op.op == "Conv" for op in ops):
+        return ops
     uses = _Uses(ops, outputs)
     dropped: set[int] = set()
     for op in ops:
