@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -145,13 +145,24 @@ FLAGS = ("nchwc", "direct", "dwpad", "hasx", "int4", "reorder", "bn")
 COL = {name: i for i, name in enumerate(FEATURES)}
 
 
+class Recipe(NamedTuple):
+    """How one kernel's kind and features come from a plan: its branch of :meth:`KernelProgram.features` (layer
+    convolution, Linear layer, other op, constant), its :data:`FLAGS` and a term id per :data:`SLOTS` entry."""
+
+    kind: str
+    name: str
+    branch: int
+    layer: str | None
+    flags: tuple[bool, ...]
+    slots: tuple[int, ...]
+
+
 class Terms:
     """One variant's (student depth's) table of terms: sums of products of entries of the plan vector
 
         E = [tensor dims | parameter dims | rank of each layer | 1, 0 | constants]
 
-    and the recipe of every op seen so far (kind, name, branch, layer, :data:`FLAGS` and a term per :data:`SLOTS`
-    entry). A tensor's name says
+    and the :class:`Recipe` of every op seen so far. A tensor's name says
     which tensor's shape it has (the lowering's new tensors are named after the one they alias), so an op's recipe
     holds for every structure of the variant: a new structure mostly reuses the recipes of ops already seen.
     """
@@ -166,7 +177,7 @@ class Terms:
         self._constants: list[int] = []
         self._terms: dict[tuple, int] = {}
         self._arrays: tuple[np.ndarray, ...] | None = None
-        self.recipes: dict[tuple, tuple] = {}
+        self.recipes: dict[tuple, Recipe] = {}
         self.zero_term, self.one_term = self.term([self.zero]), self.term([self.one])
 
     def rank_position(self, layer: str) -> int:
@@ -203,8 +214,8 @@ class Terms:
                                                                             dtype=np.int64)))
         return np.add.reduceat(np.multiply.reduceat(e[flat], prod_at), term_at)
 
-    def recipe(self, op: Op, kind: str | None, res: Resolved) -> tuple:
-        """(kind, name, branch, layer, flags, slot terms) of ``op``, cached by its fields with each tensor named
+    def recipe(self, op: Op, kind: str | None, res: Resolved) -> Recipe:
+        """The :class:`Recipe` of ``op``, cached by its fields with each tensor named
         by the one whose shape it has (the lowering numbers the tensors it creates in order, so the same Q/DQ
         tensor has another name in another structure); the name returned is the op's own."""
         aliases, inits = res.shapes.aliases, res.variant.graph.initializers
@@ -223,7 +234,7 @@ class Terms:
         if got is None:
             got = self.recipes[key] = self._compile(op, kind, res)
         name = op.outputs[0] if op.outputs else ""
-        return got if got[1] == name else (got[0], name, *got[2:])
+        return got if got.name == name else got._replace(name=name)
 
     def _dims(self, name: str, res: Resolved) -> list[int] | None:
         """E-indices of a tensor's dims, resolved as ``Shapes.get`` resolves it (None: unknown)."""
@@ -253,7 +264,7 @@ class Terms:
             return [r, *w[1:]] if op.part == 0 else [w[0], r, *([self.one] * (n - 2))]
         return [r, w[1]] if op.part == 0 else [w[0], r]
 
-    def _compile(self, op: Op, override: str | None, res: Resolved) -> tuple:
+    def _compile(self, op: Op, override: str | None, res: Resolved) -> Recipe:
         term, inits = self.term, res.variant.graph.initializers
         zero, one = self.zero_term, self.one_term  # the terms 0 and 1 (self.zero, self.one: E entries)
         slot = dict.fromkeys(SLOTS, zero)
@@ -314,7 +325,7 @@ class Terms:
             elif op.u8 and kind not in ("NhwcMaxPool",):
                 kind += "/u8"
             flags["bn"] = kind == "BatchNormalization/nchwc"
-        return (override or kind, name, branch, layer, tuple(flags.values()), tuple(slot.values()))
+        return Recipe(override or kind, name, branch, layer, tuple(flags.values()), tuple(slot.values()))
 
 
 class KernelProgram:
@@ -331,27 +342,27 @@ class KernelProgram:
         self.block, self.int8_nodes = block, int8_nodes
         self.terms = terms if terms is not None else Terms(res)
         none = (self.terms.zero_term,) * len(SLOTS)
-        recipes = []
+        recipes: list[Recipe] = []
         constants: dict[int, np.ndarray] = {}
         for i, (op, extra) in enumerate(specs):
             if op is None:
                 kind, feats, name = extra
                 constants[i] = np.asarray(feats, dtype=float)
-                recipes.append((kind, name, CONSTANT, None, (False,) * len(FLAGS), none))
+                recipes.append(Recipe(kind, name, CONSTANT, None, (False,) * len(FLAGS), none))
             elif isinstance(extra, tuple):  # (kind, name)
-                recipes.append((extra[0], extra[1], *self.terms.recipe(op, extra[0], res)[2:]))
+                recipes.append(self.terms.recipe(op, extra[0], res)._replace(name=extra[1]))
             else:
                 recipes.append(self.terms.recipe(op, extra, res))
-        self.kinds = tuple(r[0] for r in recipes)
-        self.names = tuple(r[1] for r in recipes)
-        branch = np.asarray([r[2] for r in recipes], dtype=np.int8)
+        self.kinds = tuple(r.kind for r in recipes)
+        self.names = tuple(r.name for r in recipes)
+        branch = np.asarray([r.branch for r in recipes], dtype=np.int8)
         self._conv, self._linear = branch == CONV, branch == LINEAR
-        flags = np.asarray([r[4] for r in recipes], dtype=bool).reshape(len(recipes), len(FLAGS))
+        flags = np.asarray([r.flags for r in recipes], dtype=bool).reshape(len(recipes), len(FLAGS))
         (self._nchwc, self._direct, self._dwpad, self._hasx, self._int4, self._reorder,
          self._bn) = flags.T
-        self._slots = np.asarray([r[5] for r in recipes], dtype=np.intp).reshape(len(recipes), len(SLOTS)).T
-        self._layer_rows = [i for i, r in enumerate(recipes) if r[3] is not None]
-        self._layer_names = [recipes[i][3] for i in self._layer_rows]
+        self._slots = np.asarray([r.slots for r in recipes], dtype=np.intp).reshape(len(recipes), len(SLOTS)).T
+        self._layer_rows = [i for i, r in enumerate(recipes) if r.layer is not None]
+        self._layer_names = [recipes[i].layer for i in self._layer_rows]
         self._constant_rows = constants
 
     def lower(self, res: Resolved) -> Lowered:
