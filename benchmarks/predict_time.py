@@ -67,12 +67,9 @@ def main() -> int:
             rows[family] = {"unpredictable": str(e)[:300]}
             continue
         plans = [random_plan(family, model, x, rng) for _ in range(args.plans)]
-        lowerer = predictor.lowerer
         unseen, seen = [], []
         for plan in plans:
-            signature = getattr(lowerer, "signature", None)
-            cache = getattr(lowerer, "_cache", None) or getattr(lowerer, "_programs", None)
-            miss = signature is None or cache is None or cache.get(signature(predictor.resolve(plan))) is None
+            miss = not predictor.structure_seen(plan)
             t0 = time.perf_counter()
             predictor.predict(plan)
             if miss:

@@ -169,7 +169,6 @@ class Terms:
 
     def __init__(self, res: Resolved) -> None:
         v = res.variant
-        self.uid = v.uid
         self._n_dims, self._n_params = len(v.tensor_base), len(v.param_base)
         self._layers = {layer: i for i, layer in enumerate(v.layers)}
         self.one = self._n_dims + self._n_params + len(self._layers)
@@ -332,7 +331,8 @@ class KernelProgram:
     """The kernels of one lowered structure, compiled against the plan ``res`` it was lowered for.
 
     ``specs``: per kernel, ``(op, kind)`` with ``kind`` None for the kind the ONNX Runtime rules give (a backend
-    names its kernels its own way; ``(kind, name)`` names the kernel too), or ``(None, (kind, features, name))`` for a kernel whose features no plan changes.
+    names its kernels its own way; ``(kind, name)`` names the kernel too), or ``(None, (kind, features, name))``
+    for a kernel whose features no plan changes.
     ``terms``: the variant's :class:`Terms` (shared by the programs of one predictor). Plans of the same structure
     (same signature) may then be evaluated: :meth:`features`, :meth:`lower`.
     """
@@ -375,8 +375,8 @@ class KernelProgram:
                        skipped=res.skipped)
 
     def features(self, res: Resolved) -> np.ndarray:
-        """Every kernel's features under ``res`` (a plan of the structure this program was compiled for); the same
-        arithmetic, in the same order, as one kernel at a time would do."""
+        """Every kernel's features under ``res`` (a plan of the structure this program was compiled for), one
+        array operation per quantity over all kernels (integer dims, floats only where the features are)."""
         vals = self.terms.values(res)
         o, cg, ksize, spatial, n, x, x1_raw, fused, y, k, rs_raw, rs1 = (vals[idx] for idx in self._slots)
         block = self.block

@@ -742,6 +742,10 @@ class Lowerer:
         parts.append(grouped_variants(res))
         return tuple(parts)
 
+    def seen(self, res: Resolved) -> bool:
+        """Whether ``res``'s kernel structure is compiled already (its prediction only computes features)."""
+        return self._cache.get(self.signature(res)) is not None
+
     def lower(self, res: Resolved) -> Lowered:
         sig = self.signature(res)
         entry = self._cache.get(sig)

@@ -125,7 +125,11 @@ class LatencyPredictor:
         """Raise :class:`~autocompress.latency.model.UnsupportedOpError` if any of ``plans`` needs a kernel kind
         the profile has no measurements of."""
         for plan in plans:
-            self.profile.model.check(self.lower(plan).kernels, where=plan.summary()[:120])
+            self.profile.model.raw_lowered(self.lower(plan), where=plan.summary()[:120])
+
+    def structure_seen(self, plan: CompressionPlan) -> bool:
+        """Whether ``plan``'s kernel structure was lowered before (a prediction then only computes features)."""
+        return self.lowerer.seen(self.resolve(plan))
 
 
 _PREDICTORS: weakref.WeakKeyDictionary[nn.Module, dict[tuple, LatencyPredictor]] = weakref.WeakKeyDictionary()

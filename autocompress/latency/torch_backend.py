@@ -61,7 +61,7 @@ class TorchLowerer:
         self._calls: dict[int, int] = {}
         self._static: dict[int, set[str]] = {}
         self._gelu: dict[int, dict[str, tuple[str, str] | None]] = {}
-        self._programs = Programs()
+        self._cache = Programs()
 
     def _variant_calls(self, res: Resolved) -> int:
         v = res.variant
@@ -175,12 +175,16 @@ class TorchLowerer:
         specs.append((None, ("ModuleCall", feats, "(module calls)")))
         return specs
 
+    def seen(self, res: Resolved) -> bool:
+        """Whether ``res``'s kernel structure is compiled already (its prediction only computes features)."""
+        return self._cache.get(self.signature(res)) is not None
+
     def lower(self, res: Resolved) -> Lowered:
         sig = self.signature(res)
-        program = self._programs.get(sig)
+        program = self._cache.get(sig)
         if program is None:
             specs = self.specs(res)
             int8 = sum(1 for op, _ in specs if op is not None and op.layer is not None and op.int8)
-            program = self._programs.put(sig, KernelProgram(specs, res, 1, int8_nodes=int8,
-                                                            terms=self._programs.terms(res)))
+            program = self._cache.put(sig, KernelProgram(specs, res, 1, int8_nodes=int8,
+                                                            terms=self._cache.terms(res)))
         return program.lower(res)
