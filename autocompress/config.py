@@ -165,6 +165,8 @@ class SearchSpaceConfig(_Strict):
     groups: list[LayerGroup]
     student: StudentSpace = Field(default_factory=StudentSpace)
     distill: DistillSpace = Field(default_factory=DistillSpace)
+    # pruned channel counts above this are rounded to a multiple of it (1 = exact counts); see StudentPlan
+    channel_multiple: int = Field(default=1, ge=1, le=256)
 
     @field_validator("groups")
     @classmethod
@@ -192,6 +194,9 @@ class FinetuneConfig(_Strict):
 
     steps:      mini-batches at the ``short`` fidelity level
     full_steps: mini-batches at the ``full`` level (fine-tuning to convergence; what export uses)
+    student_steps: mini-batches distilling each student size (width/depth below 1) once, before the candidates of
+                that size apply the rest of their plan to it (default: 3 x ``steps``: a student needs far more steps
+                to recover than a plan on top of it; 0 = candidates start from the teacher)
     calibration_batches: training batches (of 32) used for activation ranges and BatchNorm recalibration
     device:     where candidates fine-tune and are evaluated: ``auto`` (CUDA when available, else CPU), ``cpu``,
                 ``cuda``, ``cuda:N`` or ``mps``; the study config's top-level ``device`` sets it. Latency is
@@ -200,6 +205,7 @@ class FinetuneConfig(_Strict):
 
     steps: int = Field(default=200, ge=0)
     full_steps: int = Field(default=1500, ge=1)
+    student_steps: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
     calibration_batches: int = Field(default=4, ge=1)

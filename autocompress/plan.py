@@ -67,10 +67,24 @@ UNCHANGED = LayerPlan()  # frozen: one shared instance (the predictor asks for t
 
 @dataclass(frozen=True, kw_only=True)
 class StudentPlan:
-    """Whole-model student size. width scales every hidden layer's channels; depth the repeatable blocks."""
+    """Whole-model student size. width scales every hidden layer's channels; depth the repeatable blocks;
+    channel_multiple: pruned channel counts above it are rounded to a multiple of it (runtimes compute channels in
+    blocks of 8 or 16, so an unaligned count runs as slowly as the next aligned one; see
+    :func:`autocompress.compress.structured.channel_target`). 1 = exact counts (plans written before it)."""
 
     width: float = 1.0
     depth: float = 1.0
+    channel_multiple: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.channel_multiple, int) or isinstance(self.channel_multiple, bool) \
+                or self.channel_multiple < 1:
+            raise ValueError(f"`channel_multiple` must be an integer >= 1, but got {self.channel_multiple!r}")
+
+    @property
+    def is_identity(self) -> bool:
+        """The teacher's size (the channel multiple rounds only what is pruned)."""
+        return self.width == 1.0 and self.depth == 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,7 +108,7 @@ class CompressionPlan:
     @property
     def is_identity(self) -> bool:
         """Nothing compressed: every layer unchanged and the student the teacher's size."""
-        return all(lp.is_identity for lp in self.layers.values()) and self.student == StudentPlan()
+        return all(lp.is_identity for lp in self.layers.values()) and self.student.is_identity
 
     def layer(self, name: str) -> LayerPlan:
         """The plan for ``name``; layers the plan does not mention stay as they are."""
@@ -140,8 +154,11 @@ class CompressionPlan:
     def summary(self) -> str:
         """One short line for tables: student size plus each changed layer's decisions."""
         parts = []
-        if self.student != StudentPlan():
+        if not self.student.is_identity:
             parts.append(f"student w{self.student.width:g} d{self.student.depth:g}")
+        if self.student.channel_multiple > 1 and (self.student.width < 1 or any(
+                lp.channel_keep < 1 for lp in self.layers.values())):
+            parts.append(f"channels in multiples of {self.student.channel_multiple}")
         for name, lp in self.layers.items():
             bits = registry.summary(dataclasses.asdict(lp))
             if bits:

@@ -142,6 +142,7 @@ class SearchSpace:
             lp = LayerPlan(**registry.normalize(values))
             if not lp.is_identity:
                 layers[a.layer.name] = lp
-        student = StudentPlan(**{k: pick(f"student:{k}", v) for k, v in self.config.student.model_dump().items()})
+        student = StudentPlan(**{k: pick(f"student:{k}", v) for k, v in self.config.student.model_dump().items()},
+                              channel_multiple=self.config.channel_multiple)
         distill = DistillPlan(**{k: pick(f"distill:{k}", v) for k, v in self.config.distill.model_dump().items()})
         return CompressionPlan(layers=layers, student=student, distill=distill)

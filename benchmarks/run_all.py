@@ -46,6 +46,10 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
         [["benchmarks/predict_time.py", "--profile", QUICK_PROFILE, "--families", "resnet18,bert", "--plans", "5",
           "--warmup", "2", "--out", "benchmarks/out/predict_time.quick.json"]],
     ),
+    "channel_alignment": (
+        [["benchmarks/channel_alignment.py"]],
+        [["benchmarks/channel_alignment.py", "--models", "mnist-resnet", "--backends", "onnxruntime", "--rounds", "2",
+          "--runs", "20", "--out", "benchmarks/out/channel_alignment.quick.json"]]),
     "runtime": (
         [["benchmarks/runtime.py"]],
         [["benchmarks/runtime.py", "--quick", "--out", "benchmarks/out/runtime.quick.json"]]),

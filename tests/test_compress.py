@@ -7,6 +7,7 @@ from torch import nn
 from autocompress.compress import apply, bake, calibrate, discover_layers
 from autocompress.compress.depth import SkipBlock
 from autocompress.compress.quantize import magnitude_mask, quantize_weight
+from autocompress.compress.structured import channel_target
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
 from autocompress.tasks.models import LeNet5, SmallResNet, lenet300
 
@@ -194,3 +195,62 @@ def test_quantize_weight_gradients_pass_through():
 def test_magnitude_mask_keeps_largest():
     w = torch.tensor([[0.1, -5.0, 0.2, 3.0]])
     assert magnitude_mask(w, 0.5).tolist() == [[0.0, 1.0, 0.0, 1.0]]
+
+
+@pytest.mark.parametrize("out,width,keep,multiple,expect", [
+    (48, 1.0, 0.75, 1, 36), (48, 1.0, 0.75, 16, 32), (48, 0.5, 1.0, 16, 32),  # 24 -> the nearest multiple, ties up
+    (48, 1.0, 0.25, 16, 12),  # at or below the multiple: exact (small layers still shrink)
+    (20, 1.0, 0.9, 16, 16), (24, 1.0, 0.75, 16, 16), (100, 0.5, 0.75, 8, 40),
+    (6, 0.5, 1.0, 16, 3), (48, 1.0, 1.0, 16, None),
+])
+def test_channel_target_rounds_pruned_counts_to_the_multiple(out, width, keep, multiple, expect):
+    assert channel_target(out, width, keep, multiple) == expect
+
+
+def test_apply_prunes_to_aligned_channel_counts():
+    model = nn.Sequential(nn.Conv2d(3, 48, 3, padding=1), nn.ReLU(), nn.Conv2d(48, 40, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(40, 10, 1)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    layers = {"0": LayerPlan(channel_keep=0.75), "2": LayerPlan(channel_keep=0.75)}
+    exact = apply(model, CompressionPlan(layers=layers), x).model
+    aligned = apply(model, CompressionPlan(layers=layers, student=StudentPlan(channel_multiple=16)), x).model
+    assert (exact[0].out_channels, exact[2].out_channels) == (36, 30)
+    assert (aligned[0].out_channels, aligned[2].out_channels) == (32, 32)
+    assert aligned[4].in_channels == 32 and aligned(x).shape == (1, 10, 8, 8)
+
+
+def _structure(cm):
+    return {k: tuple(v.shape) for k, v in cm.model.state_dict().items()}, sorted(cm.skipped), cm.removed
+
+
+def _student_cases():
+    from autocompress.tasks.models import MobileNetV2, ViT
+
+    torch.manual_seed(0)
+    cases = [(name, _teacher(name), X[:1]) for name in ("lenet5", "resnet", "mobilenet")]
+    return cases + [("mobilenet_v2", MobileNetV2(num_classes=10, width=0.35).eval(), torch.randn(1, 3, 32, 32)),
+                    ("vit", ViT().eval(), torch.randn(1, 3, 32, 32))]
+
+
+@pytest.mark.parametrize("case", _student_cases(), ids=lambda c: c[0])
+def test_a_plan_applied_to_its_trained_student_has_the_structure_of_the_plan_applied_to_the_teacher(case):
+    import numpy as np
+
+    _, teacher, x = case
+    rng = np.random.default_rng(0)
+    infos = discover_layers(teacher, x)
+    for _ in range(4):
+        student = StudentPlan(width=float(rng.choice([0.5, 0.75])), depth=float(rng.choice([0.5, 1.0])),
+                              channel_multiple=int(rng.choice([1, 8])))
+        plan = CompressionPlan(student=student, layers={
+            i.name: LayerPlan(channel_keep=float(rng.choice([0.5, 0.75, 1.0])), weight_bits=int(rng.choice([4, 32])))
+            for i in infos})
+        start = apply(teacher, CompressionPlan(student=student), x)
+        with torch.no_grad():  # "trained": other weights, so magnitude pruning picks other channels
+            for p in start.model.parameters():
+                p.add_(torch.randn_like(p))
+        on_student = apply(teacher, plan, x, start=start)
+        assert _structure(on_student) == _structure(apply(teacher, plan, x)), plan.summary()
+        assert on_student.model(x).shape == teacher(x).shape
+    with pytest.raises(ValueError, match="was made for the student"):
+        apply(teacher, CompressionPlan(student=StudentPlan(width=0.5)), x, start=apply(teacher, CompressionPlan(), x))

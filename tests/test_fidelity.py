@@ -126,3 +126,31 @@ def test_self_checked_trial_reports_validation_and_test_at_the_same_level(tmp_pa
         assert t.user_attrs["test_accuracy"] == pytest.approx(cand.accuracy("test"))
         cand.train_to(steps_for("full", cfg.finetune))
         assert t.user_attrs["full_test_accuracy"] == pytest.approx(cand.accuracy("test"))
+
+
+def test_a_student_size_is_distilled_once_and_its_candidates_start_from_it(digits_task):
+    import torch
+
+    from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
+
+    cfg = FinetuneConfig(steps=30, student_steps=60)
+    half = StudentPlan(width=0.5, channel_multiple=7)  # a size no other test distils
+    plain = Candidate(digits_task, CompressionPlan(student=half), cfg)
+    assert plain.student is not None and plain.seconds["student"] > 0  # distilled here
+    # the student alone: exactly the distilled student, already far better than the teacher cut without training
+    x = digits_task.val.tensors[0]
+    assert torch.equal(plain.cm.model(x), plain.student.model(x))
+    cold = Candidate(digits_task, CompressionPlan(student=half), FinetuneConfig(steps=30, student_steps=0))
+    assert cold.student is None and plain.accuracy() > cold.accuracy() + 0.1
+    # another plan of that size reuses it (no second distillation), prunes further and trains on top
+    more = CompressionPlan(student=half, layers={"1": LayerPlan(channel_keep=0.5, weight_bits=4)})
+    cand = Candidate(digits_task, more, cfg)
+    assert cand.student is plain.student and "student" not in cand.seconds
+    assert cand.cm.model[1].out_features < plain.cm.model[1].out_features
+    cand.train_to(30)
+    assert torch.equal(cand.baked().model(x).argmax(1), cand.cm.model(x).argmax(1))
+    # where only the structure matters, no student is made
+    assert Candidate(digits_task, CompressionPlan(student=StudentPlan(width=0.75)), cfg, warm_student=False).student \
+        is None

@@ -20,6 +20,27 @@ def test_json_round_trip_is_exact():
     assert json.loads(text)["type"] == "CompressionPlan" and json.loads(text)["version"] == 1
     assert CompressionPlan.from_json(text) == plan
     assert CompressionPlan.from_json(CompressionPlan().to_json()) == CompressionPlan()
+    aligned = CompressionPlan(layers=plan.layers, student=StudentPlan(width=0.5, channel_multiple=16))
+    assert CompressionPlan.from_json(aligned.to_json()) == aligned
+
+
+def test_plans_written_before_the_channel_multiple_read_with_exact_counts():
+    d = _plan().to_dict()
+    del d["data"]["student"]["channel_multiple"]
+    assert CompressionPlan.from_dict(d).student.channel_multiple == 1
+
+
+@pytest.mark.parametrize("bad", [0, -16, 1.5, True])
+def test_channel_multiple_must_be_a_positive_integer(bad):
+    with pytest.raises(ValueError, match="channel_multiple"):
+        StudentPlan(channel_multiple=bad)
+
+
+def test_a_channel_multiple_alone_compresses_nothing():
+    plan = CompressionPlan(student=StudentPlan(channel_multiple=16))
+    assert plan.is_identity and plan.summary() == "(uncompressed)"
+    assert "multiples of 16" in CompressionPlan(layers={"fc": LayerPlan(channel_keep=0.5)},
+                                                student=StudentPlan(channel_multiple=16)).summary()
 
 
 def test_unknown_layer_defaults_to_identity():

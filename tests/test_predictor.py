@@ -66,7 +66,8 @@ def _random_plan(model, rng, *, prune=True):
             activation_bits=int(rng.choice([8, 32])),
             channel_keep=float(rng.choice([0.5, 0.75, 1.0])) if prune else 1.0,
             rank_ratio=float(rng.choice([0.25, 0.5, 1.0, 1.0])))
-    student = StudentPlan(width=float(rng.choice([0.5, 1.0])), depth=float(rng.choice([0.5, 1.0])))
+    student = StudentPlan(width=float(rng.choice([0.5, 1.0])), depth=float(rng.choice([0.5, 1.0])),
+                          channel_multiple=int(rng.choice([1, 4, 8])))
     return CompressionPlan(layers=layers, student=student)
 
 

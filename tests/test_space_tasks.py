@@ -54,6 +54,20 @@ def test_suggest_gives_valid_plans():
         assert plan.student.width in (0.5, 1.0)
 
 
+def test_the_spaces_channel_multiple_goes_into_every_plan():
+    cfg = _space(False).model_copy(update={"channel_multiple": 16})
+    space = SearchSpace(cfg, _layers())
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert {space.suggest(study.ask()).student.channel_multiple for _ in range(5)} == {16}
+    assert "channel_multiple" not in json.dumps(space.distributions())  # fixed, not searched
+    plain = SearchSpace(SearchSpaceConfig(groups=[LayerGroup(name="all", channel_keep=[0.5, 1.0])],
+                                          student={"width": [0.5, 1.0]}, channel_multiple=16), _layers())
+    teacher = plain.suggest(optuna.trial.FixedTrial(plain.uniform_params(weight_bits=32, sparsity=0.0)))
+    assert teacher.student.channel_multiple == 16 and teacher.is_identity
+    with pytest.raises(ValueError, match="channel_multiple"):
+        SearchSpaceConfig(groups=[LayerGroup(name="all")], channel_multiple=0)
+
+
 def test_output_layer_channel_keep_fixed():
     cfg = SearchSpaceConfig(groups=[LayerGroup(name="all", channel_keep=[0.5, 1.0])])
     d = SearchSpace(cfg, _layers()).distributions()

@@ -51,6 +51,7 @@ class CompressedModel:
     weight_sharing: module name -> whether its weight is k-means shared (a codebook, not a uniform grid)
     entropy_coding: module name -> whether its stored weight may be Huffman-coded
     skipped:     teacher layer or block -> why (part of) the plan was not applied to it
+    removed:     the blocks student depth removed
     """
 
     model: nn.Module
@@ -64,6 +65,7 @@ class CompressedModel:
     entropy_coding: dict[str, bool] = field(default_factory=dict)
     input_quantizers: dict[str, InputQuantizer] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
+    removed: list[str] = field(default_factory=list)
     baked: bool = False
 
     def compressed_modules(self) -> Iterable[tuple[str, nn.Module]]:
@@ -72,10 +74,17 @@ class CompressedModel:
                 yield n, get_module(self.model, n)
 
 
-def apply(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs) -> CompressedModel:
-    """Materialize ``plan`` on a copy of ``teacher`` (the teacher is not modified). Deterministic."""
-    model = copy.deepcopy(teacher).eval()
-    infos = discover_layers(model, example_input)
+def apply(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, *,
+          start: CompressedModel | None = None) -> CompressedModel:
+    """Materialize ``plan`` on a copy of ``teacher`` (the teacher is not modified). Deterministic.
+
+    ``start``: the plan's student made already (``apply`` of a plan with only ``plan.student``, then trained, e.g.
+    distilled): the rest of the plan is applied to a copy of its model instead, giving the same structure with the
+    student's weights (:mod:`autocompress.evaluate.candidate` distils each student size once this way)."""
+    if start is not None and start.plan.student != plan.student:
+        raise ValueError(f"`start` was made for the student {start.plan.student}, not the plan's {plan.student}")
+    model = copy.deepcopy(start.model if start is not None else teacher).eval()
+    infos = start.layers if start is not None else discover_layers(model, example_input)
     known = {i.name for i in infos}
     unknown = sorted(set(plan.layers) - known)
     if unknown:
@@ -83,8 +92,9 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs) -> C
                          f"layers are {sorted(known)}")
     cm = CompressedModel(model=model, plan=plan, layers=infos)
 
-    # 1. depth
-    removed = drop_blocks(model, example_input, plan.student.depth)
+    # 1. depth (a start model has its blocks removed already)
+    removed = list(start.removed) if start is not None else drop_blocks(model, example_input, plan.student.depth)
+    cm.removed = removed
     if plan.student.depth < 1 and not removed:
         cm.skipped["(student depth)"] = "no removable shape-preserving block in this architecture"
     present = []
@@ -96,7 +106,7 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs) -> C
             present.append(info)
 
     # 2. channels: student width and per-layer keep ratio multiply
-    width = plan.student.width
+    width, multiple = plan.student.width, plan.student.channel_multiple
     targets, protected = {}, []
     for info in present:
         lp = plan.layer(info.name)
@@ -105,10 +115,12 @@ def apply(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs) -> C
             if lp.channel_keep < 1:
                 cm.skipped[info.name] = "output layer: its channels are the model's outputs, not pruned"
             continue
-        target = channel_target(info.out_channels, width, lp.channel_keep)
+        target = channel_target(info.out_channels, width, lp.channel_keep, multiple)
         if target is not None:
             targets[info.name] = target
     def unpruned() -> nn.Module:  # the model as it stood before this step (apply is deterministic)
+        if start is not None:
+            return copy.deepcopy(start.model).eval()
         again = copy.deepcopy(teacher).eval()
         drop_blocks(again, example_input, plan.student.depth)
         return again

@@ -8,6 +8,7 @@ channels matter least; the plan says only how many to keep.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 
 import torch
@@ -150,12 +151,21 @@ def cut_heads(model: nn.Module, group: HeadGroup, target: int, protected: list[s
     return prune_heads(model, group, heads_kept(target, group.per_head), example_input)
 
 
-def channel_target(out_channels: int, width: float, keep: float) -> int | None:
+def channel_target(out_channels: int, width: float, keep: float, multiple: int = 1) -> int | None:
     """Output channels a layer keeps under student ``width`` x the plan's ``keep`` (None: unchanged).
 
+    A count above ``multiple`` is rounded to the nearest multiple of it (never above ``out_channels``): CPU
+    runtimes compute convolutions in channel blocks (ONNX Runtime's NCHWc: 16 channels with AVX-512, 8 with AVX2),
+    so 12 or 40 channels run about as slowly as 16 or 48 (``benchmarks/channel_alignment.py``). Counts at or below
+    ``multiple`` stay exact (small layers can still be pruned for size).
     The one rule: ``apply`` prunes to it and the latency predictor resolves plans with it."""
     ratio = width * keep
-    return max(1, round(out_channels * ratio)) if ratio < 1 else None
+    if ratio >= 1:
+        return None
+    target = max(1, round(out_channels * ratio))
+    if multiple > 1 and target > multiple:
+        target = min(out_channels, multiple * math.floor(target / multiple + 0.5))
+    return target
 
 
 class ChannelPruning(Method):

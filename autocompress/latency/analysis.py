@@ -483,10 +483,10 @@ class TeacherAnalysis:
         skipped: dict[str, str] = {}
         counts: dict[str, int] = {}
         params = v.param_base.copy()
-        width = plan.student.width
+        width, multiple = plan.student.width, plan.student.channel_multiple
         for info in v.present:
             lp = plan.layer(info.name)
-            target = None if info.is_output else channel_target(info.out_channels, width, lp.channel_keep)
+            target = None if info.is_output else channel_target(info.out_channels, width, lp.channel_keep, multiple)
             if target is None:
                 continue
             pos, _ = v.param_index[f"{info.name}.weight"]

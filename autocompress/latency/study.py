@@ -354,7 +354,7 @@ def latency_check(study, task, loaded) -> None:
             continue
         predicted = float(trial.user_attrs.get("latency_predicted_ms", trial.user_attrs["latency_ms"]))
         try:
-            cand = Candidate(task, front.plans[number], cfg.finetune, seed=cfg.seed + number)
+            cand = Candidate(task, front.plans[number], cfg.finetune, seed=cfg.seed + number, warm_student=False)
             measured = scored_ms(cand.measure_latency(mode.backend, TimingSpec.of(cfg.latency),
                                                       kinds=mode.kinds)[0], mode)
         except Exception as e:  # the deployability gate reports unexportable members; keep going

@@ -32,7 +32,7 @@ from ..compress import registry
 from ..config import FinetuneConfig
 from ..evaluate.candidate import Candidate, first_batches
 from ..evaluate.zero_cost import macs_by_layer
-from ..plan import CompressionPlan, LayerPlan
+from ..plan import CompressionPlan, LayerPlan, StudentPlan
 from ..space import SearchSpace, Section
 from ..tasks import Task
 from ..tasks.inputs import call
@@ -150,7 +150,8 @@ def measure(task: Task, space: SearchSpace, finetune_cfg: FinetuneConfig, *, pro
             continue
         # a shared group's output layer keeps its channels (its outputs are the model's)
         plan = CompressionPlan(layers={layer.name: lp for layer in section.layers
-                                       if not (knob == "channel_keep" and layer.is_output)})
+                                       if not (knob == "channel_keep" and layer.is_output)},
+                               student=StudentPlan(channel_multiple=space.config.channel_multiple))
         try:
             cand = Candidate(task, plan, cfg)
             score = divergence(task, cand.cm.model, data, teacher_outs) - baseline
