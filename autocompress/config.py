@@ -165,7 +165,7 @@ class SearchSpaceConfig(_Strict):
     groups: list[LayerGroup]
     student: StudentSpace = Field(default_factory=StudentSpace)
     distill: DistillSpace = Field(default_factory=DistillSpace)
-    # pruned channel counts above this are rounded to a multiple of it (1 = exact counts); see StudentPlan
+    # pruned channel counts are rounded to multiples of this (1 = exact counts); see StudentPlan
     channel_multiple: int = Field(default=1, ge=1, le=256)
 
     @field_validator("groups")

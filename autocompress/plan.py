@@ -68,8 +68,8 @@ UNCHANGED = LayerPlan()  # frozen: one shared instance (the predictor asks for t
 @dataclass(frozen=True, kw_only=True)
 class StudentPlan:
     """Whole-model student size. width scales every hidden layer's channels; depth the repeatable blocks;
-    channel_multiple: pruned channel counts above it are rounded to a multiple of it (runtimes compute channels in
-    blocks of 8 or 16, so an unaligned count runs as slowly as the next aligned one; see
+    channel_multiple: pruned channel counts are rounded to multiples of it (runtimes compute channels in blocks
+    of 8 or 16, so an unaligned count runs as slowly as the next aligned one or slower; see
     :func:`autocompress.compress.structured.channel_target`). 1 = exact counts (plans written before it)."""
 
     width: float = 1.0

@@ -7,8 +7,8 @@ and 16, timed side by side on a runtime.
 
 For each model (a built-in task, options after ``@`` as in ``benchmarks/zoo.py``) and each kept share of channels
 (0.75, 0.5, 0.375, 0.25) with and without half depth: the plan that keeps that share of every hidden layer's
-channels, its counts rounded by the search's rule (``channel_target``: to the nearest multiple, counts at or below
-the multiple exact) for multiple 1 (exact), 8 and 16. Every plan is materialized and lowered as the search lowers
+channels, its counts rounded by the search's rule (``channel_target``: to the nearest multiple, at least one)
+for multiple 1 (exact), 8 and 16. Every plan is materialized and lowered as the search lowers
 it, then all of them are timed interleaved in one process (1 thread, batch 1, speed-normalized); speedups are
 against the fp32 teacher in the same run, so the machine's slow spells move every plan alike.
 """

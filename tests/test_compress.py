@@ -199,9 +199,9 @@ def test_magnitude_mask_keeps_largest():
 
 @pytest.mark.parametrize("out,width,keep,multiple,expect", [
     (48, 1.0, 0.75, 1, 36), (48, 1.0, 0.75, 16, 32), (48, 0.5, 1.0, 16, 32),  # 24 -> the nearest multiple, ties up
-    (48, 1.0, 0.25, 16, 12),  # at or below the multiple: exact (small layers still shrink)
+    (48, 1.0, 0.25, 16, 16), (20, 1.0, 0.25, 16, 16),  # at least one multiple
     (20, 1.0, 0.9, 16, 16), (24, 1.0, 0.75, 16, 16), (100, 0.5, 0.75, 8, 40),
-    (6, 0.5, 1.0, 16, 3), (48, 1.0, 1.0, 16, None),
+    (6, 0.5, 1.0, 16, 6), (12, 0.5, 1.0, 4, 8), (48, 1.0, 1.0, 16, None),  # never above the layer's channels
 ])
 def test_channel_target_rounds_pruned_counts_to_the_multiple(out, width, keep, multiple, expect):
     assert channel_target(out, width, keep, multiple) == expect

@@ -154,17 +154,17 @@ def cut_heads(model: nn.Module, group: HeadGroup, target: int, protected: list[s
 def channel_target(out_channels: int, width: float, keep: float, multiple: int = 1) -> int | None:
     """Output channels a layer keeps under student ``width`` x the plan's ``keep`` (None: unchanged).
 
-    A count above ``multiple`` is rounded to the nearest multiple of it (never above ``out_channels``): CPU
-    runtimes compute convolutions in channel blocks (ONNX Runtime's NCHWc: 16 channels with AVX-512, 8 with AVX2),
-    so 12 or 40 channels run about as slowly as 16 or 48 (``benchmarks/channel_alignment.py``). Counts at or below
-    ``multiple`` stay exact (small layers can still be pruned for size).
+    With ``multiple`` > 1 the count is rounded to the nearest multiple of it, at least ``multiple`` (never above
+    ``out_channels``): CPU runtimes compute convolutions in channel blocks (ONNX Runtime's NCHWc: 16 channels with
+    AVX-512, 8 with AVX2), and a count off the block runs as slowly as the next multiple or slower (12 channels
+    slower than 16: ``benchmarks/channel_alignment.py``).
     The one rule: ``apply`` prunes to it and the latency predictor resolves plans with it."""
     ratio = width * keep
     if ratio >= 1:
         return None
     target = max(1, round(out_channels * ratio))
-    if multiple > 1 and target > multiple:
-        target = min(out_channels, multiple * math.floor(target / multiple + 0.5))
+    if multiple > 1:
+        target = min(out_channels, max(multiple, multiple * math.floor(target / multiple + 0.5)))
     return target
 
 

@@ -2,7 +2,9 @@
 
 Levels (cumulative fine-tuning of the same candidate):
 
-- ``zero-shot``: the plan applied, BatchNorm statistics and activation ranges recalibrated, no training
+- ``zero-shot``: the plan applied (to its student size distilled once beforehand, when it has one: see
+  :func:`autocompress.evaluate.candidate.distilled_student`), BatchNorm statistics and activation ranges
+  recalibrated, no training
 - ``short``:     ``finetune.steps`` mini-batches of distillation
 - ``full``:      ``finetune.full_steps`` mini-batches (to convergence; what export uses)
 
