@@ -41,7 +41,7 @@ def main() -> None:
         trial = study.ask()
         plans.append(space.suggest(trial))
         study.tell(trial, 0.0)
-    cfg = FinetuneConfig()
+    cfg = FinetuneConfig(student_steps=0)  # every candidate from the teacher: the policy is what is compared
     kept_eval = nn.modules.batchnorm._BatchNorm.eval
     results: dict[str, list[float]] = {"kept": [], "updated": []}
     for mode in results:

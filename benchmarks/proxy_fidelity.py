@@ -1,7 +1,7 @@
 """How well each accuracy proxy ranks candidates, against full fine-tuning, and what it costs.
 
     .venv/bin/python benchmarks/proxy_fidelity.py [--tasks mnist-lenet5,mnist-lenet300] [--plans 40]
-        [--short-steps 50,200,400] [--full-steps 1500] [--space search_spaces/default.yaml]
+        [--short-steps 50,200,400] [--full-steps 1500] [--student-steps 150] [--space search_spaces/default.yaml]
 
 For each task: random plans from the search space (Optuna RandomSampler, seed 0). Each plan is materialized once
 and fine-tuned cumulatively; its validation accuracy is recorded at zero-shot (BatchNorm + activation ranges
@@ -15,6 +15,10 @@ synflow, grad_norm, snip) are computed on the zero-shot model. Also:
 - ``fitted@<first short>``: full accuracy predicted by a least-squares fit on the other proxies at that level's cost,
   fitted on 8 random plans already fine-tuned fully (as a study's self-check trials are) and scored on the rest;
   mean tau over 50 random draws
+
+A plan with a student size (width or depth below 1) starts from that size distilled once for ``--student-steps``
+(shared by every plan of the size, as in a study; its cost lands on the first plan of the size, so it is in the
+mean costs) at every level, full fine-tuning included (as export does); ``--student-steps 0``: from the teacher.
 
 Prints Kendall tau and Spearman rho of every proxy against full accuracy, and each level's cost relative to full
 (wall seconds: apply + training + evaluation).
@@ -40,11 +44,11 @@ from autocompress.tasks import load_task
 from autocompress.tasks.inputs import call
 
 
-def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: str) -> None:
+def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: str, student_steps: int) -> None:
     task = load_task(name)
     space = SearchSpace(load_search_space(space_path), discover_layers(task.model, task.example_input))
     study = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    cfg = FinetuneConfig(steps=max(shorts), full_steps=full)
+    cfg = FinetuneConfig(steps=max(shorts), full_steps=full, student_steps=student_steps)
     x, y = task.train.tensors[0][:64], task.train.tensors[1][:64]
     t_sens = time.perf_counter()
     sens = sensitivity.measure(task, space, cfg, progress=False)
@@ -81,14 +85,16 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         full_cand.train_to(full)
         acc["full"] = full_cand.accuracy()
         cost["full"] = time.perf_counter() - t2
-        rows.append({"acc": acc, "cost": cost, "zc": scores, "zc_cost": zc_cost})
+        rows.append({"acc": acc, "cost": cost, "zc": scores, "zc_cost": zc_cost, "plan": plan})
         print(f"  {name} plan {i + 1}/{n_plans}: zero-shot {acc['zero-shot']:.3f} "
               + " ".join(f"{k} {v:.3f}" for k, v in acc.items() if k.startswith("short")) + f" full {acc['full']:.3f}",
               flush=True)
     full_acc = np.array([r["acc"]["full"] for r in rows])
     full_cost = np.mean([r["cost"]["full"] for r in rows])
+    students = sum(not r["plan"].student.is_identity for r in rows)
     print(f"\n{name}: {n_plans} random plans; full = {full} KD steps (mean {full_cost:.1f} s per candidate); "
-          f"full accuracy range {full_acc.min():.3f}..{full_acc.max():.3f}")
+          f"full accuracy range {full_acc.min():.3f}..{full_acc.max():.3f}; {students} plans with a student size, "
+          f"each size distilled {student_steps} steps once")
     print(f"{'proxy':<12} {'kendall_tau':>11} {'spearman':>9} {'cost/full':>9}")
     levels = ["zero-shot", *[f"short@{s}" for s in shorts]]
     for level in levels:
@@ -131,11 +137,14 @@ def main() -> None:
     ap.add_argument("--short-steps", default="50,200,400")
     ap.add_argument("--full-steps", type=int, default=1500)
     ap.add_argument("--space", default="search_spaces/default.yaml")
+    ap.add_argument("--student-steps", type=int, default=150,
+                    help="distillation steps of each student size (default: 3 x the 50-step short level; 0: off)")
     args = ap.parse_args()
     torch.manual_seed(0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for name in args.tasks.split(","):
-        run_task(name, args.plans, [int(s) for s in args.short_steps.split(",")], args.full_steps, args.space)
+        run_task(name, args.plans, [int(s) for s in args.short_steps.split(",")], args.full_steps, args.space,
+                 args.student_steps)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,7 @@ def main() -> int:
     print(f"teacher validation {evaluate(task.model, task.val, task.metric):.4f}", flush=True)
     for name in STUDENTS:
         start = time.perf_counter()
-        cand = Candidate(task, todo[name], FinetuneConfig())
+        cand = Candidate(task, todo[name], FinetuneConfig(student_steps=0))  # from the teacher, as trained alone
         line = [f"{name}: zero-shot {cand.accuracy('val'):.4f}"]
         for steps in (int(s) for s in args.steps.split(",")):
             cand.train_to(steps)
