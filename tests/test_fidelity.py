@@ -154,3 +154,13 @@ def test_a_student_size_is_distilled_once_and_its_candidates_start_from_it(digit
     # where only the structure matters, no student is made
     assert Candidate(digits_task, CompressionPlan(student=StudentPlan(width=0.75)), cfg, warm_student=False).student \
         is None
+
+
+def test_a_student_size_that_changes_nothing_is_not_distilled(digits_task):
+    from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.plan import CompressionPlan, StudentPlan
+
+    # depth alone on an MLP without removable blocks: the same structure as the teacher
+    cand = Candidate(digits_task, CompressionPlan(student=StudentPlan(depth=0.5)), FinetuneConfig(steps=20))
+    assert cand.student is None and "(student depth)" in cand.cm.skipped

@@ -173,10 +173,12 @@ def student_steps(cfg: FinetuneConfig) -> int:
 
 
 def distilled_student(task: Task, student: StudentPlan, cfg: FinetuneConfig,
-                      calib: list[Inputs]) -> tuple[CompressedModel, float]:
+                      calib: list[Inputs]) -> tuple[CompressedModel | None, float]:
     """``(the student, seconds spent making it here)``: the teacher cut to ``student`` (width and depth, no
     per-layer decisions), BatchNorm re-estimated where it moved, then distilled for ``cfg.student_steps`` (default
-    3 x ``cfg.steps``) with the default distillation settings. Made once per process and shared.
+    3 x ``cfg.steps``) with the default distillation settings. Made once per process and shared. None when the
+    size changes nothing on this model (no block removable, no channel prunable): its candidates start from the
+    teacher.
 
     Why: a student starts far from the teacher (a half-width, half-depth MobileNetV2 scores 0.21 zero-shot where
     the teacher scores 0.96) and needs hundreds of steps to recover, while a plan of bits and sparsity starts near
@@ -192,13 +194,17 @@ def distilled_student(task: Task, student: StudentPlan, cfg: FinetuneConfig,
         if key in per:
             return per[key], 0.0
         t0 = time.perf_counter()
-        cm = apply(task.model, CompressionPlan(student=student), task.example_input)
-        recalibrate_batchnorm(cm.model, calib, reference=task.model)
-        finetune(cm, task.model, task.train, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr, seed=STUDENT_SEED,
-                 loss_fn=task.distill_loss, device=device)
-        cm.model.eval()
-        per[key] = cm
-        return cm, time.perf_counter() - t0
+        made: CompressedModel | None = apply(task.model, CompressionPlan(student=student), task.example_input)
+        shapes = {k: v.shape for k, v in task.model.state_dict().items()}
+        if not made.removed and {k: v.shape for k, v in made.model.state_dict().items()} == shapes:
+            made = None  # nothing to distil: training the teacher's copy would only change its candidates
+        else:
+            recalibrate_batchnorm(made.model, calib, reference=task.model)
+            finetune(made, task.model, task.train, steps=steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                     seed=STUDENT_SEED, loss_fn=task.distill_loss, device=device)
+            made.model.eval()
+        per[key] = made
+        return made, time.perf_counter() - t0
 
 
 class Candidate:
