@@ -4,13 +4,16 @@ and 16, timed side by side on a runtime.
     .venv/bin/python benchmarks/channel_alignment.py [--models mnist-mobilenetv2@size=96,mnist-resnet18]
                                                     [--backends onnxruntime,openvino] [--rounds 7] [--runs 200]
                                                     [--out benchmarks/results/channel_alignment.json]
+                                                    [--profile benchmarks/out/latency_profile.json]
 
 For each model (a built-in task, options after ``@`` as in ``benchmarks/zoo.py``) and each kept share of channels
 (0.75, 0.5, 0.375, 0.25) with and without half depth: the plan that keeps that share of every hidden layer's
 channels, its counts rounded by the search's rule (``channel_target``: to the nearest multiple, at least one)
 for multiple 1 (exact), 8 and 16. Every plan is materialized and lowered as the search lowers
 it, then all of them are timed interleaved in one process (1 thread, batch 1, speed-normalized); speedups are
-against the fp32 teacher in the same run, so the machine's slow spells move every plan alike.
+against the fp32 teacher in the same run, so the machine's slow spells move every plan alike. With ``--profile``
+(a latency profile of the first backend listed), the latency predictor's speedup of each plan is printed beside
+(predicted teacher / predicted plan) with its error against the measured speedup.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from autocompress.config import FinetuneConfig
 from autocompress.evaluate.candidate import calibration_batches
 from autocompress.evaluate.size import compressed_size
 from autocompress.latency.measure import lower_plan
+from autocompress.latency.predictor import LatencyPredictor
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
 from autocompress.runtime import TimingSpec, get_backend
 
@@ -52,7 +56,7 @@ def plans(task) -> dict[str, CompressionPlan]:
     return out
 
 
-def run(model: str, backend: str, spec: TimingSpec) -> dict[str, object]:
+def run(model: str, backend: str, spec: TimingSpec, profile: str | None) -> dict[str, object]:
     task = load_model(model)
     todo = plans(task)
     calib = calibration_batches(task, FinetuneConfig().calibration_batches)
@@ -78,6 +82,18 @@ def run(model: str, backend: str, spec: TimingSpec) -> dict[str, object]:
             cells = [rows[f"keep{ratio:g}/d{depth:g}/m{m}"] for m in MULTIPLES]
             print(f"keep {ratio:<6g} depth {depth:<4g}" + "".join(f"{c['speedup']:>8.2f}x {c['ms']:.3f}"
                                                                  for c in cells), flush=True)
+    if profile:
+        predictor = LatencyPredictor(task.model, task.example_input, profile, backend=backend)
+        teacher_ms = predictor.predict(todo["teacher"])
+        errors = []
+        for name, plan in todo.items():
+            rows[name]["predicted_speedup"] = teacher_ms / predictor.predict(plan)
+            errors.append(rows[name]["predicted_speedup"] / rows[name]["speedup"] - 1)
+        print("predicted speedup (error vs measured): " + ", ".join(
+            f"{name} {rows[name]['predicted_speedup']:.2f}x ({e:+.0%})" for name, e in zip(todo, errors, strict=True)
+            if name.endswith(("m1", "m16"))))
+        print(f"prediction error of the speedup over all plans: mean {sum(errors) / len(errors):+.1%}, "
+              f"largest {max(errors, key=abs):+.1%}")
     gain = [rows[f"keep{r:g}/d{d:g}/m16"]["speedup"] / rows[f"keep{r:g}/d{d:g}/m1"]["speedup"]
             for r in RATIOS for d in (1.0, 0.5)]
     print(f"multiple 16 vs exact counts: {min(gain):.2f}x .. {max(gain):.2f}x faster (geometric mean "
@@ -92,15 +108,17 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--out", default="benchmarks/results/channel_alignment.json")
+    ap.add_argument("--profile", default=None, help="also print the latency predictor's speedups (first backend)")
     args = ap.parse_args()
     torch.set_num_threads(2)
     spec = TimingSpec(threads=1, warmup=20, runs=args.runs, rounds=args.rounds)
     out: dict[str, object] = {"machine": {"cpu": platform.processor() or platform.machine(),
                                           "capability": torch.backends.cpu.get_cpu_capability()},
                               "spec": {"threads": 1, "runs": args.runs, "rounds": args.rounds}, "results": {}}
-    for backend in args.backends.split(","):
+    for i, backend in enumerate(args.backends.split(",")):
         for model in args.models.split(","):
-            out["results"].setdefault(backend, {})[model] = run(model, backend, spec)  # type: ignore[index]
+            out["results"].setdefault(backend, {})[model] = run(  # type: ignore[index]
+                model, backend, spec, args.profile if i == 0 else None)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     print(f"\nwrote {args.out}")
