@@ -343,7 +343,8 @@ def test_ray_backend_time_budget(tmp_path):
     assert time.perf_counter() - start < 25 + 90
 
 
-def test_ctrl_c_inside_a_storage_write_waits_for_it(tmp_path):
+@pytest.mark.parametrize("write", ["user_attr", "param"])  # a param goes through Optuna's cache to a private call
+def test_ctrl_c_inside_a_storage_write_waits_for_it(tmp_path, write):
     """SIGINT arriving in the middle of a storage write is raised once the write is committed: no transaction is
     left open holding the database's lock (the next write, from another process, goes through at once)."""
     import signal
@@ -367,12 +368,18 @@ def test_ctrl_c_inside_a_storage_write_waits_for_it(tmp_path):
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever earlier tests left installed
     try:
         with pytest.raises(KeyboardInterrupt):
-            trial.set_user_attr("k", 1)
+            if write == "user_attr":
+                trial.set_user_attr("k", 1)
+            else:
+                trial.suggest_categorical("p", [1, 2])
     finally:
         signal.signal(signal.SIGINT, previous)
     assert fired
     sqlalchemy.event.remove(storage.engine, "before_cursor_execute", interrupt)
-    assert study.trials[0].user_attrs == {"k": 1}  # the interrupted write was completed
+    if write == "user_attr":  # the interrupted write was completed
+        assert study.trials[0].user_attrs == {"k": 1}
+    else:
+        assert set(study.trials[0].params) == {"p"}
     other = subprocess.run([sys.executable, "-c",
                             "import sqlite3, sys; con = sqlite3.connect(sys.argv[1], timeout=2); "
                             "con.execute('CREATE TABLE probe (x)'); con.commit()", str(tmp_path / "s.db")],

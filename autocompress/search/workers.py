@@ -372,10 +372,15 @@ def _deferring_signals(method: Callable) -> Callable:
     return wrapped
 
 
-# Every public storage method runs with signals deferred (see signals_deferred); Optuna's cache and the trial
-# API call these, so a Ctrl-C during a trial is raised between storage calls, never inside one.
+# Every public storage method runs with signals deferred (see signals_deferred), and so do the private ones
+# Optuna's cache (`optuna/storages/_cached_storage.py`) calls on its backend directly (a Ctrl-C once landed inside
+# `_set_trial_param`'s SQLite write and left the database locked); Optuna's cache and the trial API call these, so
+# a Ctrl-C during a trial is raised between storage calls, never inside one.
+_CALLED_BY_OPTUNAS_CACHE = {"_create_new_trial", "_set_trial_param", "_get_best_trial_id", "_get_trials",
+                            "_get_stale_trial_ids"}
 for _name, _method in vars(optuna.storages.RDBStorage).items():
-    if not _name.startswith("_") and callable(_method) and _name not in vars(StudyStorage):
+    if (not _name.startswith("_") or _name in _CALLED_BY_OPTUNAS_CACHE) and callable(_method) \
+            and _name not in vars(StudyStorage):
         setattr(StudyStorage, _name, _deferring_signals(_method))
 
 
