@@ -22,23 +22,18 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from autocompress.compress import apply, discover_layers
-from autocompress.config import FinetuneConfig
-from autocompress.evaluate.candidate import calibration_batches
 from autocompress.evaluate.size import compressed_size
-from autocompress.latency.measure import lower_plan
 from autocompress.latency.predictor import LatencyPredictor
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
-from autocompress.runtime import TimingSpec, get_backend
+from autocompress.runtime import TimingSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import load_model  # noqa: E402  (built-in task names with options after @)
+from zoo import load_model, time_plans  # noqa: E402  (built-in task names with options after @; shared timing)
 
 RATIOS = (0.75, 0.5, 0.375, 0.25)
 MULTIPLES = (1, 8, 16)
@@ -59,18 +54,8 @@ def plans(task) -> dict[str, CompressionPlan]:
 def run(model: str, backend: str, spec: TimingSpec, profile: str | None) -> dict[str, object]:
     task = load_model(model)
     todo = plans(task)
-    calib = calibration_batches(task, FinetuneConfig().calibration_batches)
     sizes = {name: compressed_size(apply(task.model, plan, task.example_input))[0] for name, plan in todo.items()}
-    with tempfile.TemporaryDirectory(prefix="bench-align-") as tmp:
-        paths = {}
-        for name, plan in todo.items():
-            folder = Path(tmp) / name.replace("/", "_")
-            folder.mkdir()
-            paths[name], _ = lower_plan(task.model, plan, task.example_input, folder, calibration=calib,
-                                        backend=backend)
-        t0 = time.perf_counter()
-        timings = get_backend(backend).time(paths, task.example_input, spec)
-        seconds = time.perf_counter() - t0
+    timings, seconds = time_plans(task, todo, backend=backend, spec=spec)
     base = timings["teacher"].normalized
     rows = {name: {"ms": timings[name].latency_ms, "speedup": base / timings[name].normalized,
                    "size_bytes": sizes[name]} for name in todo}

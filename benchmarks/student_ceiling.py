@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -22,14 +21,12 @@ import torch
 
 from autocompress.compress.layers import discover_layers
 from autocompress.config import FinetuneConfig
-from autocompress.evaluate.candidate import Candidate, calibration_batches
-from autocompress.latency.measure import lower_plan
+from autocompress.evaluate.candidate import Candidate
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
-from autocompress.runtime import TimingSpec, get_backend
 from autocompress.tasks.metric import evaluate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zoo import load_model  # noqa: E402  (built-in task names with options after @)
+from zoo import load_model, time_plans  # noqa: E402  (built-in task names with options after @; shared timing)
 
 STUDENTS = ("w0.5+d0.5", "w0.5+keep0.5")
 
@@ -56,14 +53,7 @@ def main() -> int:
     torch.set_num_threads(2)
     task = load_model(args.task)
     todo = plans(task)
-    calib = calibration_batches(task, FinetuneConfig().calibration_batches)
-    with tempfile.TemporaryDirectory(prefix="bench-ceiling-") as tmp:
-        paths = {}
-        for name, plan in todo.items():
-            (Path(tmp) / name).mkdir()
-            paths[name], _ = lower_plan(task.model, plan, task.example_input, Path(tmp) / name, calibration=calib)
-        t = get_backend("onnxruntime").time(paths, task.example_input,
-                                            TimingSpec(threads=1, warmup=20, runs=200, rounds=7))
+    t, _ = time_plans(task, todo)
     base = t["fp32"].normalized
     for name in todo:
         print(f"{name:16s} {t[name].latency_ms:.3f} ms  {base / t[name].normalized:.2f}x vs fp32", flush=True)

@@ -49,12 +49,12 @@ from autocompress.config import (
     load_study_config,
     resolve_search_space,
 )
-from autocompress.evaluate.candidate import Candidate, baked_teacher
+from autocompress.evaluate.candidate import Candidate, baked_teacher, calibration_batches
 from autocompress.evaluate.size import compressed_size
 from autocompress.export.loader import OnnxModule
 from autocompress.latency.measure import lower_plan
 from autocompress.plan import CompressionPlan, LayerPlan, StudentPlan
-from autocompress.runtime import TimingSpec, get_backend
+from autocompress.runtime import Timing, TimingSpec, get_backend
 from autocompress.search.driver import run_study
 from autocompress.space import SearchSpace
 from autocompress.tasks import Task, load_task
@@ -150,17 +150,28 @@ def best_within_1pt(members, teacher: dict, task: Task) -> dict[str, object] | N
             "plan": row["plan_summary"]}
 
 
-def retime(task: Task, plans: dict[str, CompressionPlan]) -> dict[str, float]:
-    """Speedup of each plan against the teacher, all lowered as the search lowers them and timed interleaved in one
-    process (the study's own figures divide by the teacher timed once at its start)."""
-    calib = Candidate(task, CompressionPlan(), FinetuneConfig()).calib
-    with tempfile.TemporaryDirectory(prefix="zoo-retime-") as tmp:
+def time_plans(task: Task, plans: dict[str, CompressionPlan], *, backend: str = "onnxruntime",
+               spec: TimingSpec | None = None) -> tuple[dict[str, Timing], float]:
+    """Every plan lowered as the search lowers it, then all timed interleaved in one process (1 thread, batch 1,
+    7 rounds of 200 calls by default); ``(timings by label, seconds the timing took)``."""
+    calib = calibration_batches(task, FinetuneConfig().calibration_batches)
+    with tempfile.TemporaryDirectory(prefix="bench-time-") as tmp:
         paths = {}
-        for label, plan in {"teacher": CompressionPlan(), **plans}.items():
-            (Path(tmp) / label).mkdir()
-            paths[label], _ = lower_plan(task.model, plan, task.example_input, Path(tmp) / label, calibration=calib)
-        t = get_backend("onnxruntime").time(paths, task.example_input,
-                                            TimingSpec(threads=1, warmup=20, runs=200, rounds=7))
+        for i, (label, plan) in enumerate(plans.items()):
+            folder = Path(tmp) / str(i)
+            folder.mkdir()
+            paths[label], _ = lower_plan(task.model, plan, task.example_input, folder, calibration=calib,
+                                         backend=backend)
+        t0 = time.perf_counter()
+        timings = get_backend(backend).time(paths, task.example_input,
+                                            spec or TimingSpec(threads=1, warmup=20, runs=200, rounds=7))
+    return timings, time.perf_counter() - t0
+
+
+def retime(task: Task, plans: dict[str, CompressionPlan]) -> dict[str, float]:
+    """Speedup of each plan against the teacher, timed interleaved with it after the study (:func:`time_plans`;
+    the study's own figures divide by the teacher timed once at its start)."""
+    t, _ = time_plans(task, {"teacher": CompressionPlan(), **plans})
     return {label: t["teacher"].normalized / t[label].normalized for label in plans}
 
 

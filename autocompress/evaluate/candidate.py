@@ -265,9 +265,9 @@ class Candidate:
 
     def baked(self) -> CompressedModel:
         """A copy with the compressed weights written into plain parameters (this candidate can train on)."""
-        # Parametrized modules cannot be deep-copied; replaying the (deterministic) plan gives the same structure
-        # and masks, into which the trained state and the calibrated activation ranges are loaded.
-        cm = apply(self.task.model, self.plan, self.task.example_input)
+        # Parametrized modules cannot be deep-copied; replaying the (deterministic) plan from the same start gives
+        # the same structure and masks, into which the trained state and the calibrated activation ranges are loaded.
+        cm = apply(self.task.model, self.plan, self.task.example_input, start=self.student)
         cm.model.load_state_dict(self.cm.model.state_dict())
         for name, q in cm.input_quantizers.items():
             src = self.cm.input_quantizers[name]
