@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/proxy_fidelity.py [--tasks mnist-lenet5,mnist-lenet300] [--plans 40]
         [--short-steps 50,200,400] [--full-steps 1500] [--student-steps 150] [--space search_spaces/default.yaml]
+        [--short-lr 1e-3] [--full-seeds 1] [--out rows.json]
 
 For each task: random plans from the search space (Optuna RandomSampler, seed 0). Each plan is materialized once
 and fine-tuned cumulatively; its validation accuracy is recorded at zero-shot (BatchNorm + activation ranges
@@ -20,13 +21,18 @@ A plan with a student size (width or depth below 1) starts from that size distil
 (shared by every plan of the size, as in a study; its cost lands on the first plan of the size, so it is in the
 mean costs) at every level, full fine-tuning included (as export does); ``--student-steps 0``: from the teacher.
 
+``--short-lr``: learning rate of the short levels (full fine-tuning keeps the default 1e-3, as export does).
+``--full-seeds 2``: every plan is also fully fine-tuned with a second seed; the tau of one full run against the other
+is the ceiling any proxy can reach against a single full run (full fine-tuning's own seed-to-seed noise).
+
 Prints Kendall tau and Spearman rho of every proxy against full accuracy, and each level's cost relative to full
-(wall seconds: apply + training + evaluation).
+(wall seconds: apply + training + evaluation). ``--out``: every plan's figures as JSON (for offline analysis).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
@@ -44,11 +50,13 @@ from autocompress.tasks import load_task
 from autocompress.tasks.inputs import call
 
 
-def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: str, student_steps: int) -> None:
+def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: str, student_steps: int,
+             short_lr: float = 1e-3, full_seeds: int = 1) -> list[dict]:
     task = load_task(name)
     space = SearchSpace(load_search_space(space_path), discover_layers(task.model, task.example_input))
     study = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
     cfg = FinetuneConfig(steps=max(shorts), full_steps=full, student_steps=student_steps)
+    short_cfg = cfg.model_copy(update={"lr": short_lr})
     x, y = task.train.tensors[0][:64], task.train.tensors[1][:64]
     t_sens = time.perf_counter()
     sens = sensitivity.measure(task, space, cfg, progress=False)
@@ -66,7 +74,7 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         plan = space.suggest(trial)
         study.tell(trial, 0.0)
         t0 = time.perf_counter()
-        cand = Candidate(task, plan, cfg, seed=i)
+        cand = Candidate(task, plan, short_cfg, seed=i)
         acc = {"zero-shot": cand.accuracy(), "sensitivity sum": -sensitivity.plan_divergence(sens, space, plan),
                "divergence@zero-shot": -div(cand.cm.model)}
         cost = {"zero-shot": time.perf_counter() - t0}
@@ -85,6 +93,10 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         full_cand.train_to(full)
         acc["full"] = full_cand.accuracy()
         cost["full"] = time.perf_counter() - t2
+        for k in range(1, full_seeds):
+            again = Candidate(task, plan, cfg, seed=i + 1000 * k)
+            again.train_to(full)
+            acc[f"full (seed {k + 1})"] = again.accuracy()
         rows.append({"acc": acc, "cost": cost, "zc": scores, "zc_cost": zc_cost, "plan": plan})
         print(f"  {name} plan {i + 1}/{n_plans}: zero-shot {acc['zero-shot']:.3f} "
               + " ".join(f"{k} {v:.3f}" for k, v in acc.items() if k.startswith("short")) + f" full {acc['full']:.3f}",
@@ -128,6 +140,13 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         v = [r["zc"][key] for r in rows]
         print(f"{key:<12} {stats.kendalltau(v, full_acc).statistic:>11.3f} "
               f"{stats.spearmanr(v, full_acc).statistic:>9.3f} {zc_rel:>9.3f}  (zero-cost; cost = all five)")
+    for k in range(1, full_seeds):
+        v = [r["acc"][f"full (seed {k + 1})"] for r in rows]
+        print(f"{'full, seed ' + str(k + 1):<12} {stats.kendalltau(v, full_acc).statistic:>11.3f} "
+              f"{stats.spearmanr(v, full_acc).statistic:>9.3f} {1.0:>9.3f}  (full fine-tuning again, another seed: "
+              "the ceiling against one full run)")
+    return [{"task": name, "plan": r["plan"].to_dict(), "acc": r["acc"], "cost": r["cost"], "zc": r["zc"],
+             "full_cost_mean": float(full_cost)} for r in rows]
 
 
 def main() -> None:
@@ -139,12 +158,20 @@ def main() -> None:
     ap.add_argument("--space", default="search_spaces/default.yaml")
     ap.add_argument("--student-steps", type=int, default=150,
                     help="distillation steps of each student size (default: 3 x the 50-step short level; 0: off)")
+    ap.add_argument("--short-lr", type=float, default=1e-3, help="learning rate of the short levels (default 1e-3)")
+    ap.add_argument("--full-seeds", type=int, default=1,
+                    help="full fine-tuning runs per plan, seeds apart (2: also report full against full)")
+    ap.add_argument("--out", help="write every plan's figures to this JSON file")
     args = ap.parse_args()
     torch.manual_seed(0)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows = []
     for name in args.tasks.split(","):
-        run_task(name, args.plans, [int(s) for s in args.short_steps.split(",")], args.full_steps, args.space,
-                 args.student_steps)
+        rows += run_task(name, args.plans, [int(s) for s in args.short_steps.split(",")], args.full_steps,
+                         args.space, args.student_steps, args.short_lr, args.full_seeds)
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"args": vars(args), "rows": rows}, f, indent=1, default=float)
 
 
 if __name__ == "__main__":

@@ -54,16 +54,23 @@ def _batchnorms(model: torch.nn.Module) -> dict[str, torch.nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
 
 
+def _channel_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Per-channel (dim 1) sum, sum of squares (float64) and element count of a BatchNorm's input."""
+    x = x.detach()
+    dims = [0, *range(2, x.dim())]
+    return x.sum(dims, dtype=torch.float64), (x * x).sum(dims, dtype=torch.float64), x.numel() // x.shape[1]
+
+
 @torch.no_grad()
 def _input_stats(model: torch.nn.Module, names: list[str], batches: list[Inputs]) -> dict[str, tuple]:
-    """Per-channel mean and variance of each named BatchNorm's input over ``batches`` (eval mode)."""
+    """``{BatchNorm: (per-channel mean, biased variance)}`` of its inputs over ``batches`` (float64)."""
     sums: dict[str, list] = {}
 
     def hook(name):
         def record(module, args):
-            x = args[0].detach().double().transpose(0, 1).reshape(args[0].shape[1], -1)
-            s = sums.setdefault(name, [0.0, 0.0, 0])
-            s[0], s[1], s[2] = s[0] + x.sum(1), s[1] + (x * x).sum(1), s[2] + x.shape[1]
+            s, ss, n = _channel_stats(args[0])
+            acc = sums.setdefault(name, [0.0, 0.0, 0])
+            acc[0], acc[1], acc[2] = acc[0] + s, acc[1] + ss, acc[2] + n
         return record
 
     mods = dict(model.named_modules())
@@ -98,6 +105,17 @@ def _teacher_stats(teacher: torch.nn.Module, batches: list[Inputs]) -> dict[str,
     return per[key]
 
 
+def _moved(theirs: tuple | None, mean: torch.Tensor, var: torch.Tensor) -> bool:
+    """Whether input statistics ``(mean, var)`` differ from the teacher's ``theirs`` by more than BN_SHIFT (or in
+    their channels)."""
+    if theirs is None or theirs[0].shape != mean.shape:
+        return True
+    m0, v0 = theirs
+    std = v0.sqrt().clamp_min(1e-6)
+    return float(((mean - m0).abs() / std).max()) > BN_SHIFT or \
+        float(((var - v0).abs() / v0.clamp_min(1e-12)).max()) > 2 * BN_SHIFT
+
+
 @torch.no_grad()
 def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches: list[Inputs]) -> list[str]:
     """The BatchNorms of ``model`` whose input statistics on ``batches`` differ from the same BatchNorm's in
@@ -107,30 +125,71 @@ def changed_batchnorms(teacher: torch.nn.Module, model: torch.nn.Module, batches
         return []
     mine = _input_stats(model, names, batches)
     theirs = _teacher_stats(teacher, batches)
-    changed = []
-    for name in names:
-        if name not in mine:
-            continue  # never ran
-        if name not in theirs or theirs[name][0].shape != mine[name][0].shape:
-            changed.append(name)
-            continue
-        (m0, v0), (m1, v1) = theirs[name], mine[name]
-        std = v0.sqrt().clamp_min(1e-6)
-        if float(((m1 - m0).abs() / std).max()) > BN_SHIFT or \
-                float(((v1 - v0).abs() / v0.clamp_min(1e-12)).max()) > 2 * BN_SHIFT:
-            changed.append(name)
-    return changed
+    return [name for name in names if name in mine and _moved(theirs.get(name), *mine[name])]
+
+
+def _joined(batches: list[Inputs]) -> Inputs | None:
+    """The batches as one batch (tensors concatenated along dim 0), or None when their shapes differ beyond it
+    (per-batch padding)."""
+    parts = [tensors(x) for x in batches]
+    if any(len(p) != len(parts[0]) or any(t.shape[1:] != u.shape[1:] for t, u in zip(p, parts[0], strict=True))
+           for p in parts):
+        return None
+    if len(batches) == 1:
+        return batches[0]
+    first = batches[0]
+    if isinstance(first, dict):
+        return {k: torch.cat([x[k] for x in batches]) for k in first}
+    if isinstance(first, tuple | list):
+        return tuple(torch.cat([x[i] for x in batches]) for i in range(len(first)))
+    return torch.cat(batches)
+
+
+@torch.no_grad()
+def _reestimate_moved(model: torch.nn.Module, bn_of: dict[str, torch.nn.Module], batch: Inputs,
+                      theirs: dict[str, tuple]) -> list[str]:
+    """One forward pass over ``batch`` in eval mode: each BatchNorm, just before it runs, compares its input
+    statistics with the teacher's and, where they moved, takes them as its running statistics (the unbiased
+    variance, as training would record it). Layers run in order, so a BatchNorm sees its input as the re-estimated
+    BatchNorms before it make it: its statistics are exactly those the re-estimated model has on ``batch``."""
+    moved: list[str] = []
+
+    def hook(name):
+        def update(bn, args):
+            if bn.running_mean is None:  # no running statistics (track_running_stats=False): nothing to estimate
+                return
+            s, ss, n = _channel_stats(args[0])
+            mean = s / n
+            var = (ss / n - mean * mean).clamp_min(0)
+            if _moved(theirs.get(name), mean, var):
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var * n / max(n - 1, 1))
+                moved.append(name)
+        return update
+
+    handles = [bn.register_forward_pre_hook(hook(name)) for name, bn in bn_of.items()]
+    was = model.training
+    model.eval()
+    try:
+        call(model, batch)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
+    return [name for name in bn_of if name in moved]
 
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: torch.nn.Module, batches: list[Inputs], *,
                           reference: torch.nn.Module | None = None) -> list[str]:
-    """Re-estimate BatchNorm running statistics on ``batches`` (cumulative average), weights untouched; returns
-    the BatchNorms re-estimated.
+    """Re-estimate BatchNorm running statistics on ``batches``, weights untouched; returns the BatchNorms
+    re-estimated.
 
-    With ``reference`` (the teacher), only those whose input statistics the plan changed
-    (:func:`changed_batchnorms`), and only from at least :data:`MIN_BN_SAMPLES` samples; the others keep the
-    teacher's statistics. Without it, every BatchNorm.
+    With ``reference`` (the teacher), only those whose input statistics the plan moved (:func:`_moved`), and only
+    from at least :data:`MIN_BN_SAMPLES` samples; the others keep the teacher's statistics. Done in one forward
+    pass over the batches joined into one (:func:`_reestimate_moved`); batches of different shapes take two
+    passes (find the moved ones, then re-estimate them as below). Without ``reference``, every BatchNorm, in
+    training mode over the batches (cumulative average).
     """
     bn_of = _batchnorms(model)
     if not bn_of or not batches:
@@ -138,6 +197,9 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: list[Inputs], *,
     if reference is not None:
         if sum(batch_len(x) for x in batches) < MIN_BN_SAMPLES:
             return []
+        joined = _joined(batches)
+        if joined is not None:
+            return _reestimate_moved(model, bn_of, joined, _teacher_stats(reference, batches))
         bn_of = {n: bn_of[n] for n in changed_batchnorms(reference, model, batches)}
         if not bn_of:
             return []
