@@ -56,6 +56,13 @@ def _print_front(front, fmt: str, *, all_trials: bool = False) -> None:
                 line += (f"; proxy vs full fine-tuning on {check['n']} random candidates: Kendall tau "
                          f"{check['kendall_tau']:.2f}")
             print(line)
+        lr = front.short_lr
+        if lr.get("chosen") is not None:
+            print(f"short level: learning rate {lr['chosen']:g}, chosen by a range test ("
+                  + ", ".join(f"{float(r):g}: {v:.4f}" for r, v in lr["scores"].items())
+                  + f" mean {front.metric_name} after {lr['steps']} steps)")
+        elif lr.get("error"):
+            print(f"short level: the learning-rate range test failed ({lr['error']}); trained at finetune.lr")
         if front.unassigned or front.left_alone:
             parts = [f"{len(front.unassigned)} layer(s) in no search group ({', '.join(front.unassigned[:3])}"
                      f"{', ...' if len(front.unassigned) > 3 else ''})"] if front.unassigned else []

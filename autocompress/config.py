@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
@@ -197,6 +197,12 @@ class FinetuneConfig(_Strict):
     student_steps: mini-batches distilling each student size (width/depth below 1) once, before the candidates of
                 that size apply the rest of their plan to it (default: 3 x ``steps``: a student needs far more steps
                 to recover than a plan on top of it; 0 = candidates start from the teacher)
+    lr:         Adam learning rate (cosine-annealed within each level's steps)
+    short_lr:   learning rate of a candidate's first ``steps`` mini-batches, the short level: ``auto`` (default)
+                = chosen by a range test when a study starts (:mod:`autocompress.search.learning_rate`; outside a
+                study, ``lr``), a number, or None = ``lr``. The rest, up to ``full_steps``, train at ``lr``. Export
+                trains the pick the same way (a study's promoted candidate and the exported one follow one
+                schedule).
     calibration_batches: training batches (of 32) used for activation ranges and BatchNorm recalibration
     device:     where candidates fine-tune and are evaluated: ``auto`` (CUDA when available, else CPU), ``cpu``,
                 ``cuda``, ``cuda:N`` or ``mps``; the study config's top-level ``device`` sets it. Latency is
@@ -208,6 +214,7 @@ class FinetuneConfig(_Strict):
     student_steps: int | None = Field(default=None, ge=0)
     batch_size: int = Field(default=64, ge=1)
     lr: float = Field(default=1e-3, gt=0.0)
+    short_lr: Annotated[float, Field(gt=0.0)] | Literal["auto"] | None = "auto"
     calibration_batches: int = Field(default=4, ge=1)
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
 

@@ -11,6 +11,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
+from .config import FinetuneConfig
 from .errors import AutocompressError, StudyNotFoundError
 from .plan import CompressionPlan
 
@@ -85,6 +86,16 @@ def hypervolume(df: pd.DataFrame, objectives: list[str], teacher: dict[str, Any]
 DEPLOY_ATTR = "deploy:{}"
 LOST_ATTR = "lost:{}"  # study attribute: why trial <number> was failed for a silent heartbeat
 KINDS_ATTR = "kernel_kinds"  # study attribute: the kernel kinds its candidates were scored with (export uses them)
+SHORT_LR_ATTR = "short_lr"  # study attribute: the short level's learning rate it chose (search.learning_rate)
+
+
+def study_finetune(cfg: FinetuneConfig, study_attrs: dict[str, Any]) -> FinetuneConfig:
+    """``cfg`` with ``short_lr: auto`` replaced by the rate the study chose (a study without a choice: ``lr``):
+    what its trials trained with, so what export trains with."""
+    if cfg.short_lr != "auto":
+        return cfg
+    chosen = (study_attrs.get(SHORT_LR_ATTR) or {}).get("chosen")
+    return cfg.model_copy(update={"short_lr": float(chosen) if chosen is not None else cfg.lr})
 
 
 def is_deployable(study_attrs: dict[str, Any], trial: optuna.trial.FrozenTrial) -> bool:
@@ -131,6 +142,7 @@ class Front:
     # layers no search group covers, and weighted modules no method handles (by type): what the study left alone
     unassigned: list[str] = field(default_factory=list)
     left_alone: dict[str, list[str]] = field(default_factory=dict)
+    short_lr: dict[str, Any] = field(default_factory=dict)  # the short level's learning-rate range test, if run
 
     @property
     def metric_name(self) -> str:
@@ -184,7 +196,8 @@ class Front:
                    failed=pd.DataFrame(failed_rows, columns=["trial", "state", "reason"]), plans=plans,
                    fidelity_summary=study.user_attrs.get("fidelity_summary", {}), metric=metric,
                    unassigned=study.user_attrs.get("unassigned_layers", []),
-                   left_alone=study.user_attrs.get("left_alone", {}))
+                   left_alone=study.user_attrs.get("left_alone", {}),
+                   short_lr=study.user_attrs.get(SHORT_LR_ATTR) or {})
 
     def direction(self, column: str) -> str:
         """Whether a larger value of ``column`` is better (``maximize``) or worse."""

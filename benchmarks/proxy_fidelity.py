@@ -21,7 +21,10 @@ A plan with a student size (width or depth below 1) starts from that size distil
 (shared by every plan of the size, as in a study; its cost lands on the first plan of the size, so it is in the
 mean costs) at every level, full fine-tuning included (as export does); ``--student-steps 0``: from the teacher.
 
-``--short-lr``: learning rate of the short levels (full fine-tuning keeps the default 1e-3, as export does).
+``--tasks``: built-in tasks, options after ``@`` as in ``benchmarks/zoo.py``. ``--short-lr``: learning rate of the
+short levels (``finetune.short_lr``; ``auto``: chosen by the study's range test run at the first short level's steps,
+``autocompress/search/learning_rate.py``, its cost printed); full fine-tuning is one cosine cycle at the default 1e-3, students are
+distilled at 1e-3 for both.
 ``--full-seeds 2``: every plan is also fully fine-tuned with a second seed; the tau of one full run against the other
 is the ceiling any proxy can reach against a single full run (full fine-tuning's own seed-to-seed noise).
 
@@ -39,24 +42,30 @@ import numpy as np
 import optuna
 import torch
 from scipy import stats
+from zoo import load_model
 
 from autocompress.compress.layers import discover_layers
 from autocompress.config import FinetuneConfig, load_search_space
 from autocompress.evaluate import zero_cost
 from autocompress.evaluate.candidate import Candidate, first_batches
-from autocompress.search import sensitivity
+from autocompress.search import learning_rate, sensitivity
 from autocompress.space import SearchSpace
-from autocompress.tasks import load_task
 from autocompress.tasks.inputs import call
 
 
 def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: str, student_steps: int,
-             short_lr: float = 1e-3, full_seeds: int = 1) -> list[dict]:
-    task = load_task(name)
+             short_lr: float | str = 1e-3, full_seeds: int = 1) -> list[dict]:
+    task = load_model(name)
     space = SearchSpace(load_search_space(space_path), discover_layers(task.model, task.example_input))
+    range_test = None
+    if short_lr == "auto":  # the study's range test, at the first short level's steps
+        range_test = learning_rate.choose(task, space, FinetuneConfig(steps=shorts[0], full_steps=full), progress=False)
+        short_lr = range_test["chosen"]
     study = optuna.create_study(directions=["maximize"], sampler=optuna.samplers.RandomSampler(seed=0))
-    cfg = FinetuneConfig(steps=max(shorts), full_steps=full, student_steps=student_steps)
-    short_cfg = cfg.model_copy(update={"lr": short_lr})
+    # the short levels at short_lr (finetune.short_lr: a candidate's first `steps` mini-batches); full fine-tuning
+    # one cosine cycle at lr from the plan's start, as before short_lr; students distilled at lr for both
+    cfg = FinetuneConfig(steps=max(shorts), full_steps=full, student_steps=student_steps, short_lr=short_lr)
+    full_cfg = FinetuneConfig(steps=full, full_steps=full, student_steps=student_steps)
     x, y = task.train.tensors[0][:64], task.train.tensors[1][:64]
     t_sens = time.perf_counter()
     sens = sensitivity.measure(task, space, cfg, progress=False)
@@ -74,7 +83,7 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
         plan = space.suggest(trial)
         study.tell(trial, 0.0)
         t0 = time.perf_counter()
-        cand = Candidate(task, plan, short_cfg, seed=i)
+        cand = Candidate(task, plan, cfg, seed=i)
         acc = {"zero-shot": cand.accuracy(), "sensitivity sum": -sensitivity.plan_divergence(sens, space, plan),
                "divergence@zero-shot": -div(cand.cm.model)}
         cost = {"zero-shot": time.perf_counter() - t0}
@@ -89,12 +98,12 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
             if s == shorts[0]:
                 acc[f"divergence@{s}"] = -div(cand.cm.model)
         t2 = time.perf_counter()
-        full_cand = Candidate(task, plan, cfg, seed=i)  # full fine-tuning from scratch, as export does
+        full_cand = Candidate(task, plan, full_cfg, seed=i)  # full fine-tuning from scratch
         full_cand.train_to(full)
         acc["full"] = full_cand.accuracy()
         cost["full"] = time.perf_counter() - t2
         for k in range(1, full_seeds):
-            again = Candidate(task, plan, cfg, seed=i + 1000 * k)
+            again = Candidate(task, plan, full_cfg, seed=i + 1000 * k)
             again.train_to(full)
             acc[f"full (seed {k + 1})"] = again.accuracy()
         rows.append({"acc": acc, "cost": cost, "zc": scores, "zc_cost": zc_cost, "plan": plan})
@@ -107,13 +116,18 @@ def run_task(name: str, n_plans: int, shorts: list[int], full: int, space_path: 
     print(f"\n{name}: {n_plans} random plans; full = {full} KD steps (mean {full_cost:.1f} s per candidate); "
           f"full accuracy range {full_acc.min():.3f}..{full_acc.max():.3f}; {students} plans with a student size, "
           f"each size distilled {student_steps} steps once")
-    print(f"{'proxy':<12} {'kendall_tau':>11} {'spearman':>9} {'cost/full':>9}")
+    print(f"{'proxy':<12} {'kendall_tau':>11} {'spearman':>9} {'cost/full':>9} {'mean accuracy':>13}")
     levels = ["zero-shot", *[f"short@{s}" for s in shorts]]
     for level in levels:
         v = [r["acc"][level] for r in rows]
         c = np.mean([r["cost"][level] for r in rows]) / full_cost
         print(f"{level:<12} {stats.kendalltau(v, full_acc).statistic:>11.3f} "
-              f"{stats.spearmanr(v, full_acc).statistic:>9.3f} {c:>9.3f}")
+              f"{stats.spearmanr(v, full_acc).statistic:>9.3f} {c:>9.3f} {np.mean(v):>13.3f}")
+    print(f"{'full':<12} {'':>11} {'':>9} {1.0:>9.3f} {full_acc.mean():>13.3f}")
+    if range_test is not None:
+        print(f"short_lr auto: {short_lr:g} chosen by the range test at {shorts[0]} steps ("
+              + ", ".join(f"{float(r):g}: {v:.3f}" for r, v in range_test["scores"].items())
+              + f"); {range_test['seconds']:.1f} s once = {range_test['seconds'] / full_cost:.2f} full fine-tunings")
     first = shorts[0]
     print(f"{'sensitivity sum':<12} {stats.kendalltau([r['acc']['sensitivity sum'] for r in rows], full_acc).statistic:>11.3f} "
           f"{stats.spearmanr([r['acc']['sensitivity sum'] for r in rows], full_acc).statistic:>9.3f} "
@@ -158,7 +172,8 @@ def main() -> None:
     ap.add_argument("--space", default="search_spaces/default.yaml")
     ap.add_argument("--student-steps", type=int, default=150,
                     help="distillation steps of each student size (default: 3 x the 50-step short level; 0: off)")
-    ap.add_argument("--short-lr", type=float, default=1e-3, help="learning rate of the short levels (default 1e-3)")
+    ap.add_argument("--short-lr", type=lambda v: v if v == "auto" else float(v), default=1e-3,
+                    help="learning rate of the short levels (default 1e-3; auto: the study's range test)")
     ap.add_argument("--full-seeds", type=int, default=1,
                     help="full fine-tuning runs per plan, seeds apart (2: also report full against full)")
     ap.add_argument("--out", help="write every plan's figures to this JSON file")

@@ -9,7 +9,8 @@ search space (per-layer choices: ~90 parameters on ResNet-18, ~250 on MobileNetV
 Runtime (1 thread, batch 1), successive halving on, no deployability gate, no self-check:
 
 - ``new``:      the default config: sensitivity pass, budgeted knapsack warm starts, narrowed space, TPE
-- ``previous``: the previous default: the same with ``sensitivity: false`` (uniform warm starts, TPE)
+- ``previous``: the previous default: the same with ``sensitivity: false`` (uniform warm starts, TPE) and the short
+                level at ``finetune.lr`` (no range test)
 - ``random``:   Optuna's RandomSampler, no warm starts
 - ``grid``:     uniform plans only (weight bits x sparsity x channel keep, as many as the budget)
 - ``knapsack``: the budgeted warm starts alone (as many trials as there are plans)
@@ -60,7 +61,7 @@ def config(arm: str, trials: int, seed: int) -> dict:
     cfg = {"task": "python:bench", "search_space": "default", "n_trials": trials, "seed": seed,
            "deployability_gate": False, "latency": {"measure": True}, "fidelity": {"self_check": 0}}
     if arm == "previous":
-        cfg["sensitivity"] = False
+        cfg |= {"sensitivity": False, "finetune": {"short_lr": None}}  # no probes, no short-level range test
     if arm == "random":
         cfg |= {"sampler": "random", "warm_start": False, "sensitivity": False}
     if arm in ("grid", "knapsack"):

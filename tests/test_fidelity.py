@@ -74,6 +74,34 @@ def test_candidate_training_is_cumulative(digits_task):
     assert torch.equal(cand.baked().model(x).argmax(1), cand.cm.model(x).argmax(1))
 
 
+def test_the_short_level_trains_at_short_lr_and_a_promoted_candidate_matches_one_trained_at_once(digits_task):
+    """A candidate's first ``steps`` mini-batches train at ``short_lr``, the rest at ``lr``: climbing the ladder
+    (short, then full) and training to full at once (as export does) give the same weights, bit for bit."""
+    import torch
+
+    from autocompress.config import FinetuneConfig
+    from autocompress.evaluate.candidate import Candidate
+    from autocompress.plan import CompressionPlan, LayerPlan
+
+    plan = CompressionPlan(layers={"1": LayerPlan(weight_bits=3, sparsity=0.5)})
+
+    def weights(cfg, *levels):
+        cand = Candidate(digits_task, plan, cfg, seed=3)
+        for steps in levels:
+            cand.train_to(steps)
+        return [t.clone() for t in cand.cm.model.state_dict().values()]
+
+    cfg = FinetuneConfig(steps=6, full_steps=15, batch_size=16, short_lr=1e-2)
+    climbed, at_once = weights(cfg, 6, 15), weights(cfg, 15)
+    assert all(torch.equal(a, b) for a, b in zip(climbed, at_once, strict=True))
+    # short_lr is what the short level trains at: another value gives other weights there, and unset means lr
+    short_hi, short_lo = weights(cfg, 6), weights(cfg.model_copy(update={"short_lr": 1e-4}), 6)
+    assert not all(torch.equal(a, b) for a, b in zip(short_hi, short_lo, strict=True))
+    unset = weights(cfg.model_copy(update={"short_lr": None}), 6)
+    same_as_lr = weights(cfg.model_copy(update={"short_lr": cfg.lr}), 6)
+    assert all(torch.equal(a, b) for a, b in zip(unset, same_as_lr, strict=True))
+
+
 def test_study_with_halving_and_self_check(tmp_path, digits_task):
     path = write_study(tmp_path, n_trials=10, warm_start=False, finetune={"steps": 10, "full_steps": 20},
                        fidelity={"proxy": "short", "eta": 2, "self_check": 3})
@@ -107,6 +135,7 @@ def test_self_checked_trial_reports_validation_and_test_at_the_same_level(tmp_pa
     """A self-checked trial's accuracy and test_accuracy are both the proxy level's; the full-fidelity pair is beside
     them (full_accuracy, full_test_accuracy)."""
     from autocompress.evaluate.candidate import Candidate
+    from autocompress.front import study_finetune
     from autocompress.plan import CompressionPlan
     from autocompress.search.fidelity import steps_for
 
@@ -118,13 +147,14 @@ def test_self_checked_trial_reports_validation_and_test_at_the_same_level(tmp_pa
     checked = [t for t in study.get_trials(states=[optuna.trial.TrialState.COMPLETE]) if t.user_attrs.get("self_check")]
     assert checked
     cfg = loaded.config
+    finetune = study_finetune(cfg.finetune, study.user_attrs)  # the short level's rate the study chose
     for t in checked:
-        cand = Candidate(digits_task, CompressionPlan.from_dict(t.user_attrs["plan"]), cfg.finetune,
+        cand = Candidate(digits_task, CompressionPlan.from_dict(t.user_attrs["plan"]), finetune,
                          seed=cfg.seed + t.number)
         cand.train_to(steps_for(cfg.fidelity.proxy, cfg.finetune))
         assert t.user_attrs["accuracy"] == pytest.approx(cand.accuracy("val"))
         assert t.user_attrs["test_accuracy"] == pytest.approx(cand.accuracy("test"))
-        cand.train_to(steps_for("full", cfg.finetune))
+        cand.train_to(steps_for("full", finetune))
         assert t.user_attrs["full_test_accuracy"] == pytest.approx(cand.accuracy("test"))
 
 

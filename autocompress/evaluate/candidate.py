@@ -303,16 +303,23 @@ class Candidate:
         self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - t0
 
     def train_to(self, steps: int) -> None:
-        """Fine-tune (KD) until ``steps`` mini-batches in total have been trained. A plan that compresses nothing
-        is not trained (the teacher is its own best student): it scores exactly the teacher's metric at every level."""
+        """Fine-tune (KD) until ``steps`` mini-batches in total have been trained: those below ``finetune.steps``
+        (the short level) at ``finetune.short_lr``, the rest at ``finetune.lr``, each call's part of a level one
+        cosine cycle. A plan that compresses nothing is not trained (the teacher is its own best student): it scores
+        exactly the teacher's metric at every level."""
         t0 = time.perf_counter()
         if steps > self.steps_done and self.plan.is_identity:
             self.steps_done = steps
-        elif steps > self.steps_done:
-            finetune(self.cm, self.task.model, self.task.train, steps=steps - self.steps_done,
-                     batch_size=self.cfg.batch_size, lr=self.cfg.lr, seed=self.seed + self.steps_done,
-                     loss_fn=self.task.distill_loss, device=self.device)
-            self.steps_done = steps
+        short = self.cfg.steps
+        # ``auto`` is a study's choice (autocompress.search.learning_rate.resolve); a candidate made outside a study
+        # trains its short level at lr
+        short_lr = self.cfg.lr if self.cfg.short_lr in (None, "auto") else float(self.cfg.short_lr)
+        for end, lr in ((min(steps, short), short_lr), (steps, self.cfg.lr)):
+            if end > self.steps_done:
+                finetune(self.cm, self.task.model, self.task.train, steps=end - self.steps_done,
+                         batch_size=self.cfg.batch_size, lr=lr, seed=self.seed + self.steps_done,
+                         loss_fn=self.task.distill_loss, device=self.device)
+                self.steps_done = end
         self._add_time("finetune", t0)
 
     def accuracy(self, split: str = "val") -> float | None:

@@ -35,7 +35,7 @@ from ..config import FinetuneConfig, LatencyConfig, load_study_config
 from ..errors import AutocompressError, StudyNotFoundError
 from ..evaluate.candidate import baked_teacher
 from ..evaluate.size import compressed_size, dense_size_bytes
-from ..front import KINDS_ATTR, is_deployable, load_front
+from ..front import KINDS_ATTR, is_deployable, load_front, study_finetune
 from ..latency.study import SPEED_ATTR
 from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for, get_backend
@@ -441,7 +441,8 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
         "search_reference_ms": (study.user_attrs.get(SPEED_ATTR) or {}).get("reference_ms"),
     }
     return export_plan(task, front.plans[number], out, formats=formats, finetune=finetune,
-                       finetune_cfg=src.finetune, latency_cfg=src.latency, seed=src.seed + number, force=force,
+                       finetune_cfg=study_finetune(src.finetune, study.user_attrs), latency_cfg=src.latency,
+                       seed=src.seed + number, force=force,
                        measure=measure, source=source, task_spec=src.task_spec, task_options=src.task_options,
                        rounds=rounds, kinds=study.user_attrs.get(KINDS_ATTR, LEGACY_KINDS),
                        search_kernels=frozen.user_attrs.get("kernels"))

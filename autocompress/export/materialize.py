@@ -78,7 +78,7 @@ def materialize(task: Task, plan: CompressionPlan, *, finetune: str | int = "ful
     scales = capture_scales(cand.cm)
     cm = cand.baked()
     info = {"mode": finetune if isinstance(finetune, str) else "steps", "steps": steps,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "seed": seed, "full_steps": cfg.full_steps,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "short_lr": cfg.short_lr, "seed": seed, "full_steps": cfg.full_steps,
             "search_steps": cfg.steps, "distill": plan.to_dict()["data"]["distill"],
             "student_steps": 0 if cand.student is None else student_steps(cfg),
             "seconds": round(cand.seconds.get("finetune", 0.0), 2)}

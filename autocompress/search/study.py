@@ -3,7 +3,8 @@
 :func:`prepare_study` loads the task, binds the search space to the teacher's layers, picks the latency mode (all
 before anything is written: a bad profile or backend leaves no half-made study), opens or creates the study in its
 storage, and (once per study, whichever worker gets there first) measures the teacher, scores its layers
-(:mod:`.sensitivity`; budgeted plans and the narrowed space: :mod:`.warmstart`) and queues the warm-start plans.
+(:mod:`.sensitivity`; budgeted plans and the narrowed space: :mod:`.warmstart`), chooses the short level's
+learning rate (:mod:`.learning_rate`) and queues the warm-start plans.
 The result, a :class:`PreparedStudy`, is what an executor (:mod:`.local`, :mod:`.ray_backend`) runs trials of.
 """
 
@@ -19,13 +20,14 @@ import optuna
 from ..compress.layers import discover_layers, left_alone
 from ..config import OBJECTIVES, LoadedStudy
 from ..errors import ConfigError
-from ..front import KINDS_ATTR, METRIC_ATTR
+from ..front import KINDS_ATTR, METRIC_ATTR, study_finetune
 from ..latency.study import prepare as prepare_latency
 from ..latency.study import study_reference
 from ..space import SearchSpace
 from ..tasks import Task, check_task, load_task
 from ..tasks.inputs import resolve_device
-from . import sensitivity, warmstart, workers
+from . import learning_rate, sensitivity, warmstart, workers
+from .fidelity import rungs
 from .objective import TeacherReference, measure_teacher
 from .trial import TrialRunner
 
@@ -116,6 +118,18 @@ def _score_layers(study: optuna.Study, task: Task, space: SearchSpace, loaded: L
              len(attrs[warmstart.ATTR]["plans"]), len(attrs[warmstart.RESTRICT_ATTR]))
 
 
+def _choose_short_lr(study: optuna.Study, task: Task, space: SearchSpace, loaded: LoadedStudy) -> None:
+    """The short level's learning-rate range test of a new study, stored. A test that fails is reported and
+    stored; the study's short level then trains at ``finetune.lr``."""
+    try:
+        study.set_user_attr(learning_rate.ATTR, learning_rate.choose(task, space, loaded.config.finetune,
+                                                                     seed=loaded.config.seed))
+    except Exception as e:
+        message = f"{type(e).__name__}: {e}"[:1000]
+        log.warning("choosing the short level's learning rate failed (%s); it trains at finetune.lr", message)
+        study.set_user_attr(learning_rate.ATTR, {"error": message, "chosen": None})
+
+
 def _queue_warm_starts(study: optuna.Study, space: SearchSpace) -> None:
     """Uniform int8 first, then the smallest student of the space distilled in float (what distillation alone
     gives: its zero-shot divergence is no guide to it, so the budgeted plans below never propose it), then the
@@ -194,8 +208,14 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
         if cfg.sensitivity and fresh and sensitivity.ATTR not in study.user_attrs:
             _score_layers(study, task, space, loaded, teacher)
         space.restrict(study.user_attrs.get(warmstart.RESTRICT_ATTR, {}))  # what every worker samples from
+        if fresh and learning_rate.needed(cfg.finetune, rungs(cfg.fidelity)) and \
+                learning_rate.ATTR not in study.user_attrs:
+            _choose_short_lr(study, task, space, loaded)
         if cfg.warm_start and fresh:
             _queue_warm_starts(study, space)
+    # every worker trains with the study's choice (``short_lr: auto`` resolved from what the study stored)
+    loaded = loaded.model_copy(update={"config": cfg.model_copy(update={
+        "finetune": study_finetune(cfg.finetune, study.user_attrs)})})
     target = n_trials if n_trials is not None else cfg.n_trials
     done, _ = workers.count_trials(study.get_trials(deepcopy=False))  # the study's trials, not this worker's
     # Every worker of a study samples with its own seed (the first one: seed + finished trials).
