@@ -52,6 +52,10 @@ def main() -> None:
     print(f"teacher: val {teacher['accuracy']:.4f}, test {teacher['test_accuracy']:.4f}, "
           f"{teacher['size_bytes']} B, {teacher['latency_ms']:.4f} ms")
     print(f"front: {len(front.front)} members, hypervolume {front.hypervolume:.4f}")
+    check = (front.fidelity_summary or {}).get("self_check", {})
+    tau = check.get("kendall_tau")
+    print(f"short level: learning rate {front.short_lr.get('chosen') or 'lr (no range test)'}; self-check Kendall "
+          f"tau {'-' if tau is None else f'{tau:.2f}'} on {check.get('n', 0)} candidates")
     print(front.table())
     f = front.front
     ok = f[(f["compression_ratio"] >= args.min_ratio) & (f["accuracy"] >= teacher["accuracy"] - args.max_drop)]
