@@ -43,7 +43,7 @@ from zoo import best_within_1pt, load_model
 
 from autocompress.compress.layers import discover_layers
 from autocompress.config import load_study_config
-from autocompress.front import metric_error
+from autocompress.front import SHORT_LR_ATTR, metric_error
 from autocompress.search import sensitivity, warmstart
 from autocompress.search.driver import run_study
 from autocompress.search.study import open_study
@@ -121,6 +121,8 @@ def run_arm(arm: str, task: Task, trials: int, seed: int, folder: Path) -> dict:
         out["sensitivity_seconds"] = sens_s
         out["sensitivity_time_share"] = sens_s / seconds
         out["narrowed_parameters"] = len(study.user_attrs.get(warmstart.RESTRICT_ATTR, {}))
+        lr = study.user_attrs.get(SHORT_LR_ATTR) or {}
+        out["short_lr"] = {k: lr.get(k) for k in ("chosen", "scores", "seconds")}
         out["warm_starts"] = study.user_attrs.get(warmstart.ATTR, {}).get("plans", [])
         for w in out["warm_starts"]:
             w.pop("params", None)
