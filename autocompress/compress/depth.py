@@ -16,7 +16,7 @@ import math
 import torch
 from torch import nn
 
-from ..tasks.inputs import Inputs, call
+from ..tasks.inputs import Inputs, call, hooked_eval
 from .layers import COMPRESSIBLE
 
 
@@ -67,14 +67,8 @@ def removable_blocks(model: nn.Module, example_input: Inputs, *,
             candidates.setdefault(seq_name, []).append(full)
             hooks.append(child.register_forward_hook(
                 lambda m, a, k, o, full=full: _record(shapes, full, a, k, o), with_kwargs=True))
-    was_training = model.training
-    model.eval()
-    try:
+    with hooked_eval(model, hooks):
         call(model, example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
     removable = {b for blocks in candidates.values() for b in blocks if b in shapes and shapes[b][0] == shapes[b][1]}
     if tuples is not None:
         tuples.update(b for b in removable if shapes[b][2])

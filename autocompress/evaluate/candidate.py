@@ -21,7 +21,7 @@ from ..config import FinetuneConfig
 from ..plan import CompressionPlan, StudentPlan
 from ..runtime import Backend, Kernels, Timing, TimingSpec
 from ..tasks import Task
-from ..tasks.inputs import Inputs, batch_len, call, collate_of, resolve_device, tensors
+from ..tasks.inputs import Inputs, batch_len, call, collate_of, hooked_eval, resolve_device, tensors
 from ..tasks.metric import evaluate
 from .size import compressed_size
 
@@ -74,16 +74,9 @@ def _input_stats(model: torch.nn.Module, names: list[str], batches: list[Inputs]
         return record
 
     mods = dict(model.named_modules())
-    handles = [mods[n].register_forward_pre_hook(hook(n)) for n in names]
-    was = model.training
-    model.eval()
-    try:
+    with hooked_eval(model, [mods[n].register_forward_pre_hook(hook(n)) for n in names]):
         for x in batches:
             call(model, x)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
     out = {}
     for name, (s, ss, n) in sums.items():
         mean = s / n
@@ -167,15 +160,8 @@ def _reestimate_moved(model: torch.nn.Module, bn_of: dict[str, torch.nn.Module],
                 moved.append(name)
         return update
 
-    handles = [bn.register_forward_pre_hook(hook(name)) for name, bn in bn_of.items()]
-    was = model.training
-    model.eval()
-    try:
+    with hooked_eval(model, [bn.register_forward_pre_hook(hook(name)) for name, bn in bn_of.items()]):
         call(model, batch)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
     return [name for name in bn_of if name in moved]
 
 
@@ -227,6 +213,13 @@ def baked_teacher(task: Task) -> CompressedModel:
 _STUDENTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _STUDENTS_LOCK = threading.Lock()
 STUDENT_SEED = 0  # one seed for every trial, the end-of-study checks and export: the same student everywhere
+
+
+def short_level_lr(cfg: FinetuneConfig) -> float:
+    """The rate a candidate's first ``cfg.steps`` mini-batches train at: ``short_lr``, or ``lr`` when it is unset or
+    ``auto`` (a study replaces ``auto`` by its choice, :func:`autocompress.front.study_finetune`; outside a study
+    there is none)."""
+    return cfg.lr if cfg.short_lr in (None, "auto") else float(cfg.short_lr)
 
 
 def student_steps(cfg: FinetuneConfig) -> int:
@@ -310,11 +303,7 @@ class Candidate:
         t0 = time.perf_counter()
         if steps > self.steps_done and self.plan.is_identity:
             self.steps_done = steps
-        short = self.cfg.steps
-        # ``auto`` is a study's choice (autocompress.search.learning_rate.resolve); a candidate made outside a study
-        # trains its short level at lr
-        short_lr = self.cfg.lr if self.cfg.short_lr in (None, "auto") else float(self.cfg.short_lr)
-        for end, lr in ((min(steps, short), short_lr), (steps, self.cfg.lr)):
+        for end, lr in ((min(steps, self.cfg.steps), short_level_lr(self.cfg)), (steps, self.cfg.lr)):
             if end > self.steps_done:
                 finetune(self.cm, self.task.model, self.task.train, steps=end - self.steps_done,
                          batch_size=self.cfg.batch_size, lr=lr, seed=self.seed + self.steps_done,
@@ -358,4 +347,4 @@ class Candidate:
 
 
 __all__ = ["Candidate", "baked_teacher", "calibration_batches", "distilled_student", "first_batches",
-           "recalibrate_batchnorm", "student_steps"]
+           "recalibrate_batchnorm", "short_level_lr", "student_steps"]

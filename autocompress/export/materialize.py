@@ -18,7 +18,7 @@ from torch.nn.utils import parametrize
 from ..compress import CompressedModel
 from ..compress.quantize import weight_scale
 from ..config import FinetuneConfig
-from ..evaluate.candidate import Candidate, student_steps
+from ..evaluate.candidate import Candidate, short_level_lr, student_steps
 from ..plan import CompressionPlan
 from ..tasks import Task
 
@@ -78,7 +78,8 @@ def materialize(task: Task, plan: CompressionPlan, *, finetune: str | int = "ful
     scales = capture_scales(cand.cm)
     cm = cand.baked()
     info = {"mode": finetune if isinstance(finetune, str) else "steps", "steps": steps,
-            "batch_size": cfg.batch_size, "lr": cfg.lr, "short_lr": cfg.short_lr, "seed": seed, "full_steps": cfg.full_steps,
+            "batch_size": cfg.batch_size, "lr": cfg.lr, "short_lr": short_level_lr(cfg), "seed": seed,
+            "full_steps": cfg.full_steps,
             "search_steps": cfg.steps, "distill": plan.to_dict()["data"]["distill"],
             "student_steps": 0 if cand.student is None else student_steps(cfg),
             "seconds": round(cand.seconds.get("finetune", 0.0), 2)}

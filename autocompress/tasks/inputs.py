@@ -10,7 +10,8 @@ order the ONNX exporter gives the graph's inputs).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, Union
 
 import numpy as np
@@ -47,6 +48,19 @@ def call(model: Callable[..., Any], x: Inputs) -> Any:
     if isinstance(x, tuple | list):
         return model(*x)
     return model(x)
+
+
+@contextmanager
+def hooked_eval(model: nn.Module, handles: Iterable[Any]) -> Iterator[nn.Module]:
+    """``model`` in eval mode for the block; afterwards the hook ``handles`` are removed and its mode restored."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was)
 
 
 def from_call(args: tuple, kwargs: dict) -> Inputs:
@@ -194,6 +208,6 @@ def feed(x: Inputs) -> dict[str, np.ndarray]:
     return {k: as_array(t) for k, t in named(None, x).items()}
 
 
-__all__ = ["INPUT_NAME", "Collated", "Inputs", "as_array", "batch_len", "call", "collate", "collate_of", "describe", "feed", "first",
+__all__ = ["INPUT_NAME", "Collated", "Inputs", "as_array", "batch_len", "call", "collate", "collate_of", "describe", "feed", "first", "hooked_eval",
            "from_call", "from_named", "from_spec", "loader", "map_inputs", "named", "problem", "repeat_first", "resolve_device", "signature_key", "spec", "tensors",
            "to_device"]
