@@ -18,7 +18,7 @@ from test_compress import MobileNetish
 from torch import nn
 
 from autocompress.cli import main
-from autocompress.compress import apply
+from autocompress.compress import apply, bake
 from autocompress.compress.layers import discover_layers
 from autocompress.config import LatencyConfig
 from autocompress.latency.analysis import TeacherAnalysis
@@ -355,6 +355,54 @@ def test_a_cache_hinge_needs_several_samples_beyond_its_knot():
     model = fit(samples)
     assert "weight_over_256k" in HINGES and MIN_HINGE_SUPPORT > 1
     assert model.coef["Conv/1x1"][hinge] == 0.0
+
+
+def test_weights_beyond_the_cache_cost_per_byte_streamed():
+    """The streamed-weights term: 0 while a model's weight bytes fit below the knot, then the bytes beyond it
+    (int8 weights one byte per element, float four); fitted on models of many sizes it recovers the per-byte
+    cost and prices a larger model above its kernels' in-cache cost. A model saved without the term reads 0."""
+    from autocompress.latency.model import MODEL_OVERHEAD, streamed_bytes
+
+    col = FEATURES.index("weight_elems")
+    f = np.zeros((2, len(FEATURES)))
+    f[:, col] = [1e6, 3e6]
+    assert streamed_bytes(["Conv/nchwc/kxk", "QLinearConv/kxk"], f, 16e6) == 0.0   # 4 MB + 3 MB
+    assert streamed_bytes(["Conv/nchwc/kxk", "Conv/nchwc/kxk"], f, 8e6) == pytest.approx(8e6)  # 16 MB
+    rng = np.random.default_rng(0)
+    per_elem, per_byte = 2e-8, 3e-8
+    samples = []
+    for _ in range(60):
+        layers = int(rng.integers(1, 8))
+        elems = float(rng.uniform(5e5, 2.5e6))
+        feats = np.zeros(len(FEATURES))
+        feats[0], feats[col] = 1.0, elems
+        extra = per_byte * max(0.0, 4 * elems * layers - 16e6)
+        samples.append(Sample(kernels=[("Conv/nchwc/kxk", feats.tolist())] * layers, overhead=[1.0, 0.0, 0.0],
+                              latency_ms=0.002 + layers * (1e-3 + per_elem * elems) + extra))
+    model = fit(samples, stream_knot_bytes=16e6)
+    assert len(model.overhead) == len(MODEL_OVERHEAD)
+    assert model.overhead[-1] == pytest.approx(per_byte, rel=0.1)
+    big = [Kernel(kind="Conv/nchwc/kxk", features=np.asarray(samples[0].kernels[0][1])) for _ in range(12)]
+    assert model.raw_ms(big, [1.0, 0.0, 0.0]) > 1.2 * sum(model.kernel_ms(k) for k in big)
+    old = model.to_dict()
+    old["overhead_features"], old["overhead"] = old["overhead_features"][:3], old["overhead"][:3]
+    assert CostModel.from_dict(old).overhead[-1] == 0.0
+
+
+def test_onnxruntime_per_operator_times_name_the_operators_it_runs(tmp_path):
+    """``op_times`` reads ONNX Runtime's profiler: every operator type it names is one the optimized graph runs
+    (a convolution as Conv or FusedConv, the Gemm), and the times are of the order of one call."""
+    from autocompress.runtime import TimingSpec, get_backend
+
+    teacher = _teacher("lenet5")
+    backend = get_backend("onnxruntime")
+    cm = bake(apply(teacher, CompressionPlan(), X))
+    lowered = backend.lower(cm, X, [X], tmp_path)
+    ops = backend.op_times(lowered.artifact, X, runs=10)
+    assert ops and set(ops) <= set(backend.runtime_ops(lowered.artifact)) | {"FusedConv"}
+    assert {"Conv", "Gemm"} & set(ops)
+    call = backend.time({"m": lowered.artifact}, X, TimingSpec(threads=1, warmup=5, runs=30, rounds=1))["m"]
+    assert 0 < sum(ops.values()) < 5 * call.latency_ms
 
 
 def test_unsupported_kernel_is_a_clear_error(analyses):

@@ -30,6 +30,7 @@ FEATURES = ("one", "macs", "in_elems", "out_elems", "weight_elems", "nz_macs", "
 MAC_KNOTS = (1e4, 1e5, 1e6)
 WEIGHT_KNOTS = (65536.0, 262144.0)
 LAYER_CONVS = ("Conv", "FusedConv", "QLinearConv")
+POOLS = frozenset({"MaxPool", "AveragePool", "NhwcMaxPool", "QLinearAveragePool"})
 LINEAR_KINDS = {"Gemm": "Gemm", "FusedGemm": "Gemm", "QGemm": "QGemm", "QLinearMatMul": "QLinearMatMul/w",
                 "MatMulNBits": "MatMulNBits"}
 
@@ -135,7 +136,8 @@ CONV, LINEAR, OTHER, CONSTANT = 0, 1, 2, 3
 #   ksize      kernel taps;  spatial, n: output positions per image and batch;  x: elements read (of every data
 #              input, for an op outside a layer);  x1: channels of a layer's input (NCHWc pads them)
 #   fused      elements of the sum an NCHWc convolution accumulates;  y: elements written (op outside a layer)
-#   k          an op outside a layer does y * k MACs (MatMul: the inner dimension; Conv: its weight per output)
+#   k          an op outside a layer does y * k MACs (MatMul: the inner dimension; Conv: its weight per output;
+#              a pool: its kernel taps)
 #   rs, rs1    a layout reorder's tensor: elements and channels (it moves them padded to the block)
 SLOTS = ("o", "cg", "ksize", "spatial", "n", "x", "x1", "fused", "y", "k", "rs", "rs1")
 # nchwc: an NCHWc convolution; direct: it reads NCHW (channels not padded); dwpad: its input channels are padded
@@ -310,6 +312,8 @@ class Terms:
                 a, b = (self._dims(t, res) or [] for t in op.inputs[:2])
                 if a and b:
                     slot["k"] = term([a[-1] if not op.attrs.get("transA") else a[-2]])
+            if kind in POOLS and op.attrs.get("kernel_shape"):  # a pool compares / adds kernel taps per output
+                slot["k"] = term(self.constant(math.prod(op.attrs["kernel_shape"])))
             if kind in ("Conv", "FusedConv") and len(op.inputs) > 1:
                 wshape = inits.get(op.inputs[1], ())
                 if wshape:

@@ -43,6 +43,8 @@ UNARY_ELEMENTWISE = frozenset({"Relu", "Tanh", "Sigmoid", "Clip", "Gelu", "Quick
 NCHWC_PASS_THROUGH = frozenset({"Gelu", "QuickGelu", "FastGelu"})
 # the ops that can switch a tensor to the NCHWc layout (everything else follows its inputs)
 NCHWC_SOURCES = frozenset({"Conv", "FusedConv", "MaxPool", "AveragePool"})
+# fused kernels that keep an int8 layer's bias Add (see build_ops)
+KEEP_BIAS = frozenset({"SkipLayerNormalization"})
 # Conv + Add (+ activation) fusion for convolutions left in NCHW (ConvAddActivationFusion)
 CONV_ADD_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip", "HardSigmoid"})
 
@@ -58,15 +60,21 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     # a runtime kernel is taken apart when the op holding the layer's weights in it (the layer, or its second
     # low-rank factor) runs int8: the quantizer's Q/DQ nodes sit between it and what was fused with it
     # (int4 likewise: MatMulNBits replaces the node before the runtime optimizes, so nothing fuses with it)
+    # (a SkipLayerNormalization that took an int8 Linear's bias Add stays whole: the runtime fuses it again
+    # behind the layer's DequantizeLinear, with the bias as its input)
     broken: set[int] = set()
     for layer in res.int8:
         a, b = res.int8[layer]
         a4, b4 = res.int4.get(layer, (False, False))
         if (b or b4) if layer in res.rank else (a or a4):
             ln = v.layers[layer]
+            int8_only = not (b4 if layer in res.rank else a4)
             for name in (ln.node, ln.bias_add):
-                if name and name in fusions.kernel_of:
-                    broken.add(fusions.kernel_of[name])
+                k = fusions.kernel_of.get(name) if name else None
+                if k is None or (int8_only and name == ln.bias_add and fusions.kernels[k].op in KEEP_BIAS
+                                 and ln.node not in fusions.members.get(k, ())):
+                    continue
+                broken.add(k)
     ops: list[Op] = []
     for k, kn in enumerate(fusions.kernels):
         members = fusions.members.get(k, [])

@@ -29,13 +29,16 @@ from .model import PREDICTED_KINDS
 @dataclass
 class Measurement:
     """``latency_ms``: median of the round medians; ``rounds_ms``: every round's median; ``int8_nodes``;
-    ``normalized``: time relative to the reference workload; ``reference_ms``: the reference's time meanwhile."""
+    ``normalized``: time relative to the reference workload; ``reference_ms``: the reference's time meanwhile;
+    ``op_ms``: per runtime operator type, the ms its nodes took in one call by the runtime's profiler (absolute;
+    None unless asked for, {} where the backend has no profiler)."""
 
     latency_ms: float
     rounds_ms: list[float] = field(default_factory=list)
     int8_nodes: int = 0
     normalized: float | None = None
     reference_ms: float | None = None
+    op_ms: dict[str, float] | None = None
 
 
 def default_calibration(example_input: Inputs) -> list[Inputs]:
@@ -69,13 +72,16 @@ def lower_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs,
 def measure_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Inputs, *,
                  calibration: Sequence[torch.Tensor] | None = None, backend: str = "onnxruntime", threads: int = 1,
                  batch_size: int = 1, warmup: int = 20, runs: int = 100, rounds: int = 3,
-                 kinds: Iterable[str] | None = None) -> Measurement:
-    """Materialize, lower and time ``plan`` as the search does (see the module docstring)."""
+                 kinds: Iterable[str] | None = None, op_runs: int = 0) -> Measurement:
+    """Materialize, lower and time ``plan`` as the search does (see the module docstring); ``op_runs`` > 0: then
+    run it that many more times under the runtime's profiler for the per-operator times (``op_ms``)."""
     calibration = calibration if calibration is not None else default_calibration(example_input)
     spec = TimingSpec(threads=threads, batch_size=batch_size, warmup=warmup, runs=runs, rounds=rounds)
     with tempfile.TemporaryDirectory(prefix="autocompress-measure-") as tmp:
         artifact, kernels = lower_plan(teacher, plan, example_input, Path(tmp), calibration=calibration,
                                        backend=backend, kinds=kinds)
         t = get_backend(backend).time({"m": artifact}, example_input, spec)["m"]
+        op_ms = get_backend(backend).op_times(artifact, example_input, runs=op_runs, threads=threads) \
+            if op_runs > 0 else None
     return Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
-                       normalized=t.normalized, reference_ms=t.reference_ms)
+                       normalized=t.normalized, reference_ms=t.reference_ms, op_ms=op_ms)

@@ -125,8 +125,8 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
             layers.append(nn.Conv2d(c, cout, layer["k"], layer["s"], layer["k"] // 2, groups=groups))
             if layer.get("act"):
                 layers.append(_ACTS[layer["act"]]())
-            if layer.get("pool"):
-                layers.append(nn.MaxPool2d(2))
+            if layer.get("pool"):  # 3: a ResNet stem's 3x3 / stride 2 / pad 1 pool; otherwise 2x2
+                layers.append(nn.MaxPool2d(3, 2, 1) if layer["pool"] == 3 else nn.MaxPool2d(2))
             c = cout
         return nn.Sequential(*layers).eval(), torch.randn(1, spec["cin"], spec["h"], spec["h"])
     if fam == "basic_block":
@@ -167,9 +167,9 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
         conv: list[nn.Module] = [nn.Conv2d(spec["cin"], c, 3, 1, 1), nn.ReLU()] if spec.get("conv") else []
         cin = c if conv else spec["cin"]
         kind = spec["pool"]
-        pool: nn.Module = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "gap": nn.AdaptiveAvgPool2d(1),
-                           "mean": Lambda(lambda x: x.mean(dim=(2, 3)))}[kind]
-        out_hw = 1 if kind in ("gap", "mean") else (h // 2) ** 2
+        pool: nn.Module = {"max": nn.MaxPool2d(2), "avg": nn.AvgPool2d(2), "max3": nn.MaxPool2d(3, 2, 1),
+                           "gap": nn.AdaptiveAvgPool2d(1), "mean": Lambda(lambda x: x.mean(dim=(2, 3)))}[kind]
+        out_hw = 1 if kind in ("gap", "mean") else ((h + 1) // 2 if kind == "max3" else h // 2) ** 2
         return nn.Sequential(*conv, pool, nn.Flatten(), nn.Linear(cin * out_hw, spec["classes"])).eval(), \
             torch.randn(1, spec["cin"], h, h)
     if fam == "norm_act":
@@ -239,8 +239,18 @@ def _large_map_conv(rng: np.random.Generator) -> dict[str, Any]:
         layers.append({"cout": _channels(rng, 8, cap), "k": int(rng.choice([3, 5] if dw else [1, 3, 3, 7] if stem
                                                                           and i == 0 else [1, 1, 3])),
                        "s": int(rng.choice([1, 2] if i == 0 else [1])), "dw": dw,
-                       "act": str(rng.choice(["relu", "relu6", ""])), "pool": False})
+                       "act": str(rng.choice(["relu", "relu6", ""])),
+                       "pool": 3 if i == 0 and rng.random() < 0.3 else 0})  # a ResNet stem's pool
     return {"family": "conv", "cin": cin, "h": h, "layers": layers}
+
+
+def _streaming(rng: np.random.Generator) -> dict[str, Any]:
+    """Deep stacks of wide convolutions on tiny maps: 5-75 MB of weights, most of them beyond the last-level
+    cache (the weights of a float ResNet-18 total 45 MB), so their time carries the cost of streaming weights."""
+    c = int(rng.choice([256, 320, 384, 448, 512]))
+    layers = [{"cout": c, "k": 3, "s": 1, "dw": False, "act": "relu", "pool": 0}
+              for _ in range(int(rng.integers(2, 9)))]
+    return {"family": "conv", "cin": c, "h": int(rng.choice([2, 3])), "layers": layers}
 
 
 def _conv(rng: np.random.Generator) -> dict[str, Any]:
@@ -259,7 +269,7 @@ def _conv(rng: np.random.Generator) -> dict[str, Any]:
                                                                           else [3, 3, 5])),
                        "s": int(rng.choice([1, 1, 1, 2])), "dw": dw,
                        "act": str(rng.choice(["relu", "relu", "relu6", ""])),
-                       "pool": bool(rng.random() < 0.15)})
+                       "pool": int(rng.choice([2, 3])) if rng.random() < 0.15 else 0})
     h = int(rng.choice([28, 28, 32, 14])) if first else int(rng.choice([6, 7, 8, 12, 14, 16, 28]))
     return {"family": "conv", "cin": cin, "h": h, "layers": layers}
 
@@ -267,6 +277,8 @@ def _conv(rng: np.random.Generator) -> dict[str, Any]:
 def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if family == "conv":
         return _conv(rng)
+    if family == "streaming":
+        return _streaming(rng)
     if family == "basic_block":
         wide = rng.random() < 0.4  # ResNet-18's later stages: 128-512 channels on 3-12 px maps
         cin = _channels(rng, 64, 512) if wide else _channels(rng, 4, 96)
@@ -304,7 +316,8 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
                 "t": int(rng.choice([4, 8, 16, 32])), "act": str(rng.choice(["relu", "gelu"]))}
     if family == "pool":
         return {"family": family, "cin": _channels(rng, 1, 64), "c": _channels(rng, 4, 128), "conv": bool(rng.random() < 0.6),
-                "h": int(rng.choice([4, 8, 14, 16, 28])), "pool": str(rng.choice(["max", "avg", "gap", "mean"])),
+                "h": int(rng.choice([4, 8, 14, 16, 28, 48])),
+                "pool": str(rng.choice(["max", "max3", "avg", "gap", "mean"])),
                 "classes": int(rng.choice([10, 10, 100]))}
     if family == "norm_act":
         return {"family": family, "cin": _channels(rng, 1, 32), "c": _channels(rng, 4, 96),
@@ -329,6 +342,7 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
 FAMILIES: dict[str, float] = {
     "conv": 0.24, "basic_block": 0.07, "inverted_residual": 0.08, "mbconv": 0.06, "mlp": 0.12, "linear3d": 0.05,
     "pool": 0.07, "norm_act": 0.06, "attention": 0.08, "vit_block": 0.06, "layernorm": 0.04, "cnn": 0.07,
+    "streaming": 0.03,
 }
 
 

@@ -2,7 +2,8 @@
 
 A model's predicted latency is
 
-    offset + scale * (overhead . [1, input_elems, output_elems]  +  sum over kernels of coef[kind] . features)
+    offset + scale * (overhead . [1, input_elems, output_elems, weight bytes beyond the cache]
+                      +  sum over kernels of coef[kind] . features)
 
 with :data:`~autocompress.latency.kernels.FEATURES` (a constant, MACs, elements read and written, weights, MACs
 on non-zero weights, output positions, im2col sizes, concave MAC hinges, convex weight-size hinges). Every
@@ -32,7 +33,17 @@ from ..errors import AutocompressError
 from .kernels import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
+# A model whose weights no longer fit the last-level cache reads them from memory on every call (measured here:
+# ResNet-18-style 512-channel 3x3 convolutions on a 3x3 map take 0.265 ms each while the model's weights total
+# 9 MB, 0.52 ms at 75 MB; the extra time is linear in the total beyond 16 MB, half this machine's 32 MiB L3, at
+# 35 us per MB, whatever the kernel). So the per-model terms end with the weight bytes beyond that knot
+# (streamed_bytes()), one coefficient for all kernels: memory bandwidth, not a kernel's arithmetic.
+STREAMED = "weight_bytes_streamed"
+MODEL_OVERHEAD = (*OVERHEAD, STREAMED)
 HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see kernels.FEATURES)
+STREAM_KNOT_BYTES = 16 * 2**20  # default: half a 32 MiB last-level cache (profiles record their machine's)
+_WEIGHT = FEATURES.index("weight_elems")
+INT8_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
 MIN_HINGE_SUPPORT = 8
 # op types whose kernels carry a model's compute: never priced by the data-op fallback
 COMPUTE_OPS = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Gemm", "FusedGemm", "QGemm", "MatMul",
@@ -90,6 +101,8 @@ class Sample:
         reference's time go in ``spec``."""
         spec = {**kw.pop("spec", {}), "rounds_ms": timing.rounds_ms, "absolute_ms": timing.latency_ms,
                 "normalized": timing.normalized, "reference_ms": timing.reference_ms}
+        if getattr(timing, "op_ms", None):
+            spec["op_ms"] = timing.op_ms
         return cls.from_lowered(lowered, timing.latency_ms, spec=spec, **kw)
 
     def to_dict(self) -> dict[str, Any]:
@@ -119,6 +132,23 @@ def overhead_features(lowered: Lowered) -> list[float]:
     return [1.0, float(lowered.input_elems), float(lowered.output_elems)]
 
 
+def weight_bytes_per_elem(kind: str) -> float:
+    """Bytes a kernel kind stores per weight element: int8 kernels 1, int4 ``MatMulNBits`` 0.5, float 4."""
+    op = kind.split("/", 1)[0]
+    if op == "MatMulNBits" or "int4" in kind:
+        return 0.5
+    return 1.0 if op in INT8_OPS or "u8" in kind.split("/")[1:] or "int8" in kind else 4.0
+
+
+def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float) -> float:
+    """The :data:`STREAMED` per-model term: the model's weight bytes (as its kernels store them) beyond
+    ``knot_bytes``."""
+    if len(kinds) == 0:
+        return 0.0
+    per = np.fromiter((weight_bytes_per_elem(k) for k in kinds), float, len(kinds))
+    return max(0.0, float(np.reshape(features, (len(kinds), -1))[:, _WEIGHT] @ per) - knot_bytes)
+
+
 @dataclass
 class CostModel:
     """Fitted coefficients (ms per unit of each feature) per kernel kind."""
@@ -128,8 +158,11 @@ class CostModel:
     offset: float = 0.0
     scale: float = 1.0
     samples_per_kind: dict[str, int] = field(default_factory=dict)
+    stream_knot_bytes: float = STREAM_KNOT_BYTES
 
     def __post_init__(self) -> None:
+        # a model made before the streamed-weights term has no coefficient for it: 0
+        self.overhead = [*self.overhead, *[0.0] * (len(MODEL_OVERHEAD) - len(self.overhead))]
         self._matrix = {k: np.asarray(v, dtype=float) for k, v in self.coef.items()}
         data = [v for k, v in self._matrix.items() if not is_compute_kind(k)]
         self._fallback = np.median(np.stack(data), axis=0) if data else None
@@ -159,9 +192,15 @@ class CostModel:
     def kernel_ms(self, kernel: Kernel) -> float:
         return float(self._coef(kernel.kind) @ kernel.features)
 
+    def per_model(self, kinds: Sequence[str], features: np.ndarray, overhead: Sequence[float]) -> float:
+        """The per-model terms (:data:`MODEL_OVERHEAD`) of a model with these kernels, in ms."""
+        return float(np.dot(self.overhead, [*overhead[:len(OVERHEAD)],
+                                            streamed_bytes(kinds, features, self.stream_knot_bytes)]))
+
     def raw_ms(self, kernels: Sequence[Kernel], overhead: Sequence[float]) -> float:
         """Overhead plus kernel sum, before the calibration's offset and scale."""
-        total = float(np.dot(self.overhead, overhead))
+        feats = np.array([k.features for k in kernels]) if kernels else np.zeros((0, len(FEATURES)))
+        total = self.per_model([k.kind for k in kernels], feats, overhead)
         for k in kernels:
             total += float(self._coef(k.kind) @ k.features)
         return total
@@ -185,8 +224,8 @@ class CostModel:
         missing, rows = self._kind_rows(lowered.kinds)
         if missing or rows is None:
             raise UnsupportedOpError(missing, self.kinds, where=where)
-        return float(np.dot(self.overhead, overhead_features(lowered))) + float(np.einsum("ij,ij->", rows,
-                                                                                          lowered.features))
+        return self.per_model(lowered.kinds, lowered.features, overhead_features(lowered)) + \
+            float(np.einsum("ij,ij->", rows, lowered.features))
 
     def predict(self, lowered: Lowered, *, where: str = "") -> float:
         return self.offset + self.scale * self.raw_lowered(lowered, where=where)
@@ -197,48 +236,65 @@ class CostModel:
         return self.offset + self.scale * self.raw_ms(kernels, s.overhead)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"features": list(FEATURES), "overhead_features": list(OVERHEAD),
+        return {"features": list(FEATURES), "overhead_features": list(MODEL_OVERHEAD),
                 "coef": {k: [float(x) for x in v] for k, v in sorted(self.coef.items())},
                 "overhead": [float(x) for x in self.overhead], "offset": float(self.offset),
-                "scale": float(self.scale), "samples_per_kind": dict(sorted(self.samples_per_kind.items()))}
+                "scale": float(self.scale), "samples_per_kind": dict(sorted(self.samples_per_kind.items())),
+                "stream_knot_bytes": float(self.stream_knot_bytes)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CostModel:
-        if list(d.get("features", [])) != list(FEATURES) or list(d.get("overhead_features", [])) != list(OVERHEAD):
+        # a model fitted before the streamed-weights term has the first three per-model features only
+        if list(d.get("features", [])) != list(FEATURES) or \
+                list(d.get("overhead_features", [])) not in (list(MODEL_OVERHEAD), list(OVERHEAD)):
             raise ValueError(f"the cost model's features {d.get('features')} / {d.get('overhead_features')} are not "
-                             f"this version's {list(FEATURES)} / {list(OVERHEAD)}")
+                             f"this version's {list(FEATURES)} / {list(MODEL_OVERHEAD)}")
         coef = {str(k): [float(x) for x in v] for k, v in d["coef"].items()}
         for k, v in coef.items():
             if len(v) != len(FEATURES) or not all(np.isfinite(v)):
                 raise ValueError(f"coefficients of kind {k!r} are malformed: {v}")
         return cls(coef=coef, overhead=[float(x) for x in d["overhead"]], offset=float(d.get("offset", 0.0)),
                    scale=float(d.get("scale", 1.0)),
-                   samples_per_kind={str(k): int(v) for k, v in d.get("samples_per_kind", {}).items()})
+                   samples_per_kind={str(k): int(v) for k, v in d.get("samples_per_kind", {}).items()},
+                   stream_knot_bytes=float(d.get("stream_knot_bytes", STREAM_KNOT_BYTES)))
 
 
-def _nnls(samples: Sequence[Sample], weights: np.ndarray, kinds: list[str], ridge: float) -> np.ndarray:
-    from scipy.optimize import nnls
-
+def _design(samples: Sequence[Sample], kinds: list[str], knot_bytes: float) -> np.ndarray:
+    """A row per sample: its kernels' features summed per kind, then its per-model terms (:data:`MODEL_OVERHEAD`)."""
     index = {k: i for i, k in enumerate(kinds)}
-    nf, no = len(FEATURES), len(OVERHEAD)
+    nf, no = len(FEATURES), len(MODEL_OVERHEAD)
     x = np.zeros((len(samples), len(kinds) * nf + no))
     for i, s in enumerate(samples):
         for kind, feats in s.kernels:
             j = index[kind] * nf
             x[i, j:j + nf] += feats
-        x[i, -no:] = s.overhead
-    # a cache hinge is fitted only on evidence: a kind with fewer than MIN_HINGE_SUPPORT distinct samples beyond a
-    # knot gets no hinge term (one extreme sample would otherwise set a slope every larger layer inherits)
-    distinct = {id(s): i for i, s in enumerate(samples)}
-    rows = np.array(sorted(distinct.values()))
-    for k in index.values():
-        for f in HINGES:
-            col = k * nf + FEATURES.index(f)
-            if np.count_nonzero(x[rows, col]) < MIN_HINGE_SUPPORT:
-                x[:, col] = 0.0
-    y = np.array([s.latency_ms for s in samples], dtype=float)
+        names = [k for k, _ in s.kernels]
+        x[i, -no:] = [*s.overhead[:len(OVERHEAD)],
+                      streamed_bytes(names, np.array([f for _, f in s.kernels], dtype=float), knot_bytes)]
+    return x
+
+
+def _nnls(x: np.ndarray, y: np.ndarray, weights: np.ndarray, kinds: list[str], ridge: float) -> np.ndarray:
+    from scipy.optimize import nnls
+
+    nf = len(FEATURES)
+    x = x.copy()
+    # a size term is fitted only on evidence: a kind with fewer than MIN_HINGE_SUPPORT samples beyond a knot gets
+    # no hinge term, nor the streamed-weights term with fewer such models (one extreme sample would otherwise set a
+    # slope every larger layer inherits)
+    cols = [k * nf + FEATURES.index(f) for k in range(len(kinds)) for f in HINGES] + [x.shape[1] - 1]
+    for col in cols:
+        if np.count_nonzero(x[:, col]) < MIN_HINGE_SUPPORT:
+            x[:, col] = 0.0
     w = weights / y
+    # columns are scaled by the largest value of their feature over every kind, not per kind: a per-unit slope
+    # fitted where a kind's feature never varied (a Concat of shape scalars, 2-4 elements) is then as expensive
+    # to the ridge as the effect it would have at real sizes, and the constant term explains such a kind instead
+    # (per-kind scaling let a 4-element Concat set 83 ns per element, 1 ms for a ViT's class-token Concat)
     scale = np.abs(x).max(axis=0)
+    k = len(kinds) * nf
+    per_feature = scale[:k].reshape(len(kinds), nf).max(axis=0)
+    scale[:k] = np.tile(per_feature, len(kinds))
     scale[scale == 0] = 1.0
     a = x * w[:, None] / scale
     b = weights.astype(float)
@@ -250,33 +306,40 @@ def _nnls(samples: Sequence[Sample], weights: np.ndarray, kinds: list[str], ridg
 
 
 def fit(samples: Sequence[Sample], *, calibration: Sequence[Sample] = (), calibration_weight: int = 5,
-        ridge: float = 1e-4, robust_iters: int = 4, robust_c: float = 2.5) -> CostModel:
+        ridge: float = 1e-4, robust_iters: int = 4, robust_c: float = 2.5,
+        stream_knot_bytes: float = STREAM_KNOT_BYTES) -> CostModel:
     """Non-negative least squares on relative error.
 
     The per-kernel coefficients and the per-model overhead are fitted together on the micro-benchmark ``samples``
     and the whole-model ``calibration`` samples (each of those counted ``calibration_weight`` times: they carry the
     per-model overhead and how kernels add up in complete models). Iteratively reweighted so the odd disturbed
-    measurement (far off the fit, in units of the median error) counts less.
+    measurement (far off the fit, in units of the median error) counts less. ``stream_knot_bytes``: the weight
+    bytes beyond which a model's weights stream from memory (:data:`STREAMED`).
     """
     if not samples:
         raise ValueError("no samples to fit")
-    rows = list(samples) + list(calibration) * max(0, calibration_weight)
-    kinds = sorted({k for s in rows for k, _ in s.kernels})
+    everything = list(samples) + list(calibration)
+    kinds = sorted({k for s in everything for k, _ in s.kernels})
     nf = len(FEATURES)
     counts: dict[str, int] = {}
-    for s in list(samples) + list(calibration):
+    for s in everything:
         for kind in {k for k, _ in s.kernels}:
             counts[kind] = counts.get(kind, 0) + 1
-    weights = np.ones(len(rows))
+    x = _design(everything, kinds, stream_knot_bytes)
+    y = np.array([s.latency_ms for s in everything], dtype=float)
+    # a calibration sample counts as calibration_weight copies of itself (its squared error that many times)
+    base = np.sqrt([1.0] * len(samples) + [float(max(0, calibration_weight))] * len(calibration))
+    weights = base.copy()
     model = None
     for _ in range(max(1, robust_iters)):
-        theta = _nnls(rows, weights, kinds, ridge)
+        theta = _nnls(x, y, weights, kinds, ridge)
         model = CostModel(coef={k: theta[i * nf:(i + 1) * nf].tolist() for i, k in enumerate(kinds)},
-                          overhead=theta[-len(OVERHEAD):].tolist(), samples_per_kind=counts)
-        err = np.array([(model.predict_sample(s) - s.latency_ms) / s.latency_ms for s in rows])
-        spread = 1.4826 * float(np.median(np.abs(err))) + 1e-9
+                          overhead=theta[-len(MODEL_OVERHEAD):].tolist(), samples_per_kind=counts,
+                          stream_knot_bytes=stream_knot_bytes)
+        err = (x @ theta - y) / y
+        spread = 1.4826 * float(np.median(np.abs(err[base > 0]))) + 1e-9
         r = np.abs(err) / (robust_c * spread)
-        weights = np.where(r <= 1.0, 1.0, 1.0 / np.maximum(r, 1e-9))
+        weights = base * np.where(r <= 1.0, 1.0, 1.0 / np.maximum(r, 1e-9))
     assert model is not None
     return model
 

@@ -51,7 +51,7 @@ from .graph import optimized_graph
 from .lowering import Lowerer
 from .measure import measure_plan
 from .micro import AttentionBlock, Head, InvertedResidual
-from .model import CostModel, Sample, at_reference_speed, errors, fit
+from .model import STREAM_KNOT_BYTES, CostModel, Sample, at_reference_speed, errors, fit
 from .openvino_backend import OpenVinoLowerer
 from .runtime_kernels import matmul_variant_samples
 from .torch_backend import TorchLowerer
@@ -258,6 +258,21 @@ class ProfileSettings:
                    warmup=5, time_budget_s=120.0)
 
 
+def stream_knot_bytes() -> float:
+    """The model weight size (bytes) beyond which weights stream from memory on every call: half this machine's
+    last-level cache (other tenants and the activations share it; on the machine the default was measured on,
+    a 32 MiB L3, the slowdown starts at 16 MB), the default where the cache size cannot be read."""
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            text = (index / "size").read_text().strip().upper()
+            size = int(text.rstrip("KMG")) * {"K": 2**10, "M": 2**20, "G": 2**30}.get(text[-1:], 1)
+        except (OSError, ValueError):
+            continue
+        best = max(best, size)
+    return best / 2 if best >= 2**20 else STREAM_KNOT_BYTES
+
+
 def detect_nchwc() -> tuple[int, int]:
     """The runtime's NCHWc block size on this CPU (0 when it does not use the NCHWc layout) and the input-channel
     alignment it needs to switch a convolution's input to that layout, from what it does to probe convolutions."""
@@ -429,10 +444,11 @@ def _fitted_profile(backend: str, threads: int, block: int, align: int, settings
     if not samples:
         raise ProfileError("no micro-benchmark could be measured on this machine")
     reference_ms = at_reference_speed(samples + calibration)
-    model = fit(samples, calibration=calibration)
+    knot = stream_knot_bytes()
+    model = fit(samples, calibration=calibration, stream_knot_bytes=knot)
     info: dict[str, Any] = {
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "seconds": round(time.perf_counter() - start, 1),
-        "reference_ms": reference_ms, "reference_version": REFERENCE_VERSION,
+        "reference_ms": reference_ms, "reference_version": REFERENCE_VERSION, "stream_knot_bytes": knot,
         "settings": settings.__dict__, "failed_samples": failures,
         "fit": {"micro": _summary(errors(model, samples)),
                 "calibration": _summary(errors(model, calibration)) if calibration else None},

@@ -217,6 +217,13 @@ class Backend(ABC):
         """What the runtime really runs for a lowered file (operator or layer-precision counts); {} when unknown."""
         return {}
 
+    def op_times(self, artifact: Path | nn.Module, example_input: Inputs, *, runs: int = 30,
+                 threads: int = 1) -> dict[str, float]:
+        """Per operator type of the runtime graph: the ms of one call its own profiler attributes to those nodes
+        (median over ``runs`` calls per node, the profiler's own per-node cost taken off); {} where the runtime
+        has no per-node profiler. Absolute ms, at the machine's speed of the moment."""
+        return {}
+
     def time(self, artifacts: dict[str, Path | nn.Module], example_input: Inputs,
              spec: TimingSpec) -> dict[str, Timing]:
         """Time each artifact, interleaved round by round (:func:`time_interleaved`)."""

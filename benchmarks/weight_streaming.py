@@ -1,0 +1,71 @@
+"""Does a convolution get slower when the model around it has more weights? (weights beyond the cache)
+
+    .venv/bin/python benchmarks/weight_streaming.py [--channels 512,256] [--layers 1,2,3,4,6,8] [--h 3]
+
+Stacks of ``L`` identical 3x3 convolutions (C -> C channels, ReLU) on an ``h`` x ``h`` map, float, exported and run
+in ONNX Runtime at 1 thread as the search runs them: every layer does the same work, so if each call took the same
+time per layer whatever the stack, the per-layer time would not change with ``L``. Prints per stack the model's
+weight MB, the best of 5 blocks of 20 calls, the time per layer, and the reference workload's time beside it
+(the machine's speed; :mod:`autocompress.runtime.reference`). The cost model's streamed-weights term
+(``latency.model.STREAMED``) is what this measures: the extra time over ``L`` x the one-layer time, against the
+weight bytes beyond half the last-level cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from autocompress.latency.profile import stream_knot_bytes
+from autocompress.runtime import get_backend
+from autocompress.runtime.onnx import export_onnx
+from autocompress.runtime.reference import reference_ms
+
+
+def best_ms(session, feed: dict, blocks: int = 5, calls: int = 20) -> float:
+    for _ in range(10):
+        session.run(feed)
+    out = []
+    for _ in range(blocks):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            session.run(feed)
+        out.append(1e3 * (time.perf_counter() - t0) / calls)
+    return min(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--channels", default="512,256")
+    ap.add_argument("--layers", default="1,2,3,4,6,8")
+    ap.add_argument("--h", type=int, default=3)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    backend = get_backend("onnxruntime")
+    print(f"knot (half the last-level cache): {stream_knot_bytes() / 2**20:.0f} MiB")
+    for c in map(int, args.channels.split(",")):
+        one = None
+        for layers in map(int, args.layers.split(",")):
+            model = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.ReLU()) for _ in range(layers)])
+            x = torch.randn(1, c, args.h, args.h)
+            with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
+                path = Path(tmp) / "model.onnx"
+                export_onnx(model.eval(), x, path)
+                session = backend.session(path)
+                ms = best_ms(session, {session.input_names[0]: x.numpy()})
+            mb = layers * (c * c * 9 + c) * 4 / 1e6
+            one = one if one is not None else ms / layers
+            print(f"C {c:4d} x {layers} layers: weights {mb:6.1f} MB  {ms:7.3f} ms  per layer {ms / layers:.3f} ms"
+                  f"  extra over {layers} x the first {ms - layers * one:+.3f} ms  reference {reference_ms():.3f} ms",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
