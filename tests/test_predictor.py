@@ -217,6 +217,46 @@ def test_int4_weight_only_linears_run_matmulnbits_and_predictor_agrees(shape):
     assert "MatMulNBits" in kinds and "Gemm" not in kinds
 
 
+def _predicted_and_runtime(teacher, x, plan):
+    an = TeacherAnalysis(teacher, x, prune_probes=False)
+    predicted = collections.Counter(NORM.get(op.op, op.op) for op in lower_ops(an.resolve(plan), block=16))
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = lower_plan(teacher, plan, x, Path(tmp), calibration=[torch.randn(8, *x.shape[1:])])
+        runtime = collections.Counter(NORM.get(n.op, n.op) for n in optimized_graph(onnx.load(str(path)), "all").nodes)
+    return predicted, runtime
+
+
+def test_a_silu_after_an_int8_layer_runs_as_sigmoid_and_mul():
+    """The quantizer gives the SiLU's two reads of an int8 layer's output a DequantizeLinear each, so the runtime's
+    QuickGelu fusion no longer matches: Sigmoid + Mul (EfficientNet plans were priced as QuickGelu)."""
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.SiLU(), nn.Conv2d(16, 16, 3, padding=1), nn.SiLU(),
+                            nn.Conv2d(16, 8, 1)).eval()
+    x = torch.randn(1, 3, 16, 16)
+    plan = CompressionPlan(layers={"0": LayerPlan(weight_bits=8, activation_bits=8)})
+    predicted, runtime = _predicted_and_runtime(teacher, x, plan)
+    assert runtime["Sigmoid"] == runtime["Mul"] == 1 and runtime["QuickGelu"] == 1  # the float SiLU stays fused
+    for op in ("QuickGelu", "Sigmoid", "Mul", "DequantizeLinear", "QLinearConv", "Conv"):
+        assert predicted[op] == runtime[op], op
+
+
+def test_an_int8_attention_block_lowers_to_the_runtime_graph():
+    """A pre-norm attention block with int8 and int4 Linears: the residual + LayerNorm stays a
+    SkipLayerNormalization whose Linear's bias Add runs alone, and the input's Shape nodes, merged in the float
+    graph, each read their own DequantizeLinear once the tensor is quantized."""
+    from autocompress.latency import micro
+
+    teacher, x = micro.build({"family": "attention", "din": 8, "d": 16, "heads": 2, "ff": 32, "t": 8, "blocks": 2,
+                              "classes": 10, "seed": 0})
+    layers = [i.name for i in discover_layers(teacher, x)]
+    plan = CompressionPlan(layers={n: LayerPlan(weight_bits=4 if i % 3 == 2 else 8,
+                                                activation_bits=32 if i % 3 == 2 else 8)
+                                   for i, n in enumerate(layers)})
+    predicted, runtime = _predicted_and_runtime(teacher.eval(), x, plan)
+    assert runtime["SkipLayerNormalization"] >= 1 and runtime["QLinearMatMul"] >= 4
+    assert predicted == runtime
+
+
 def test_layers_with_equal_valued_biases_prune_apart():
     """A freshly initialized model's zero biases are equal tensors, which the exporter merges into one initializer;
     pruning one of those layers must still be followed (it broke on a random BERT's FFNs)."""

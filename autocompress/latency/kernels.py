@@ -304,7 +304,9 @@ class Terms:
         else:
             branch = OTHER
             kind = op.op
-            data_in = [self._dims(t, res) for t in op.inputs if t and t not in inits]
+            # (Shape and Size read only their input's metadata)
+            data_in = [] if kind in ("Shape", "Size") else [self._dims(t, res) for t in op.inputs
+                                                             if t and t not in inits]
             slot["x"] = term(*[d for d in data_in if d])
             outs = [self._dims(t, res) for t in op.outputs if t]
             slot["y"] = term(*[d for d in outs if d])

@@ -10,7 +10,10 @@ here, in the runtime's order, on plain records (each rule was checked against th
    consumer; Q pushed back (and DQ forward) through MaxPool/Reshape/Transpose/Squeeze/Unsqueeze/Slice; a Relu/Clip
    feeding only a Q is dropped; a float Conv/Gemm between a DQ and a Q gets its weights quantized by the runtime
    (WeightBiasQuantization); DQ -> Conv -> Q becomes QLinearConv, DQ -> Gemm -> Q QGemm, DQ -> MaxPool -> Q a
-   uint8 MaxPool, DQ -> MatMul -> Q (a Linear exported as MatMul) QLinearMatMul, DQ -> Sigmoid/Softmax/Add/... -> Q the QLinear op; DQ -> Q with the same scale cancels.
+   uint8 MaxPool, DQ -> MatMul -> Q (a Linear exported as MatMul) QLinearMatMul, DQ -> Sigmoid/Softmax/Add/... -> Q the QLinear op; DQ -> Q with the same scale cancels. A float fusion
+   that read a quantized tensor twice (SiLU -> QuickGelu) runs as its members, each read having its own DQ; a
+   SkipLayerNormalization keeps its kernel while an int8 Linear's bias Add runs alone before it; the Shape nodes
+   of a quantized tensor, merged in the float graph, run one per reader.
 2. **NCHWc** (level 3, float convolutions): the runtime's block-layout rules (block size and input-channel
    alignment measured by the profile): which convolutions and pools switch layout, where ReorderInput /
    ReorderOutput nodes go, which Add/activation fuse into the convolution.
@@ -26,6 +29,7 @@ on measurements. A lowered structure is compiled once per structural signature (
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,21 +64,27 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     # a runtime kernel is taken apart when the op holding the layer's weights in it (the layer, or its second
     # low-rank factor) runs int8: the quantizer's Q/DQ nodes sit between it and what was fused with it
     # (int4 likewise: MatMulNBits replaces the node before the runtime optimizes, so nothing fuses with it)
-    # (a SkipLayerNormalization that took an int8 Linear's bias Add stays whole: the runtime fuses it again
-    # behind the layer's DequantizeLinear, with the bias as its input)
+    # (a SkipLayerNormalization that took an int8 or int4 Linear's bias Add stays whole, less the bias: the Add runs
+    # alone behind the layer's DequantizeLinear, or inside the MatMulNBits, and the kernel reads its output)
     broken: set[int] = set()
+    detached: dict[int, list[str]] = {}  # kernel -> bias Add nodes taken out of it
     for layer in res.int8:
         a, b = res.int8[layer]
         a4, b4 = res.int4.get(layer, (False, False))
         if (b or b4) if layer in res.rank else (a or a4):
             ln = v.layers[layer]
-            int8_only = not (b4 if layer in res.rank else a4)
             for name in (ln.node, ln.bias_add):
                 k = fusions.kernel_of.get(name) if name else None
-                if k is None or (int8_only and name == ln.bias_add and fusions.kernels[k].op in KEEP_BIAS
-                                 and ln.node not in fusions.members.get(k, ())):
+                if k is None:
+                    continue
+                if (name == ln.bias_add and fusions.kernels[k].op in KEEP_BIAS
+                        and ln.node not in fusions.members.get(k, ())):
+                    detached.setdefault(k, []).append(name)
                     continue
                 broken.add(k)
+    quantized = _quantized_tensors(res, by_name) if any(a or b for a, b in res.int8.values()) else set()
+    broken |= _split_by_dq(fusions, by_name, broken, quantized)
+    shapes_extra = _unshared_shapes(v, fusions, quantized)
     ops: list[Op] = []
     for k, kn in enumerate(fusions.kernels):
         members = fusions.members.get(k, [])
@@ -86,7 +96,15 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
         if compute is None:
             if kn.op in NO_KERNEL_OPS:
                 continue
-            ops.append(Op(op=kn.op, inputs=list(kn.inputs), outputs=list(kn.outputs), attrs=dict(kn.attrs)))
+            op = Op(op=kn.op, inputs=list(kn.inputs), outputs=list(kn.outputs), attrs=dict(kn.attrs))
+            for name in detached.get(k, ()):
+                add = by_name[name]
+                ops.extend(_original_op(add, res, layer_of_node, bias_add_of, shapes))
+                layer_out = by_name[bias_add_of[name].node].outputs[0]
+                _replace_input(op, layer_out, add.outputs[0])
+            ops.append(op)
+            ops.extend(Op(op="Shape", inputs=list(kn.inputs), outputs=[f"{kn.outputs[0]}::{i}"])
+                       for i in range(shapes_extra.get(k, 0)))
             continue
         layer = compute.layer
         node = by_name[compute.node]
@@ -98,6 +116,56 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
             ops.append(_nbits(first, res.int4.get(layer, (False, False))[0]))
         ops.append(main)
     return ops, shapes
+
+
+def _quantized_tensors(res: Resolved, by_name) -> set[str]:
+    """The tensors the quantizer puts a Q/DQ pair on: each int8 layer's (or factor's) activation input and output."""
+    v = res.variant
+    quantized: set[str] = set()
+    for layer, (a, b) in res.int8.items():
+        node = by_name[v.layers[layer].node]
+        if layer in res.rank:
+            if a:
+                quantized.add(node.inputs[0])
+            if b:
+                quantized.add(node.outputs[0])
+        elif a:
+            quantized.update((node.inputs[0], node.outputs[0]))
+    return quantized
+
+
+def _split_by_dq(fusions, by_name, broken: set[int], quantized: set[str]) -> set[int]:
+    """Runtime kernels whose member nodes read a quantized tensor more than once.
+
+    The quantizer gives each consumer of a quantized tensor its own DequantizeLinear, so a fusion matched on
+    one tensor read twice (SiLU ``x * Sigmoid(x)`` -> QuickGelu, a LayerNormalization's ReduceMean and Sub, an
+    Erf GELU's Div and Mul) no longer matches: the runtime runs its members one by one.
+    """
+    out: set[int] = set()
+    for k, members in fusions.members.items():
+        if k in broken or len(members) < 2:
+            continue
+        reads = [t for m in members if m in by_name for t in by_name[m].inputs if t in quantized]
+        if len(reads) != len(set(reads)):
+            out.add(k)
+    return out
+
+
+def _unshared_shapes(v, fusions, quantized: set[str]) -> dict[int, int]:
+    """Runtime Shape kernels of a quantized tensor -> how many more Shape nodes run beside them: the runtime had
+    merged the tensor's Shape nodes into one (``transformers`` attention reads its input's shape several times),
+    but each now reads its own DequantizeLinear."""
+    extra: dict[int, int] = {}
+    if not quantized:
+        return extra
+    readers = v.derived.get("shape_readers")
+    if readers is None:
+        readers = v.derived["shape_readers"] = collections.Counter(
+            n.inputs[0] for n in v.graph.nodes if n.op == "Shape" and n.inputs)
+    for k, kn in enumerate(fusions.kernels):
+        if kn.op == "Shape" and kn.inputs and kn.inputs[0] in quantized:
+            extra[k] = readers[kn.inputs[0]] - 1
+    return extra
 
 
 def _lookups(v, fusions) -> tuple[dict, dict, dict, dict[int, list[str]]]:

@@ -253,6 +253,17 @@ def _streaming(rng: np.random.Generator) -> dict[str, Any]:
     return {"family": "conv", "cin": c, "h": int(rng.choice([2, 3])), "layers": layers}
 
 
+def _stem(rng: np.random.Generator) -> dict[str, Any]:
+    """A ResNet stem and the first block's convolution at ImageNet-like sizes: conv (stride 2), ReLU, 3x3 / stride 2
+    MaxPool on a 32-64 px map, then 3x3 convolutions. Where the stem runs float and the block int8 the pool runs
+    on uint8 in NCHW, a kernel whose time per output grows on these maps (benchmarks/kernel_errors.py)."""
+    c = _channels(rng, 16, 64)
+    layers = [{"cout": c, "k": int(rng.choice([3, 7])), "s": 2, "dw": False, "act": "relu", "pool": 3}]
+    layers += [{"cout": c, "k": 3, "s": 1, "dw": False, "act": "relu", "pool": 0}
+               for _ in range(int(rng.choice([1, 2])))]
+    return {"family": "conv", "cin": 3, "h": int(rng.choice([64, 96, 128])), "layers": layers}
+
+
 def _conv(rng: np.random.Generator) -> dict[str, Any]:
     r = rng.random()
     if r < 0.25:
@@ -279,6 +290,8 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
         return _conv(rng)
     if family == "streaming":
         return _streaming(rng)
+    if family == "stem":
+        return _stem(rng)
     if family == "basic_block":
         wide = rng.random() < 0.4  # ResNet-18's later stages: 128-512 channels on 3-12 px maps
         cin = _channels(rng, 64, 512) if wide else _channels(rng, 4, 96)
@@ -342,7 +355,7 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
 FAMILIES: dict[str, float] = {
     "conv": 0.24, "basic_block": 0.07, "inverted_residual": 0.08, "mbconv": 0.06, "mlp": 0.12, "linear3d": 0.05,
     "pool": 0.07, "norm_act": 0.06, "attention": 0.08, "vit_block": 0.06, "layernorm": 0.04, "cnn": 0.07,
-    "streaming": 0.03,
+    "streaming": 0.03, "stem": 0.02,
 }
 
 
