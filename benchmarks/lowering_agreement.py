@@ -16,25 +16,26 @@ from __future__ import annotations
 
 import argparse
 import collections
+import sys
 import tempfile
 from pathlib import Path
 
 import onnx
 
-from autocompress.latency import micro
-from autocompress.latency.analysis import TeacherAnalysis
-from autocompress.latency.graph import optimized_graph
-from autocompress.latency.lowering import lower_ops
-from autocompress.latency.measure import default_calibration, lower_plan
-from autocompress.latency.profile import load_profile
-from autocompress.plan import CompressionPlan
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from latency_predictor import _norm  # noqa: E402  (the runtime's op names, as the held-out benchmark counts them)
 
-# the runtime's names for what the lowering calls by the op it fuses into
-NORM = {"FusedConv": "Conv", "FusedGemm": "Gemm", "BatchNormalization": "Conv"}
+from autocompress.latency import micro  # noqa: E402
+from autocompress.latency.analysis import TeacherAnalysis  # noqa: E402
+from autocompress.latency.graph import optimized_graph  # noqa: E402
+from autocompress.latency.lowering import lower_ops  # noqa: E402
+from autocompress.latency.measure import default_calibration, lower_plan  # noqa: E402
+from autocompress.latency.profile import load_profile  # noqa: E402
+from autocompress.plan import CompressionPlan  # noqa: E402
 
 
 def op_counts(ops) -> collections.Counter:
-    return collections.Counter(NORM.get(op, op) for op in ops)
+    return collections.Counter(_norm(op) for op in ops)
 
 
 def main() -> int:

@@ -58,7 +58,8 @@ CONV_ADD_ACTIVATIONS = frozenset({"Relu", "Sigmoid", "Tanh", "LeakyRelu", "Clip"
 def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
     """The working graph of a resolved plan (float fusions from the runtime, low rank applied) and its shapes."""
     v = res.variant
-    fusions = v.fusions_int8 if any(a or b for a, b in res.int8.values()) else v.fusions
+    any_int8 = any(a or b for a, b in res.int8.values())
+    fusions = v.fusions_int8 if any_int8 else v.fusions
     shapes = res.shapes
     by_name, layer_of_node, bias_add_of, ordered = _lookups(v, fusions)
     # a runtime kernel is taken apart when the op holding the layer's weights in it (the layer, or its second
@@ -82,7 +83,7 @@ def build_ops(res: Resolved) -> tuple[list[Op], Shapes]:
                     detached.setdefault(k, []).append(name)
                     continue
                 broken.add(k)
-    quantized = _quantized_tensors(res, by_name) if any(a or b for a, b in res.int8.values()) else set()
+    quantized = _quantized_tensors(res, by_name) if any_int8 else set()
     broken |= _split_by_dq(fusions, by_name, broken, quantized)
     shapes_extra = _unshared_shapes(v, fusions, quantized)
     ops: list[Op] = []
