@@ -8,7 +8,8 @@ time per layer whatever the stack, the per-layer time would not change with ``L`
 weight MB, the best of 5 blocks of 20 calls, the time per layer, and the reference workload's time beside it
 (the machine's speed; :mod:`autocompress.runtime.reference`). The cost model's streamed-weights term
 (``latency.model.STREAMED``) is what this measures: the extra time over ``L`` x the one-layer time, against the
-weight bytes beyond half the last-level cache.
+model's weight bytes, phased in around half the last-level cache (``latency.model.streamed_bytes``; the line's
+last figure is that term's bytes for the stack, ``streamed``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from autocompress.latency.model import STREAM_PHASE
 from autocompress.latency.profile import stream_knot_bytes
 from autocompress.runtime import get_backend
 from autocompress.runtime.onnx import export_onnx
@@ -48,7 +50,9 @@ def main() -> int:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     backend = get_backend("onnxruntime")
-    print(f"knot (half the last-level cache): {stream_knot_bytes() / 2**20:.0f} MiB")
+    knot = stream_knot_bytes()
+    lo, hi = (f * knot / 1e6 for f in STREAM_PHASE)
+    print(f"knot (half the last-level cache): {knot / 2**20:.0f} MiB; streamed weights phase in over {lo:.1f}-{hi:.1f} MB")
     for c in map(int, args.channels.split(",")):
         one = None
         for layers in map(int, args.layers.split(",")):
@@ -62,7 +66,8 @@ def main() -> int:
             mb = layers * (c * c * 9 + c) * 4 / 1e6
             one = one if one is not None else ms / layers
             print(f"C {c:4d} x {layers} layers: weights {mb:6.1f} MB  {ms:7.3f} ms  per layer {ms / layers:.3f} ms"
-                  f"  extra over {layers} x the first {ms - layers * one:+.3f} ms  reference {reference_ms():.3f} ms",
+                  f"  extra over {layers} x the first {ms - layers * one:+.3f} ms  reference {reference_ms():.3f} ms"
+                  f"  streamed {mb * min(1.0, max(0.0, (mb - lo) / (hi - lo))):.1f} MB",
                   flush=True)
     return 0
 

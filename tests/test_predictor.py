@@ -398,16 +398,18 @@ def test_a_cache_hinge_needs_several_samples_beyond_its_knot():
 
 
 def test_weights_beyond_the_cache_cost_per_byte_streamed():
-    """The streamed-weights term: 0 while a model's weight bytes fit below the knot, then the bytes beyond it
-    (int8 weights one byte per element, float four); fitted on models of many sizes it recovers the per-byte
-    cost and prices a larger model above its kernels' in-cache cost. A model saved without the term reads 0."""
+    """The streamed-weights term: 0 while a model's weight bytes fit below the knot, then all of them, phased in
+    around it (int8 weights one byte per element, float four); fitted on models of many sizes it recovers the
+    per-byte cost and prices a larger model above its kernels' in-cache cost. A model saved without the term
+    reads 0."""
     from autocompress.latency.model import MODEL_OVERHEAD, streamed_bytes
 
     col = FEATURES.index("weight_elems")
     f = np.zeros((2, len(FEATURES)))
     f[:, col] = [1e6, 3e6]
     assert streamed_bytes(["Conv/nchwc/kxk", "QLinearConv/kxk"], f, 16e6) == 0.0   # 4 MB + 3 MB
-    assert streamed_bytes(["Conv/nchwc/kxk", "Conv/nchwc/kxk"], f, 8e6) == pytest.approx(8e6)  # 16 MB
+    assert streamed_bytes(["Conv/nchwc/kxk", "Conv/nchwc/kxk"], f, 8e6) == pytest.approx(16e6)  # 16 MB: all
+    assert streamed_bytes(["Conv/nchwc/kxk", "Conv/nchwc/kxk"], f, 16e6) == pytest.approx(12e6)  # 3/4 phased in
     rng = np.random.default_rng(0)
     per_elem, per_byte = 2e-8, 3e-8
     samples = []
@@ -416,7 +418,8 @@ def test_weights_beyond_the_cache_cost_per_byte_streamed():
         elems = float(rng.uniform(5e5, 2.5e6))
         feats = np.zeros(len(FEATURES))
         feats[0], feats[col] = 1.0, elems
-        extra = per_byte * max(0.0, 4 * elems * layers - 16e6)
+        weights = 4 * elems * layers  # streamed: none below 10 MB, all beyond 18 MB
+        extra = per_byte * weights * min(1.0, max(0.0, (weights - 10e6) / 8e6))
         samples.append(Sample(kernels=[("Conv/nchwc/kxk", feats.tolist())] * layers, overhead=[1.0, 0.0, 0.0],
                               latency_ms=0.002 + layers * (1e-3 + per_elem * elems) + extra))
     model = fit(samples, stream_knot_bytes=16e6)
@@ -501,7 +504,7 @@ def test_profile_round_trip_is_json_and_atomic(tmp_path):
     path = profile.save(tmp_path / "p.json")
     assert not [p for p in tmp_path.iterdir() if p.name != "p.json"]  # no temporary file left behind
     raw = json.loads(path.read_text())
-    assert raw["type"] == PROFILE_TYPE and raw["version"] == PROFILE_VERSION == 3 and raw["data"]["fingerprint"]["cpu"]
+    assert raw["type"] == PROFILE_TYPE and raw["version"] == PROFILE_VERSION == 4 and raw["data"]["fingerprint"]["cpu"]
     back = load_profile(path)
     assert back.model.coef == profile.model.coef and len(back.samples) == 1
     assert back.fingerprint_id == profile.fingerprint_id

@@ -245,12 +245,28 @@ def _large_map_conv(rng: np.random.Generator) -> dict[str, Any]:
 
 
 def _streaming(rng: np.random.Generator) -> dict[str, Any]:
-    """Deep stacks of wide convolutions on tiny maps: 5-75 MB of weights, most of them beyond the last-level
-    cache (the weights of a float ResNet-18 total 45 MB), so their time carries the cost of streaming weights."""
-    c = int(rng.choice([256, 320, 384, 448, 512]))
-    layers = [{"cout": c, "k": 3, "s": 1, "dw": False, "act": "relu", "pool": 0}
-              for _ in range(int(rng.integers(2, 9)))]
-    return {"family": "conv", "cin": c, "h": int(rng.choice([2, 3])), "layers": layers}
+    """Models whose weights outgrow the last-level cache, so their time carries the cost of streaming weights
+    (:data:`~autocompress.latency.model.STREAMED`): a third deep stacks of wide convolutions on tiny maps, 5-75 MB
+    in layers too large for the L2 cache alone (the weights of a float ResNet-18 total 45 MB); the rest stacks
+    of layers that fit it alone (convolutions of 128-320 channels, or Linear layers over 1-16 tokens), 2-40 MB in
+    all, as whole CNNs and transformers are made (the cost sets in between 12 and 20 MB)."""
+    r = rng.random()
+    if r < 1 / 3:
+        c = int(rng.choice([256, 320, 384, 448, 512]))
+        layers = [{"cout": c, "k": 3, "s": 1, "dw": False, "act": "relu", "pool": 0}
+                  for _ in range(int(rng.integers(2, 9)))]
+        return {"family": "conv", "cin": c, "h": int(rng.choice([2, 3])), "layers": layers}
+    total = float(np.exp(rng.uniform(np.log(2e6), np.log(40e6))))  # float weight bytes in all
+    if r < 2 / 3:
+        c, k = _channels(rng, 128, 320), int(rng.choice([1, 3, 3]))
+        n = int(np.clip(round(total / (4 * c * c * k * k)), 2, 48))
+        layers = [{"cout": c, "k": k, "s": 1, "dw": False, "act": str(rng.choice(["relu", ""])), "pool": 0}
+                  for _ in range(n)]
+        return {"family": "conv", "cin": c, "h": int(rng.choice([2, 3, 4])), "layers": layers}
+    d = _channels(rng, 192, 768)
+    n = int(np.clip(round(total / (4 * d * d)), 2, 48))
+    return {"family": "linear3d", "sizes": [d] * (n + 1), "t": int(rng.choice([1, 4, 16])),
+            "act": str(rng.choice(["relu", "gelu"]))}
 
 
 def _stem(rng: np.random.Generator) -> dict[str, Any]:
@@ -355,7 +371,7 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
 FAMILIES: dict[str, float] = {
     "conv": 0.24, "basic_block": 0.07, "inverted_residual": 0.08, "mbconv": 0.06, "mlp": 0.12, "linear3d": 0.05,
     "pool": 0.07, "norm_act": 0.06, "attention": 0.08, "vit_block": 0.06, "layernorm": 0.04, "cnn": 0.07,
-    "streaming": 0.03, "stem": 0.02,
+    "streaming": 0.05, "stem": 0.02,
 }
 
 

@@ -33,15 +33,19 @@ from ..errors import AutocompressError
 from .kernels import FEATURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
-# A model whose weights no longer fit the last-level cache reads them from memory on every call (measured here:
-# ResNet-18-style 512-channel 3x3 convolutions on a 3x3 map take 0.265 ms each while the model's weights total
-# 9 MB, 0.52 ms at 75 MB; the extra time is linear in the total beyond 16 MB, half this machine's 32 MiB L3, at
-# 35 us per MB, whatever the kernel). So the per-model terms end with the weight bytes beyond that knot
-# (streamed_bytes()), one coefficient for all kernels: memory bandwidth, not a kernel's arithmetic.
+# A model whose weights no longer fit the last-level cache reads all of them from memory on every call, not just
+# the bytes beyond the cache: the cache keeps little of a cyclic sweep larger than itself. Measured here
+# (2026-12-02, benchmarks/weight_streaming.py --channels 128,192 --layers 1,4,8,12,16,20,24,32,48 --h 3): stacks
+# of 3x3 convolutions of 0.6 / 1.3 MB a layer (each fits the L2 cache alone) take the same time per layer up to
+# 10.6-14.2 MB of weights in all, then 31-95 % more per layer from 15.9-21 MB on (21-24 us per MB of *all* the
+# weights at 21-64 MB). So the last per-model term is the model's weight bytes, phased in
+# linearly between STREAM_PHASE x a knot (half the last-level cache: 10.5-19 MB of this machine's 32 MiB L3, which
+# other tenants share; streamed_bytes()), one coefficient for all kernels: memory bandwidth, not arithmetic.
 STREAMED = "weight_bytes_streamed"
 MODEL_OVERHEAD = (*OVERHEAD, STREAMED)
 HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see kernels.FEATURES)
 STREAM_KNOT_BYTES = 16 * 2**20  # default: half a 32 MiB last-level cache (profiles record their machine's)
+STREAM_PHASE = (0.625, 1.125)  # the weight streaming term phases in between these multiples of the knot
 _WEIGHT = FEATURES.index("weight_elems")
 INT8_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
 MIN_HINGE_SUPPORT = 8
@@ -141,12 +145,15 @@ def weight_bytes_per_elem(kind: str) -> float:
 
 
 def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float) -> float:
-    """The :data:`STREAMED` per-model term: the model's weight bytes (as its kernels store them) beyond
-    ``knot_bytes``."""
+    """The :data:`STREAMED` per-model term: the model's weight bytes (as its kernels store them), the share of
+    them phased in linearly (0 to 1) between the :data:`STREAM_PHASE` multiples of ``knot_bytes``: none while the
+    weights fit the cache, all of them once they clearly do not."""
     if len(kinds) == 0:
         return 0.0
     per = np.fromiter((weight_bytes_per_elem(k) for k in kinds), float, len(kinds))
-    return max(0.0, float(np.reshape(features, (len(kinds), -1))[:, _WEIGHT] @ per) - knot_bytes)
+    total = float(np.reshape(features, (len(kinds), -1))[:, _WEIGHT] @ per)
+    return total * min(1.0, max(0.0, (total - STREAM_PHASE[0] * knot_bytes) /
+                                ((STREAM_PHASE[1] - STREAM_PHASE[0]) * knot_bytes)))
 
 
 @dataclass

@@ -59,8 +59,10 @@ from .torch_backend import TorchLowerer
 log = logging.getLogger(__name__)
 
 # version 3: samples fitted on time relative to the reference workload (autocompress.runtime.reference), in ms at
-# the profile's reference speed (info.reference_ms); version 2 profiles (absolute times) are refused
-PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 3
+# the profile's reference speed (info.reference_ms); version 2 profiles (absolute times) are refused; version 4:
+# the streamed-weights term prices all of a model's weight bytes past the cache (model.streamed_bytes), version 3
+# only those beyond the knot, so a version 3 profile's coefficient is refused too
+PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 4
 BACKENDS = ("onnxruntime", "openvino", "torch")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
           "amx_int8", "asimd", "sve", "i8mm")
@@ -259,9 +261,10 @@ class ProfileSettings:
 
 
 def stream_knot_bytes() -> float:
-    """The model weight size (bytes) beyond which weights stream from memory on every call: half this machine's
-    last-level cache (other tenants and the activations share it; on the machine the default was measured on,
-    a 32 MiB L3, the slowdown starts at 16 MB), the default where the cache size cannot be read."""
+    """The model weight size (bytes) around which weights start to stream from memory on every call
+    (:func:`~autocompress.latency.model.streamed_bytes`): half this machine's last-level cache (other tenants and
+    the activations share it; on the machine the default was measured on, a 32 MiB L3, the slowdown sets in
+    between 12 and 20 MB), the default where the cache size cannot be read."""
     best = 0
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:
