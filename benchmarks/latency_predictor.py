@@ -233,7 +233,7 @@ def measure(model: nn.Module, plan: CompressionPlan, x: torch.Tensor, calib, *, 
         path, kernels = lower_plan(model, plan, x, Path(tmp), calibration=calib, backend=BACKEND)
         t = get_backend(BACKEND).time({"m": path}, x, spec)["m"]
         m = Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
-                        normalized=t.normalized, reference_ms=t.reference_ms)
+                        normalized=t.normalized, reference_ms=t.reference_ms, parts=t.parts)
         ops = None
         if with_ops and BACKEND == "onnxruntime":  # the runtime graph ONNX Runtime optimizes the file to
             import onnx
@@ -280,7 +280,8 @@ def noise_child(spec_path: str) -> int:
         model, x, calib = teachers[item["family"]]
         m, _ = measure(model, CompressionPlan.from_dict(item["plan"]), x, calib, runs=item["runs"],
                        rounds=spec["rounds"])
-        out.append({"absolute_ms": m.latency_ms, "normalized": m.normalized, "reference_ms": m.reference_ms})
+        out.append({"absolute_ms": m.latency_ms, "normalized": m.normalized, "reference_ms": m.reference_ms,
+                    "compute_normalized": (m.parts or {}).get("compute", [None])[0]})
     print(json.dumps(out))
     return 0
 
@@ -322,6 +323,8 @@ def noise_study(rows: list[dict], args, rng: np.random.Generator) -> tuple[dict,
         noise_rows.append({"family": r["family"], "i": r["i"],
                            "absolute_ms": [run[j]["absolute_ms"] for run in runs],
                            "normalized": [run[j]["normalized"] for run in runs],
+                           # against the reference's compute part alone (the reference of version 1), same calls
+                           "compute_normalized": [run[j]["compute_normalized"] for run in runs],
                            "reference_ms": [run[j]["reference_ms"] for run in runs]})
 
     def deviation(key: str, subset=None, quiet_only: bool = False) -> dict[str, float]:
@@ -337,12 +340,14 @@ def noise_study(rows: list[dict], args, rng: np.random.Generator) -> tuple[dict,
     ref = np.array([v for n in noise_rows[:1] for v in n["reference_ms"]])
     summary = {"models": len(noise_rows), "processes": args.noise_processes, "loaded_processes": sum(loaded),
                "absolute": deviation("absolute_ms"), "normalized": deviation("normalized"),
+               "normalized_compute_part": deviation("compute_normalized"),
                "quiet_processes_only": ({"absolute": deviation("absolute_ms", quiet_only=True),
                                          "normalized": deviation("normalized", quiet_only=True)}
                                         if any(loaded) else None),
                "reference_ms_range": [float(ref.min()), float(ref.max())] if len(ref) else None,
                "by_family": {f: {"absolute_rms": deviation("absolute_ms", {f})["rms"],
-                                 "normalized_rms": deviation("normalized", {f})["rms"]}
+                                 "normalized_rms": deviation("normalized", {f})["rms"],
+                                 "normalized_compute_part_rms": deviation("compute_normalized", {f})["rms"]}
                              for f in dict.fromkeys(n["family"] for n in noise_rows)}}
     return summary, noise_rows
 
@@ -425,7 +430,8 @@ def main(argv: list[str] | None = None) -> int:
                 _norm(op.op) for op in lower_ops(predictor.analysis.resolve(plan), block=profile.nchwc_block))
             rows.append({"family": family, "i": i, "predicted_ms": pred, "runs": runs,
                          "passes": [{"absolute_ms": m.latency_ms, "normalized": m.normalized,
-                                     "reference_ms": m.reference_ms, "rounds_ms": m.rounds_ms}],
+                                     "reference_ms": m.reference_ms, "rounds_ms": m.rounds_ms,
+                                     "reference_parts": m.parts}],
                          "flops": flops_of([(k.kind, k.features) for k in lowered.kernels]),
                          "structure_match": ops == pred_ops, "int8_nodes_measured": m.int8_nodes,
                          "int8_nodes_predicted": lowered.int8_nodes, "plan": plan.to_dict(),
@@ -459,7 +465,8 @@ def main(argv: list[str] | None = None) -> int:
             model, x, calib = teachers[r["family"]]
             m2, _ = measure(model, CompressionPlan.from_dict(r["plan"]), x, calib, runs=r["runs"], rounds=args.rounds)
             r["passes"].append({"absolute_ms": m2.latency_ms, "normalized": m2.normalized,
-                                "reference_ms": m2.reference_ms, "rounds_ms": m2.rounds_ms})
+                                "reference_ms": m2.reference_ms, "rounds_ms": m2.rounds_ms,
+                                "reference_parts": m2.parts})
     for r in rows:
         r["absolute_ms"] = float(np.median([q["absolute_ms"] for q in r["passes"]]))
         r["normalized_ms"] = float(np.median([q["normalized"] for q in r["passes"]])) * speed
@@ -554,13 +561,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"noise: {noise['models']} models x {noise['processes']} fresh processes ({noise['loaded_processes']} "
               f"beside a memory-streaming neighbour): RMS deviation from each model's median: absolute "
               f"{100 * a['rms']:.1f} % (max {100 * a['max_abs']:.1f} %), normalized {100 * nm['rms']:.1f} % (max "
-              f"{100 * nm['max_abs']:.1f} %); reference {noise['reference_ms_range']} ms")
+              f"{100 * nm['max_abs']:.1f} %), against the reference's compute part alone "
+              f"{100 * noise['normalized_compute_part']['rms']:.1f} %; reference {noise['reference_ms_range']} ms")
         if noise["quiet_processes_only"]:
             q = noise["quiet_processes_only"]
             print(f"  the quiet processes alone: absolute {100 * q['absolute']['rms']:.1f} %, normalized "
                   f"{100 * q['normalized']['rms']:.1f} %")
         for f, v in noise["by_family"].items():
-            print(f"  {f:12s} absolute {100 * v['absolute_rms']:5.1f} %  normalized {100 * v['normalized_rms']:5.1f} %")
+            print(f"  {f:12s} absolute {100 * v['absolute_rms']:5.1f} %  normalized {100 * v['normalized_rms']:5.1f} %"
+                  f"  compute part alone {100 * v['normalized_compute_part_rms']:5.1f} %")
     suffix = "" if args.backend == "onnxruntime" else f"_{args.backend}"
     out = Path(args.out or f"benchmarks/out/latency_predictor{suffix}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

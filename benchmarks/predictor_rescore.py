@@ -8,6 +8,11 @@ relative to the reference workload). Every plan is predicted again with each pro
 reference speed, against the measured relative time at the same speed: two profiles are compared on identical
 ground truth, so the machine's noise at the time of comparison plays no part (it did when the rows were
 measured). Prints per profile and family: share within +-10 %, RMSPE, mean error, Kendall tau.
+
+``--reference-part compute`` (or ``cache``, ``memory``): score against the time relative to that part of the
+reference workload alone instead of the whole reference, with each profile refitted on its samples' times
+relative to the same part (profiles and rows measured since the reference has parts record each one,
+``Timing.parts``): two references compared on the same calls.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from scipy import stats
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latency_predictor import teacher  # noqa: E402  (the held-out families)
 
+from autocompress.latency.model import fit  # noqa: E402
 from autocompress.latency.predictor import LatencyPredictor  # noqa: E402
 from autocompress.latency.profile import load_profile  # noqa: E402
 from autocompress.plan import CompressionPlan  # noqa: E402
@@ -36,12 +42,29 @@ def scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
             "kendall_tau": float(stats.kendalltau(pred, truth)[0]) if len(err) > 1 else float("nan")}
 
 
+def refit_on_part(profile, part: str) -> float:
+    """Refit ``profile`` (in place) on its samples' times relative to reference part ``part`` alone, in ms at that
+    part's median speed over the samples, as ``autocompress profile`` fits on the whole reference; returns the
+    speed (ms)."""
+    samples = profile.samples
+    if any(part not in (s.spec.get("reference_parts") or {}) for s in samples):
+        raise SystemExit(f"{profile.path}: samples without times against reference part {part!r}")
+    speed = float(np.median([s.spec["reference_parts"][part][1] for s in samples]))
+    for s in samples:
+        s.latency_ms = s.spec["reference_parts"][part][0] * speed
+    micro = [s for s in samples if s.group == "micro"]
+    profile.model = fit(micro, calibration=[s for s in samples if s.group == "calibration"],
+                        stream_knot_bytes=profile.model.stream_knot_bytes)
+    return speed
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", required=True)
     ap.add_argument("--profiles", required=True, help="comma-separated profile paths")
     ap.add_argument("--families", default=None, help="comma-separated (default: every family in the rows)")
     ap.add_argument("--out", default=None, help="write the figures as JSON")
+    ap.add_argument("--reference-part", default=None, help="normalize by this part of the reference alone")
     args = ap.parse_args()
     rows = json.loads(Path(args.rows).read_text())["rows"]
     families = args.families.split(",") if args.families else list(dict.fromkeys(r["family"] for r in rows))
@@ -51,12 +74,15 @@ def main() -> int:
     for path in args.profiles.split(","):
         profile = load_profile(path)
         speed = profile.reference_ms
+        if args.reference_part:
+            speed = refit_on_part(profile, args.reference_part)
         by_family: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
         for family in families:
             model, x, _ = teacher(family, seed)
             predictor = LatencyPredictor(model, x, profile)
             for r in (r for r in rows if r["family"] == family):
-                truth = float(np.median([q["normalized"] for q in r["passes"]])) * speed
+                truth = float(np.median([q["reference_parts"][args.reference_part][0] if args.reference_part
+                                         else q["normalized"] for q in r["passes"]])) * speed
                 by_family[family].append((predictor.predict(CompressionPlan.from_dict(r["plan"])), truth))
         table = {f: scores(*map(np.array, zip(*v, strict=True))) for f, v in by_family.items()}
         both = [p for v in by_family.values() for p in v]

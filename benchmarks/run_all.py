@@ -41,6 +41,10 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
           "--noise-models", "1", "--out", "benchmarks/out/latency_predictor.quick.json",
           "--results", "benchmarks/out/latency_predictor.quick_summary.json"]],
     ),
+    "reference_noise": (
+        [["benchmarks/reference_noise.py", "--rounds", "900"]],
+        [["benchmarks/reference_noise.py", "--rounds", "30", "--out", "benchmarks/out/reference_noise.quick.json"]],
+    ),
     "predict_time": (
         [["benchmarks/predict_time.py", "--profile", PROFILE, "--out", "benchmarks/results/predict_time.json"]],
         [["benchmarks/predict_time.py", "--profile", QUICK_PROFILE, "--families", "resnet18,bert", "--plans", "5",

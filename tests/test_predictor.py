@@ -508,6 +508,10 @@ def test_profile_round_trip_is_json_and_atomic(tmp_path):
     back = load_profile(path)
     assert back.model.coef == profile.model.coef and len(back.samples) == 1
     assert back.fingerprint_id == profile.fingerprint_id
+    raw["data"]["info"]["reference_version"] = 1  # relative to another reference workload: refused
+    path.write_text(json.dumps(raw))
+    with pytest.raises(ProfileError, match="reference workload version 1"):
+        load_profile(path)
 
 
 def test_corrupt_or_wrong_version_profile_is_a_clear_error(tmp_path):

@@ -40,6 +40,7 @@ from ..latency.study import SPEED_ATTR
 from ..plan import CompressionPlan
 from ..runtime import Backend, BackendError, Kernels, TimingSpec, backend_for, get_backend
 from ..runtime.onnx import export_onnx, graph_ops
+from ..runtime.reference import REFERENCE_VERSION
 from ..tasks import Task, load_task
 from ..tasks.inputs import call
 from ..tasks.inputs import spec as input_spec
@@ -320,7 +321,8 @@ def _measure(task: Task, cm, torch_dir: Path, onnx_path: Path, scratch: Path, la
             "teacher_spread": lat["teacher"]["spread"], "export_spread": lat["export"]["spread"],
             "export_p10_ms": lat["export"]["p10_ms"], "export_p90_ms": lat["export"]["p90_ms"],
             "teacher_normalized": lat["teacher"]["normalized"], "export_normalized": lat["export"]["normalized"],
-            "reference_ms": lat["export"]["reference_ms"], "study_reference_ms": study_ref,
+            "reference_ms": lat["export"]["reference_ms"], "reference_version": REFERENCE_VERSION,
+            "study_reference_ms": study_ref,
             "export_at_study_speed_ms": at_study,
             "predicted_ms": predicted, "predicted_source": "the trial's search-time latency",
             "vs_predicted": None if not predicted else at_study / predicted - 1,
@@ -430,6 +432,7 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
     for note in src.notes:
         log.warning(note)
     task = task or load_task(src.task_spec, src.task_options)
+    speed = study.user_attrs.get(SPEED_ATTR) or {}
     source = {
         "study": front.study_name, "storage": redact(src.storage_url),
         "config": str(src.config_path) if src.config_path else None, "trial": number, "pick": pick,
@@ -438,7 +441,8 @@ def export_from_study(target: str, out: str | Path, *, trial: int | None = None,
                        float(row[k]))
                    for k in ("accuracy", "test_accuracy", "latency_ms", "size_bytes", "compression_ratio")},
         "search_teacher": front.teacher, "search_finetune_steps": src.finetune.steps, "notes": src.notes,
-        "search_reference_ms": (study.user_attrs.get(SPEED_ATTR) or {}).get("reference_ms"),
+        # a study timed against another version of the reference workload: its speed does not convert
+        "search_reference_ms": speed.get("reference_ms") if speed.get("version") == REFERENCE_VERSION else None,
     }
     return export_plan(task, front.plans[number], out, formats=formats, finetune=finetune,
                        finetune_cfg=study_finetune(src.finetune, study.user_attrs), latency_cfg=src.latency,
@@ -532,7 +536,8 @@ def verify(path: str | Path, *, task: Task | None = None, rounds: int = 3, acc_t
         t_ms, e_ms = got["teacher"].latency_ms, got["export"].latency_ms
         row(f"latency ms (export, {backend.name})", lat.get("export_ms"), e_ms, rel=latency_tol)
         row("latency ms (fp32 teacher)", lat.get("teacher_ms"), t_ms, rel=latency_tol)
-        if lat.get("export_normalized") is not None:  # relative to the reference workload: steadier than ms
+        # relative to the reference workload (steadier than ms), where the card was timed against the same one
+        if lat.get("export_normalized") is not None and lat.get("reference_version", 1) == REFERENCE_VERSION:
             row("latency / reference (export)", lat["export_normalized"], got["export"].normalized, rel=latency_tol)
         row("speedup over the teacher", lat.get("speedup"), t_ms / e_ms, rel=latency_tol)
     return VerifyReport(path=folder, rows=rows)

@@ -39,6 +39,7 @@ class Measurement:
     normalized: float | None = None
     reference_ms: float | None = None
     op_ms: dict[str, float] | None = None
+    parts: dict[str, list[float]] | None = None  # Timing.parts: against each part of the reference alone
 
 
 def default_calibration(example_input: Inputs) -> list[Inputs]:
@@ -84,4 +85,4 @@ def measure_plan(teacher: nn.Module, plan: CompressionPlan, example_input: Input
         op_ms = get_backend(backend).op_times(artifact, example_input, runs=op_runs, threads=threads) \
             if op_runs > 0 else None
     return Measurement(latency_ms=t.latency_ms, rounds_ms=t.rounds_ms, int8_nodes=len(kernels.int8),
-                       normalized=t.normalized, reference_ms=t.reference_ms, op_ms=op_ms)
+                       normalized=t.normalized, reference_ms=t.reference_ms, op_ms=op_ms, parts=t.parts)

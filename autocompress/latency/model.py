@@ -107,6 +107,8 @@ class Sample:
                 "normalized": timing.normalized, "reference_ms": timing.reference_ms}
         if getattr(timing, "op_ms", None):
             spec["op_ms"] = timing.op_ms
+        if getattr(timing, "parts", None):
+            spec["reference_parts"] = timing.parts
         return cls.from_lowered(lowered, timing.latency_ms, spec=spec, **kw)
 
     def to_dict(self) -> dict[str, Any]:

@@ -177,6 +177,11 @@ class LatencyProfile:
             raise ProfileError(f"{source}: latency profile version {obj.get('version')!r} is not supported; this "
                                f"autocompress reads version {PROFILE_VERSION}. Re-run `autocompress profile`.")
         d = obj.get("data")
+        ref_version = (d.get("info") or {}).get("reference_version") if isinstance(d, dict) else None
+        if ref_version not in (None, REFERENCE_VERSION):
+            raise ProfileError(f"{source}: latency profile timed against reference workload version {ref_version}; "
+                               f"this autocompress times against version {REFERENCE_VERSION}, so its relative "
+                               f"times do not compare. Re-run `autocompress profile`.")
         try:
             return cls(backend=str(d["backend"]), threads=int(d["threads"]), batch_size=int(d["batch_size"]),
                        nchwc_block=int(d["nchwc_block"]), nchwc_align=int(d.get("nchwc_align", 4)),

@@ -63,7 +63,10 @@ class Timing:
     """``latency_ms``: median of the round medians; ``rounds_ms``: each round's median; p10/p90 over all runs.
 
     ``normalized``: the median over rounds of (round median / reference time around that round), dimensionless;
-    ``reference_ms``: the median reference block of the measurement (both None when timed without reference)."""
+    ``reference_ms``: the median reference block of the measurement (both None when timed without reference);
+    ``parts``: per part of the reference (:data:`~autocompress.runtime.reference.PARTS`), the same two figures
+    against that part alone, ``{part: [normalized, reference ms]}`` (what compares reference workloads side by
+    side, ``benchmarks/reference_noise.py``)."""
 
     latency_ms: float
     rounds_ms: list[float]
@@ -75,6 +78,7 @@ class Timing:
     backend: str
     normalized: float | None = None
     reference_ms: float | None = None
+    parts: dict[str, list[float]] | None = None
 
     def at_speed(self, reference_ms: float | None) -> float:
         """The latency (ms) at a machine speed where the reference takes ``reference_ms``: the normalized time
@@ -258,8 +262,11 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
     samples: dict[str, list[float]] = {k: [] for k in calls}
     medians: dict[str, list[float]] = {k: [] for k in calls}
     ratios: dict[str, list[float]] = {k: [] for k in calls}
+    part_ratios: dict[str, list[list[float]]] = {k: [] for k in calls}
     blocks: list[float] = []
+    part_blocks: list[list[float]] = []
     before = ref.block() if ref is not None else 0.0
+    before_parts = list(ref.last_parts) if ref is not None else []
     for _ in range(max(1, spec.rounds)):
         for key, call in calls.items():
             times = []
@@ -271,9 +278,15 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
             samples[key].extend(times)
             if ref is not None:
                 after = ref.block()
+                after_parts = list(ref.last_parts)
                 blocks.append(before)
+                part_blocks.append(before_parts)
                 ratios[key].append(medians[key][-1] / ((before + after) / 2))
-                before = after
+                part_ratios[key].append([medians[key][-1] / ((b + a) / 2) for b, a in zip(before_parts, after_parts,
+                                                                                        strict=True)])
+                before, before_parts = after, after_parts
+    part_blocks.append(before_parts)
+    names = list(ref.names) if ref is not None else []
     out = {}
     for key in calls:
         q = statistics.quantiles(samples[key], n=10) if len(samples[key]) > 1 else samples[key] * 9
@@ -281,6 +294,9 @@ def time_interleaved(calls: dict[str, Callable[[], Any]], spec: TimingSpec, *,
                           p10_ms=q[0], p90_ms=q[-1], runs=len(samples[key]), threads=spec.threads,
                           batch_size=spec.batch_size, backend=backend,
                           normalized=statistics.median(ratios[key]) if ratios[key] else None,
-                          reference_ms=statistics.median(blocks + [before]) if ref is not None else None)
+                          reference_ms=statistics.median(blocks + [before]) if ref is not None else None,
+                          parts={n: [statistics.median(r[i] for r in part_ratios[key]),
+                                     statistics.median(b[i] for b in part_blocks)] for i, n in enumerate(names)}
+                          if part_ratios[key] else None)
     return out
 
