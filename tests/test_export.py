@@ -313,6 +313,10 @@ def test_cli_export_verify_and_errors(tmp_path, digits_task, capsys):
     assert "agree with the card" in capsys.readouterr().out
     report = verify(out, task=digits_task, rounds=1, latency_tol=100)
     assert report.ok and any(r["what"] == "test accuracy (onnx)" and r["ok"] for r in report.rows)
+    # timed against this version of the reference workload: verify compares the relative times too
+    from autocompress.runtime.reference import REFERENCE_VERSION
+    assert card["metrics"]["latency"]["reference_version"] == REFERENCE_VERSION
+    assert any(r["what"] == "latency / reference (export)" for r in report.rows)
     # errors: existing folder, no match, bad format
     assert main(["export", str(path), "--trial", "0", "-o", str(out), "--finetune", "none"]) == 2
     assert "--force" in capsys.readouterr().err
