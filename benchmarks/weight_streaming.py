@@ -1,12 +1,14 @@
 """Does a convolution get slower when the model around it has more weights? (weights beyond the cache)
 
     .venv/bin/python benchmarks/weight_streaming.py [--channels 512,256] [--layers 1,2,3,4,6,8] [--h 3]
+        [--tokens T]
 
 Stacks of ``L`` identical 3x3 convolutions (C -> C channels, ReLU) on an ``h`` x ``h`` map, float, exported and run
 in ONNX Runtime at 1 thread as the search runs them: every layer does the same work, so if each call took the same
 time per layer whatever the stack, the per-layer time would not change with ``L``. Prints per stack the model's
 weight MB, the best of 5 blocks of 20 calls, the time per layer, and the reference workload's time beside it
-(the machine's speed; :mod:`autocompress.runtime.reference`). The cost model's streamed-weights term
+(the machine's speed; :mod:`autocompress.runtime.reference`). ``--tokens T``: stacks of ``C x C`` Linear layers
+(GELU) over ``T`` tokens instead, as a transformer's weights are. The cost model's streamed-weights term
 (``latency.model.STREAMED``) is what this measures: the extra time over ``L`` x the one-layer time, against the
 model's weight bytes, phased in around half the last-level cache (``latency.model.streamed_bytes``; the line's
 last figure is that term's bytes for the stack, ``streamed``).
@@ -46,6 +48,7 @@ def main() -> int:
     ap.add_argument("--channels", default="512,256")
     ap.add_argument("--layers", default="1,2,3,4,6,8")
     ap.add_argument("--h", type=int, default=3)
+    ap.add_argument("--tokens", type=int, default=0, help="Linear layers over this many tokens instead")
     args = ap.parse_args()
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -56,14 +59,18 @@ def main() -> int:
     for c in map(int, args.channels.split(",")):
         one = None
         for layers in map(int, args.layers.split(",")):
-            model = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.ReLU()) for _ in range(layers)])
-            x = torch.randn(1, c, args.h, args.h)
+            if args.tokens:
+                model = nn.Sequential(*[nn.Sequential(nn.Linear(c, c), nn.GELU()) for _ in range(layers)])
+                x = torch.randn(1, args.tokens, c)
+            else:
+                model = nn.Sequential(*[nn.Sequential(nn.Conv2d(c, c, 3, 1, 1), nn.ReLU()) for _ in range(layers)])
+                x = torch.randn(1, c, args.h, args.h)
             with tempfile.TemporaryDirectory(prefix="bench-stream-") as tmp:
                 path = Path(tmp) / "model.onnx"
                 export_onnx(model.eval(), x, path)
                 session = backend.session(path)
                 ms = best_ms(session, {session.input_names[0]: x.numpy()})
-            mb = layers * (c * c * 9 + c) * 4 / 1e6
+            mb = layers * (c * c * (1 if args.tokens else 9) + c) * 4 / 1e6
             one = one if one is not None else ms / layers
             print(f"C {c:4d} x {layers} layers: weights {mb:6.1f} MB  {ms:7.3f} ms  per layer {ms / layers:.3f} ms"
                   f"  extra over {layers} x the first {ms - layers * one:+.3f} ms  reference {reference_ms():.3f} ms"
