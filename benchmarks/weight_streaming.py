@@ -54,7 +54,7 @@ def main() -> int:
     torch.set_num_threads(1)
     backend = get_backend("onnxruntime")
     knot = stream_knot_bytes()
-    lo, hi = (f * knot / 1e6 for f in STREAM_PHASE)
+    lo, hi = (f * knot / 1e6 for f in STREAM_PHASE["gemm" if args.tokens else "conv"])
     print(f"knot (half the last-level cache): {knot / 2**20:.0f} MiB; streamed weights phase in over {lo:.1f}-{hi:.1f} MB")
     for c in map(int, args.channels.split(",")):
         one = None

@@ -248,7 +248,7 @@ def _streaming(rng: np.random.Generator) -> dict[str, Any]:
     """Models whose weights outgrow the last-level cache, so their time carries the cost of streaming weights
     (:data:`~autocompress.latency.model.STREAMED`): a third deep stacks of wide convolutions on tiny maps, 5-75 MB
     in layers too large for the L2 cache alone (the weights of a float ResNet-18 total 45 MB); the rest stacks
-    of layers that fit it alone (convolutions of 128-320 channels, or Linear layers over 1-16 tokens), 2-40 MB in
+    of layers that fit it alone (convolutions of 128-320 channels, or Linear layers over 1-128 tokens), 2-40 MB in
     all, as whole CNNs and transformers are made (the cost sets in between 12 and 20 MB)."""
     r = rng.random()
     if r < 1 / 3:
@@ -263,9 +263,10 @@ def _streaming(rng: np.random.Generator) -> dict[str, Any]:
         layers = [{"cout": c, "k": k, "s": 1, "dw": False, "act": str(rng.choice(["relu", ""])), "pool": 0}
                   for _ in range(n)]
         return {"family": "conv", "cin": c, "h": int(rng.choice([2, 3, 4])), "layers": layers}
-    d = _channels(rng, 192, 768)
-    n = int(np.clip(round(total / (4 * d * d)), 2, 48))
-    return {"family": "linear3d", "sizes": [d] * (n + 1), "t": int(rng.choice([1, 4, 16])),
+    t = int(rng.choice([1, 4, 16, 64, 128]))
+    d = _channels(rng, 192, 768 if t < 64 else 512)  # over many tokens, small layers of a large total (a ViT's)
+    n = int(np.clip(round(total / (4 * d * d)), 2, 48 if t < 64 else 32))
+    return {"family": "linear3d", "sizes": [d] * (n + 1), "t": t,
             "act": str(rng.choice(["relu", "gelu"]))}
 
 

@@ -40,12 +40,19 @@ OVERHEAD = ("one", "input_elems", "output_elems")
 # 10.6-14.2 MB of weights in all, then 31-95 % more per layer from 15.9-21 MB on (21-24 us per MB of *all* the
 # weights at 21-64 MB). So the last per-model term is the model's weight bytes, phased in
 # linearly between STREAM_PHASE x a knot (half the last-level cache: 10.5-19 MB of this machine's 32 MiB L3, which
-# other tenants share; streamed_bytes()), one coefficient for all kernels: memory bandwidth, not arithmetic.
-STREAMED = "weight_bytes_streamed"
-MODEL_OVERHEAD = (*OVERHEAD, STREAMED)
+# other tenants share; streamed_bytes()): memory bandwidth, not a kernel's arithmetic. Stacks of Linear layers over
+# 64 tokens (the same benchmark with --channels 512,384 --layers 1,4,6,8,10,12,16,24,32 --tokens 64) slow down
+# earlier and more: +8-11 % at 8.4-9.5 MB, +20-30 % from 10.5-14 MB on, 45-48 us per MB of all weights. So the
+# weights of MatMul / Gemm kernels have a term of their own, phased in earlier (STREAM_PHASE["gemm"]); both
+# phases run on the model's total weight bytes (one cache).
+STREAMED = ("weight_bytes_streamed", "gemm_weight_bytes_streamed")
+MODEL_OVERHEAD = (*OVERHEAD, *STREAMED)
+GEMM_OPS = frozenset({"MatMul", "FusedMatMul", "Gemm", "FusedGemm", "QGemm", "QLinearMatMul", "MatMulNBits",
+                      "MatMulInteger", "DynamicQuantizeMatMul"})
 HINGES = ("weight_over_64k", "weight_over_256k")  # the convex weight-size terms (see kernels.FEATURES)
 STREAM_KNOT_BYTES = 16 * 2**20  # default: half a 32 MiB last-level cache (profiles record their machine's)
-STREAM_PHASE = (0.625, 1.125)  # the weight streaming term phases in between these multiples of the knot
+# the weight streaming terms phase in between these multiples of the knot: convolutions and other kernels, GEMMs
+STREAM_PHASE = {"conv": (0.625, 1.125), "gemm": (0.42, 0.85)}
 _WEIGHT = FEATURES.index("weight_elems")
 INT8_OPS = ("QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul")
 MIN_HINGE_SUPPORT = 8
@@ -146,16 +153,23 @@ def weight_bytes_per_elem(kind: str) -> float:
     return 1.0 if op in INT8_OPS or "u8" in kind.split("/")[1:] or "int8" in kind else 4.0
 
 
-def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float) -> float:
-    """The :data:`STREAMED` per-model term: the model's weight bytes (as its kernels store them), the share of
-    them phased in linearly (0 to 1) between the :data:`STREAM_PHASE` multiples of ``knot_bytes``: none while the
-    weights fit the cache, all of them once they clearly do not."""
+def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float) -> list[float]:
+    """The :data:`STREAMED` per-model terms: the weight bytes (as the kernels store them) of the model's
+    convolution and other kernels, and of its MatMul / Gemm kernels, each the share of them phased in linearly
+    (0 to 1) between its :data:`STREAM_PHASE` multiples of ``knot_bytes`` by the model's total weight bytes: none
+    while the weights fit the cache, all of them once they clearly do not."""
     if len(kinds) == 0:
-        return 0.0
+        return [0.0, 0.0]
     per = np.fromiter((weight_bytes_per_elem(k) for k in kinds), float, len(kinds))
-    total = float(np.reshape(features, (len(kinds), -1))[:, _WEIGHT] @ per)
-    return total * min(1.0, max(0.0, (total - STREAM_PHASE[0] * knot_bytes) /
-                                ((STREAM_PHASE[1] - STREAM_PHASE[0]) * knot_bytes)))
+    w = np.reshape(features, (len(kinds), -1))[:, _WEIGHT] * per
+    gemm = np.fromiter((k.split("/", 1)[0] in GEMM_OPS for k in kinds), bool, len(kinds))
+    total = float(w.sum())
+
+    def share(part: str) -> float:
+        lo, hi = STREAM_PHASE[part]
+        return min(1.0, max(0.0, (total - lo * knot_bytes) / ((hi - lo) * knot_bytes)))
+
+    return [float(w[~gemm].sum()) * share("conv"), float(w[gemm].sum()) * share("gemm")]
 
 
 @dataclass
@@ -204,7 +218,7 @@ class CostModel:
     def per_model(self, kinds: Sequence[str], features: np.ndarray, overhead: Sequence[float]) -> float:
         """The per-model terms (:data:`MODEL_OVERHEAD`) of a model with these kernels, in ms."""
         return float(np.dot(self.overhead, [*overhead[:len(OVERHEAD)],
-                                            streamed_bytes(kinds, features, self.stream_knot_bytes)]))
+                                            *streamed_bytes(kinds, features, self.stream_knot_bytes)]))
 
     def raw_ms(self, kernels: Sequence[Kernel], overhead: Sequence[float]) -> float:
         """Overhead plus kernel sum, before the calibration's offset and scale."""
@@ -279,7 +293,7 @@ def _design(samples: Sequence[Sample], kinds: list[str], knot_bytes: float) -> n
             x[i, j:j + nf] += feats
         names = [k for k, _ in s.kernels]
         x[i, -no:] = [*s.overhead[:len(OVERHEAD)],
-                      streamed_bytes(names, np.array([f for _, f in s.kernels], dtype=float), knot_bytes)]
+                      *streamed_bytes(names, np.array([f for _, f in s.kernels], dtype=float), knot_bytes)]
     return x
 
 
@@ -291,7 +305,8 @@ def _nnls(x: np.ndarray, y: np.ndarray, weights: np.ndarray, kinds: list[str], r
     # a size term is fitted only on evidence: a kind with fewer than MIN_HINGE_SUPPORT samples beyond a knot gets
     # no hinge term, nor the streamed-weights term with fewer such models (one extreme sample would otherwise set a
     # slope every larger layer inherits)
-    cols = [k * nf + FEATURES.index(f) for k in range(len(kinds)) for f in HINGES] + [x.shape[1] - 1]
+    cols = [k * nf + FEATURES.index(f) for k in range(len(kinds)) for f in HINGES] + \
+        [x.shape[1] - 1 - i for i in range(len(STREAMED))]
     for col in cols:
         if np.count_nonzero(x[:, col]) < MIN_HINGE_SUPPORT:
             x[:, col] = 0.0

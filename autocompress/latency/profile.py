@@ -61,8 +61,9 @@ log = logging.getLogger(__name__)
 # version 3: samples fitted on time relative to the reference workload (autocompress.runtime.reference), in ms at
 # the profile's reference speed (info.reference_ms); version 2 profiles (absolute times) are refused; version 4:
 # the streamed-weights term prices all of a model's weight bytes past the cache (model.streamed_bytes), version 3
-# only those beyond the knot, so a version 3 profile's coefficient is refused too
-PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 4
+# only those beyond the knot, so a version 3 profile's coefficient is refused too; version 5: MatMul / Gemm weights
+# stream in a term of their own (a version 4 model has one term for all weights)
+PROFILE_TYPE, PROFILE_VERSION = "LatencyProfile", 5
 BACKENDS = ("onnxruntime", "openvino", "torch")
 _FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx_vnni",
           "amx_int8", "asimd", "sve", "i8mm")
