@@ -65,16 +65,9 @@ def main() -> int:
             feed = {session.input_names[0]: x.numpy()}
             calls[family if seed is None else f"{family} plan {seed}"] = (lambda s=session, f=feed: s.run(f))
 
-        def ref_block() -> list[float]:  # each part's median, as Reference.block() times them
-            out = []
-            for session, feeds, share, _ in ref.parts:
-                times = []
-                for _ in range(max(1, round(6 * share))):
-                    t0 = time.perf_counter_ns()
-                    session.run(None, feeds)
-                    times.append((time.perf_counter_ns() - t0) / 1e6)
-                out.append(statistics.median(times))
-            return out
+        def ref_block() -> list[float]:  # each part's median ms, as every timing's reference block records them
+            ref.block()
+            return list(ref.last_parts)
 
         n_calls = {}
         for key, call in calls.items():

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from autocompress.latency.model import STREAM_PHASE
+from autocompress.latency.model import STREAM_PHASE, stream_share
 from autocompress.latency.profile import stream_knot_bytes
 from autocompress.runtime import get_backend
 from autocompress.runtime.onnx import export_onnx
@@ -54,7 +54,8 @@ def main() -> int:
     torch.set_num_threads(1)
     backend = get_backend("onnxruntime")
     knot = stream_knot_bytes()
-    lo, hi = (f * knot / 1e6 for f in STREAM_PHASE["gemm" if args.tokens else "conv"])
+    part = "gemm" if args.tokens else "conv"
+    lo, hi = (f * knot / 1e6 for f in STREAM_PHASE[part])
     print(f"knot (half the last-level cache): {knot / 2**20:.0f} MiB; streamed weights phase in over {lo:.1f}-{hi:.1f} MB")
     for c in map(int, args.channels.split(",")):
         one = None
@@ -74,7 +75,7 @@ def main() -> int:
             one = one if one is not None else ms / layers
             print(f"C {c:4d} x {layers} layers: weights {mb:6.1f} MB  {ms:7.3f} ms  per layer {ms / layers:.3f} ms"
                   f"  extra over {layers} x the first {ms - layers * one:+.3f} ms  reference {reference_ms():.3f} ms"
-                  f"  streamed {mb * min(1.0, max(0.0, (mb - lo) / (hi - lo))):.1f} MB",
+                  f"  streamed {mb * stream_share(mb * 1e6, knot, part):.1f} MB",
                   flush=True)
     return 0
 

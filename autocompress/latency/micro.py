@@ -249,7 +249,7 @@ def _streaming(rng: np.random.Generator) -> dict[str, Any]:
     (:data:`~autocompress.latency.model.STREAMED`): a third deep stacks of wide convolutions on tiny maps, 5-75 MB
     in layers too large for the L2 cache alone (the weights of a float ResNet-18 total 45 MB); the rest stacks
     of layers that fit it alone (convolutions of 128-320 channels, or Linear layers over 1-128 tokens), 2-40 MB in
-    all, as whole CNNs and transformers are made (the cost sets in between 12 and 20 MB)."""
+    all, as whole CNNs and transformers are made (the cost sets in at 7-19 MB, model.STREAM_PHASE)."""
     r = rng.random()
     if r < 1 / 3:
         c = int(rng.choice([256, 320, 384, 448, 512]))

@@ -2,7 +2,7 @@
 
 A model's predicted latency is
 
-    offset + scale * (overhead . [1, input_elems, output_elems, weight bytes beyond the cache]
+    offset + scale * (overhead . [1, input_elems, output_elems, weight bytes streamed (conv, GEMM)]
                       +  sum over kernels of coef[kind] . features)
 
 with :data:`~autocompress.latency.kernels.FEATURES` (a constant, MACs, elements read and written, weights, MACs
@@ -164,12 +164,15 @@ def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float
     w = np.reshape(features, (len(kinds), -1))[:, _WEIGHT] * per
     gemm = np.fromiter((k.split("/", 1)[0] in GEMM_OPS for k in kinds), bool, len(kinds))
     total = float(w.sum())
+    return [float(w[~gemm].sum()) * stream_share(total, knot_bytes, "conv"),
+            float(w[gemm].sum()) * stream_share(total, knot_bytes, "gemm")]
 
-    def share(part: str) -> float:
-        lo, hi = STREAM_PHASE[part]
-        return min(1.0, max(0.0, (total - lo * knot_bytes) / ((hi - lo) * knot_bytes)))
 
-    return [float(w[~gemm].sum()) * share("conv"), float(w[gemm].sum()) * share("gemm")]
+def stream_share(total_bytes: float, knot_bytes: float, part: str) -> float:
+    """The share (0 to 1) of a model's ``part`` weights ("conv" or "gemm") that stream at ``total_bytes`` of
+    weights in all: linear between the part's :data:`STREAM_PHASE` multiples of ``knot_bytes``."""
+    lo, hi = STREAM_PHASE[part]
+    return min(1.0, max(0.0, (total_bytes - lo * knot_bytes) / ((hi - lo) * knot_bytes)))
 
 
 @dataclass

@@ -270,7 +270,7 @@ def stream_knot_bytes() -> float:
     """The model weight size (bytes) around which weights start to stream from memory on every call
     (:func:`~autocompress.latency.model.streamed_bytes`): half this machine's last-level cache (other tenants and
     the activations share it; on the machine the default was measured on, a 32 MiB L3, the slowdown sets in
-    between 12 and 20 MB), the default where the cache size cannot be read."""
+    between 7 and 19 MB, earlier for GEMM weights), the default where the cache size cannot be read."""
     best = 0
     for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
         try:

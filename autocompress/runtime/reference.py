@@ -17,8 +17,9 @@ their medians weighted so each counts about a third on the machine it was design
 - ``cache``: a 512 -> 1024 -> 512 matrix-vector pair, 4 MB of weights (read from the last-level cache);
 - ``memory``: a 1024 -> 3072 -> 1024 pair, 24 MB of weights (beyond what the shared last-level cache keeps).
 
-Measured side by side (``benchmarks/reference_noise.py``), the time of real-size models relative to the three
-parts together varies about half as much as relative to the compute part alone. The graphs are built here (no
+Measured side by side (``benchmarks/reference_noise.py``), measurements within one process relative to the three
+parts together deviate about a quarter less than relative to the compute part alone; across fresh processes the
+two did equally well (``benchmarks/RESULTS.md``). The graphs are built here (no
 file, no download) from seeded weights, so they are the same on every machine and version of autocompress; it is
 executed with ONNX Runtime whatever the measured backend is: it gauges the machine, not the backend. Changing it
 changes every relative time: :data:`REFERENCE_VERSION` is stored beside them.
