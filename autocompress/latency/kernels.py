@@ -157,6 +157,7 @@ class Recipe(NamedTuple):
     layer: str | None
     flags: tuple[bool, ...]
     slots: tuple[int, ...]
+    row: int = 0   # its (branch, flags, slots) row in :attr:`Terms.table`
 
 
 class Terms:
@@ -180,6 +181,17 @@ class Terms:
         self._arrays: tuple[np.ndarray, ...] | None = None
         self.recipes: dict[tuple, Recipe] = {}
         self.zero_term, self.one_term = self.term([self.zero]), self.term([self.one])
+        # every recipe's branch, flags and slots as a row (row 0: a constant kernel's), so a program gathers its
+        # kernels' rows with one indexing instead of converting their tuples
+        self._rows: list[tuple[int, ...]] = [(CONSTANT, *(0,) * len(FLAGS), *(self.zero_term,) * len(SLOTS))]
+        self._table: np.ndarray | None = None
+
+    @property
+    def table(self) -> np.ndarray:
+        """Recipe rows: branch, :data:`FLAGS`, :data:`SLOTS` (term ids)."""
+        if self._table is None or len(self._table) != len(self._rows):
+            self._table = np.asarray(self._rows, dtype=np.intp)
+        return self._table
 
     def rank_position(self, layer: str) -> int:
         return self._n_dims + self._n_params + self._layers[layer]
@@ -218,7 +230,8 @@ class Terms:
     def recipe(self, op: Op, kind: str | None, res: Resolved) -> Recipe:
         """The :class:`Recipe` of ``op``, cached by its fields with each tensor named
         by the one whose shape it has (the lowering numbers the tensors it creates in order, so the same Q/DQ
-        tensor has another name in another structure); the name returned is the op's own."""
+        tensor has another name in another structure); its ``name`` is that of the first op it was compiled for
+        (:class:`KernelProgram` names each kernel after its own op)."""
         aliases, inits = res.shapes.aliases, res.variant.graph.initializers
 
         def base(t: str) -> str:
@@ -226,16 +239,18 @@ class Terms:
                 t = aliases[t]
             return t
 
+        # (most tensors have no alias: the membership test is cheaper than a call per tensor)
+        ins = tuple([base(t) if t in aliases else t for t in op.inputs])
+        outs = tuple([base(t) if t in aliases else t for t in op.outputs])
         variant = (_conv_variant(*layer_weight(op, res)) if op.layer is not None and op.op in LAYER_CONVS
                    else None)  # pruning can change it (a depthwise layer down to one channel)
-        key = (op.op, tuple(map(base, op.inputs)), tuple(t in inits for t in op.inputs), tuple(map(base, op.outputs)),
+        key = (op.op, ins, tuple([t in inits for t in op.inputs]), outs,
                op.layer, op.part, op.layer in res.rank, op.nchwc, op.direct, op.fused_sum and base(op.fused_sum),
-               op.u8, op.int4, op.attrs.get("transA"), variant, kind)
+               op.u8, op.int4, op.attrs.get("transA") if op.attrs else None, variant, kind)
         got = self.recipes.get(key)
         if got is None:
             got = self.recipes[key] = self._compile(op, kind, res)
-        name = op.outputs[0] if op.outputs else ""
-        return got if got.name == name else got._replace(name=name)
+        return got
 
     def _dims(self, name: str, res: Resolved) -> list[int] | None:
         """E-indices of a tensor's dims, resolved as ``Shapes.get`` resolves it (None: unknown)."""
@@ -330,7 +345,9 @@ class Terms:
             elif op.u8 and kind not in ("NhwcMaxPool",):
                 kind += "/u8"
             flags["bn"] = kind == "BatchNormalization/nchwc"
-        return Recipe(override or kind, name, branch, layer, tuple(flags.values()), tuple(slot.values()))
+        self._rows.append((branch, *flags.values(), *slot.values()))
+        return Recipe(override or kind, name, branch, layer, tuple(flags.values()), tuple(slot.values()),
+                      len(self._rows) - 1)
 
 
 class KernelProgram:
@@ -349,24 +366,29 @@ class KernelProgram:
         self.terms = terms if terms is not None else Terms(res)
         none = (self.terms.zero_term,) * len(SLOTS)
         recipes: list[Recipe] = []
+        names: list[str] = []
         constants: dict[int, np.ndarray] = {}
         for i, (op, extra) in enumerate(specs):
             if op is None:
                 kind, feats, name = extra
                 constants[i] = np.asarray(feats, dtype=float)
-                recipes.append(Recipe(kind, name, CONSTANT, None, (False,) * len(FLAGS), none))
+                recipes.append(Recipe(kind, name, CONSTANT, None, (False,) * len(FLAGS), none, 0))
+                names.append(name)
             elif isinstance(extra, tuple):  # (kind, name)
-                recipes.append(self.terms.recipe(op, extra[0], res)._replace(name=extra[1]))
+                recipes.append(self.terms.recipe(op, extra[0], res))
+                names.append(extra[1])
             else:
                 recipes.append(self.terms.recipe(op, extra, res))
+                names.append(op.outputs[0] if op.outputs else "")
         self.kinds = tuple(r.kind for r in recipes)
-        self.names = tuple(r.name for r in recipes)
-        branch = np.asarray([r.branch for r in recipes], dtype=np.int8)
+        self.names = tuple(names)
+        table = self.terms.table[np.fromiter((r.row for r in recipes), np.intp, len(recipes))]
+        branch = table[:, 0]
         self._conv, self._linear = branch == CONV, branch == LINEAR
-        flags = np.asarray([r.flags for r in recipes], dtype=bool).reshape(len(recipes), len(FLAGS))
+        flags = table[:, 1:1 + len(FLAGS)].astype(bool)
         (self._nchwc, self._direct, self._dwpad, self._hasx, self._int4, self._reorder,
          self._bn) = flags.T
-        self._slots = np.asarray([r.slots for r in recipes], dtype=np.intp).reshape(len(recipes), len(SLOTS)).T
+        self._slots = table[:, 1 + len(FLAGS):].T
         self._layer_rows = [i for i, r in enumerate(recipes) if r.layer is not None]
         self._layer_names = [recipes[i].layer for i in self._layer_rows]
         self._constant_rows = constants

@@ -251,22 +251,63 @@ def _split(op: Op, node, res: Resolved, shapes: dict, *, keep_fused: bool) -> tu
 # --- graph helpers -------------------------------------------------------------------------------------------
 
 class _Uses:
-    """Consumers of each tensor in an op list (graph outputs count as a use)."""
+    """Consumers of each tensor in an op list (graph outputs count as a use), kept up to date by the passes'
+    edits (:meth:`add`, :meth:`rewire`, :meth:`drop`) instead of rebuilt after each: a rebuild walks every op,
+    and a pass makes a handful of edits. Only the multiset of consumers is kept; no pass depends on their order
+    beyond the first index built from the ops in order."""
 
     def __init__(self, ops: list[Op], outputs: list[str]) -> None:
-        self.consumers: dict[str, list[Op]] = {}
-        self.producer: dict[str, Op] = {}
+        consumers: dict[str, list[Op]] = {}
+        producer: dict[str, Op] = {}
         for op in ops:
             for t in op.inputs:
                 if t:
-                    self.consumers.setdefault(t, []).append(op)
+                    got = consumers.get(t)
+                    if got is None:
+                        consumers[t] = [op]
+                    else:
+                        got.append(op)
             for t in op.outputs:
                 if t:
-                    self.producer[t] = op
+                    producer[t] = op
+        self.consumers, self.producer = consumers, producer
         self.graph_outputs = set(outputs)
 
     def count(self, t: str) -> int:
         return len(self.consumers.get(t, ())) + (t in self.graph_outputs)
+
+    def add(self, op: Op) -> None:
+        """Register a new op's reads and writes."""
+        for t in op.inputs:
+            if t:
+                self.consumers.setdefault(t, []).append(op)
+        for t in op.outputs:
+            if t:
+                self.producer[t] = op
+
+    def rewire(self, op: Op, old: str, new: str) -> None:
+        """``op`` reads ``new`` wherever it read ``old``."""
+        reads = op.inputs.count(old)
+        if not reads:
+            return
+        _replace_input(op, old, new)
+        self.consumers[old] = [c for c in self.consumers.get(old, ()) if c is not op]
+        self.consumers.setdefault(new, []).extend([op] * reads)
+
+    def drop(self, op: Op) -> None:
+        """Forget a removed op."""
+        for t in set(op.inputs):
+            if t in self.consumers:
+                self.consumers[t] = [c for c in self.consumers[t] if c is not op]
+        for t in op.outputs:
+            if self.producer.get(t) is op:
+                del self.producer[t]
+
+    def output_renamed(self, old: str, new: str) -> None:
+        """A graph output is now ``new`` instead of ``old``."""
+        if old in self.graph_outputs:
+            self.graph_outputs.discard(old)
+            self.graph_outputs.add(new)
 
 
 def _with_inserted(ops: list[Op], inserted: dict[int, list[Op]]) -> list[Op]:
@@ -316,14 +357,18 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
         qt, dqt = fresh(t, "q"), fresh(t, "dq")
         q = Op(op="QuantizeLinear", inputs=[t], outputs=[qt], scale=t)
         dq = Op(op="DequantizeLinear", inputs=[qt], outputs=[dqt], scale=t)
-        for c in uses.consumers.get(t, []):
+        readers = uses.consumers.pop(t, [])
+        for c in readers:
             _replace_input(c, t, dqt)
+        uses.consumers[dqt] = readers
+        uses.add(q)
+        uses.add(dq)
         outputs = [dqt if o == t else o for o in outputs]
+        uses.output_renamed(t, dqt)
         producer = uses.producer.get(t)
         inserted.setdefault(id(producer) if producer is not None else -1, []).extend([q, dq])
     ops = _with_inserted(ops, inserted)
     # EnsureUniqueDQForNodeUnit: one DQ per consumer
-    uses = _Uses(ops, outputs)
     inserted = {}
     for dq in [op for op in ops if op.op == "DequantizeLinear"]:
         consumers = uses.consumers.get(dq.outputs[0], [])
@@ -331,13 +376,12 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             continue
         for c in consumers[1:]:
             name = fresh(dq.outputs[0], "dup")
-            _replace_input(c, dq.outputs[0], name)
-            inserted.setdefault(id(dq), []).append(
-                Op(op="DequantizeLinear", inputs=list(dq.inputs), outputs=[name], scale=dq.scale))
-    # (each step below rebuilds the consumer index only when the step before changed the graph)
+            dup = Op(op="DequantizeLinear", inputs=list(dq.inputs), outputs=[name], scale=dq.scale)
+            uses.add(dup)
+            uses.rewire(c, dq.outputs[0], name)
+            inserted.setdefault(id(dq), []).append(dup)
     if inserted:
         ops = _with_inserted(ops, inserted)
-        uses = _Uses(ops, outputs)
     # QDQPropagation: Q backward through propagable ops (single-use edges), DQ forward
     for q in [op for op in ops if op.op == "QuantizeLinear"]:
         t = q.inputs[0]
@@ -352,10 +396,11 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             qt, dqt = fresh(t_in, "pq"), fresh(t_in, "pdq")
             nq = Op(op="QuantizeLinear", inputs=[t_in], outputs=[qt], scale=q.scale)
             ndq = Op(op="DequantizeLinear", inputs=[qt], outputs=[dqt], scale=q.scale)
-            _replace_input(producer, t_in, dqt)
+            uses.rewire(producer, t_in, dqt)
+            uses.add(nq)
+            uses.add(ndq)
             at = ops.index(producer)
             ops[at:at] = [nq, ndq]
-            uses = _Uses(ops, outputs)
             producer = src
     for dq in [op for op in ops if op.op == "DequantizeLinear"]:
         cur = dq
@@ -374,22 +419,25 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             nq = Op(op="QuantizeLinear", inputs=[t_out], outputs=[qt], scale=cur.scale)
             ndq = Op(op="DequantizeLinear", inputs=[qt], outputs=[dqt], scale=cur.scale)
             for n in nexts:
-                _replace_input(n, t_out, dqt)
+                uses.rewire(n, t_out, dqt)
+            uses.add(nq)
+            uses.add(ndq)
             outputs = [dqt if o == t_out else o for o in outputs]
+            uses.output_renamed(t_out, dqt)
             at = ops.index(c) + 1
             ops[at:at] = [nq, ndq]
-            uses = _Uses(ops, outputs)
             cur = ndq
     # ReluQuantFusion: a Relu whose only consumer is a Q is dropped (the Q's zero point clips)
     dropped: set[int] = set()
     for relu in [op for op in ops if op.op in ("Relu", "Clip") and op.layer is None]:
         consumers = uses.consumers.get(relu.outputs[0], [])
         if len(consumers) == 1 and relu.outputs[0] not in outputs and consumers[0].op == "QuantizeLinear":
-            _replace_input(consumers[0], relu.outputs[0], relu.inputs[0])
+            # (a later Relu never reads what this one's edit changes: the ops are in topological order)
+            uses.rewire(consumers[0], relu.outputs[0], relu.inputs[0])
             dropped.add(id(relu))
+            uses.drop(relu)
     if dropped:
         ops = [op for op in ops if id(op) not in dropped]
-        uses = _Uses(ops, outputs)
     # WeightBiasQuantization: a float Conv/Gemm between a DQ and a Q (through Relu/Clip only) has its float
     # weights quantized by the runtime and joins the int8 path too
     dropped = set()
@@ -406,8 +454,9 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
                 op.int8 = True
                 for r in relus:  # the activation is folded into the requantization
                     dropped.add(id(r))
+                    uses.drop(r)
                 if relus:
-                    _replace_input(nxt, t, op.outputs[0])
+                    uses.rewire(nxt, t, op.outputs[0])
                 break
             if nxt.op not in ("Relu", "Clip") or id(nxt) in dropped:
                 break
@@ -415,7 +464,6 @@ def lower_int8(ops: list[Op], graph_outputs: list[str], shapes: Shapes) -> tuple
             t = nxt.outputs[0]
     if dropped:
         ops = [op for op in ops if id(op) not in dropped]
-        uses = _Uses(ops, outputs)
     # selectors: DQ -> Conv/Gemm -> Q  =>  QLinearConv / QGemm; DQ -> data op -> Q (same scale) => uint8 op
     removed: set[int] = set()
     for op in ops:

@@ -23,6 +23,7 @@ carry the cost, and a guess there would be a number nobody measured.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -153,16 +154,29 @@ def weight_bytes_per_elem(kind: str) -> float:
     return 1.0 if op in INT8_OPS or "u8" in kind.split("/")[1:] or "int8" in kind else 4.0
 
 
-def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float) -> list[float]:
+@functools.cache
+def _kind_layout(kind: str) -> tuple[float, bool]:
+    return weight_bytes_per_elem(kind), kind.split("/", 1)[0] in GEMM_OPS
+
+
+def kind_layout(kinds: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Per kernel: bytes per weight element (:func:`weight_bytes_per_elem`), and whether it is a MatMul / Gemm."""
+    layout = [_kind_layout(k) for k in kinds]
+    return (np.fromiter((b for b, _ in layout), float, len(layout)),
+            np.fromiter((g for _, g in layout), bool, len(layout)))
+
+
+def streamed_bytes(kinds: Sequence[str], features: np.ndarray, knot_bytes: float,
+                   layout: tuple[np.ndarray, np.ndarray] | None = None) -> list[float]:
     """The :data:`STREAMED` per-model terms: the weight bytes (as the kernels store them) of the model's
     convolution and other kernels, and of its MatMul / Gemm kernels, each the share of them phased in linearly
     (0 to 1) between its :data:`STREAM_PHASE` multiples of ``knot_bytes`` by the model's total weight bytes: none
-    while the weights fit the cache, all of them once they clearly do not."""
+    while the weights fit the cache, all of them once they clearly do not. ``layout``: :func:`kind_layout` of
+    ``kinds``, when the caller has it."""
     if len(kinds) == 0:
         return [0.0, 0.0]
-    per = np.fromiter((weight_bytes_per_elem(k) for k in kinds), float, len(kinds))
+    per, gemm = layout if layout is not None else kind_layout(kinds)
     w = np.reshape(features, (len(kinds), -1))[:, _WEIGHT] * per
-    gemm = np.fromiter((k.split("/", 1)[0] in GEMM_OPS for k in kinds), bool, len(kinds))
     total = float(w.sum())
     return [float(w[~gemm].sum()) * stream_share(total, knot_bytes, "conv"),
             float(w[gemm].sum()) * stream_share(total, knot_bytes, "gemm")]
@@ -192,7 +206,12 @@ class CostModel:
         self._matrix = {k: np.asarray(v, dtype=float) for k, v in self.coef.items()}
         data = [v for k, v in self._matrix.items() if not is_compute_kind(k)]
         self._fallback = np.median(np.stack(data), axis=0) if data else None
-        self._rows: dict[tuple[str, ...], tuple[list[str], np.ndarray | None]] = {}  # kinds -> (unsupported, coefs)
+        # every kind's coefficients as one matrix (the fallback last), for a structure's rows in one indexing
+        self._row_of = {k: i for i, k in enumerate(self._matrix)}
+        self._all = np.stack([*self._matrix.values(), self._fallback if data else np.zeros(len(FEATURES))]) \
+            if self._matrix else np.zeros((1, len(FEATURES)))
+        # kinds -> (unsupported, coefficient rows, kind_layout)
+        self._rows: dict[tuple[str, ...], tuple[list[str], np.ndarray | None, Any]] = {}
 
     @property
     def kinds(self) -> list[str]:
@@ -218,10 +237,11 @@ class CostModel:
     def kernel_ms(self, kernel: Kernel) -> float:
         return float(self._coef(kernel.kind) @ kernel.features)
 
-    def per_model(self, kinds: Sequence[str], features: np.ndarray, overhead: Sequence[float]) -> float:
+    def per_model(self, kinds: Sequence[str], features: np.ndarray, overhead: Sequence[float],
+                  layout: tuple[np.ndarray, np.ndarray] | None = None) -> float:
         """The per-model terms (:data:`MODEL_OVERHEAD`) of a model with these kernels, in ms."""
         return float(np.dot(self.overhead, [*overhead[:len(OVERHEAD)],
-                                            *streamed_bytes(kinds, features, self.stream_knot_bytes)]))
+                                            *streamed_bytes(kinds, features, self.stream_knot_bytes, layout)]))
 
     def raw_ms(self, kernels: Sequence[Kernel], overhead: Sequence[float]) -> float:
         """Overhead plus kernel sum, before the calibration's offset and scale."""
@@ -231,26 +251,26 @@ class CostModel:
             total += float(self._coef(k.kind) @ k.features)
         return total
 
-    def _kind_rows(self, kinds: tuple[str, ...]) -> tuple[list[str], np.ndarray | None]:
-        """The unsupported kinds among ``kinds`` and the coefficient matrix (a row per kernel), computed once per
-        kernel structure (its kinds tuple)."""
+    def _kind_rows(self, kinds: tuple[str, ...]) -> tuple[list[str], np.ndarray | None, Any]:
+        """The unsupported kinds among ``kinds``, the coefficient matrix (a row per kernel) and the kernels'
+        :func:`kind_layout`, computed once per kernel structure (its kinds tuple)."""
         hit = self._rows.get(kinds)
         if hit is None:
             missing = self.unsupported(kinds)
-            rows = None if missing else (np.stack([self._coef(k) for k in kinds]) if kinds else
-                                         np.zeros((0, len(FEATURES))))
+            fallback = len(self._all) - 1
+            rows = None if missing else self._all[[self._row_of.get(k, fallback) for k in kinds]]
             if len(self._rows) >= 4096:
                 self._rows.clear()
-            hit = self._rows[kinds] = (missing, rows)
+            hit = self._rows[kinds] = (missing, rows, kind_layout(kinds))
         return hit
 
     def raw_lowered(self, lowered: Lowered, *, where: str = "") -> float:
         """:meth:`raw_ms` of a lowered plan, every kernel at once; raises :class:`UnsupportedOpError` for a kind
         it cannot price."""
-        missing, rows = self._kind_rows(lowered.kinds)
+        missing, rows, layout = self._kind_rows(lowered.kinds)
         if missing or rows is None:
             raise UnsupportedOpError(missing, self.kinds, where=where)
-        return self.per_model(lowered.kinds, lowered.features, overhead_features(lowered)) + \
+        return self.per_model(lowered.kinds, lowered.features, overhead_features(lowered), layout) + \
             float(np.einsum("ij,ij->", rows, lowered.features))
 
     def predict(self, lowered: Lowered, *, where: str = "") -> float:
