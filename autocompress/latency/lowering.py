@@ -35,7 +35,7 @@ from typing import Any
 
 from .analysis import Resolved, Shapes
 from .graph import NO_KERNEL_OPS
-from .kernels import KernelProgram, Lowered, Op, Programs, grouped_variants
+from .kernels import MAX_STRUCTURES, KernelProgram, Lowered, Op, Programs, grouped_variants
 
 PROPAGABLE = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
 DROP_QDQ = frozenset({"MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Gather"})
@@ -845,7 +845,7 @@ class Lowerer:
     agree on these lower to the same kernels with different shapes.
     """
 
-    def __init__(self, *, block: int, align: int = 4, max_entries: int = 4096) -> None:
+    def __init__(self, *, block: int, align: int = 4, max_entries: int = MAX_STRUCTURES) -> None:
         self.block, self.align = block, align
         self._cache = Programs(max_entries)
 

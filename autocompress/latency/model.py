@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AutocompressError
-from .kernels import FEATURES, Kernel, Lowered
+from .kernels import FEATURES, MAX_STRUCTURES, Kernel, Lowered
 
 OVERHEAD = ("one", "input_elems", "output_elems")
 # A model whose weights no longer fit the last-level cache reads all of them from memory on every call, not just
@@ -259,7 +259,7 @@ class CostModel:
             missing = self.unsupported(kinds)
             fallback = len(self._all) - 1
             rows = None if missing else self._all[[self._row_of.get(k, fallback) for k in kinds]]
-            if len(self._rows) >= 4096:
+            if len(self._rows) >= MAX_STRUCTURES:
                 self._rows.clear()
             hit = self._rows[kinds] = (missing, rows, kind_layout(kinds))
         return hit
