@@ -822,3 +822,42 @@ def test_analysis_of_unmappable_model_is_clear():
 
     with pytest.raises(AnalysisError, match="called twice"):
         TeacherAnalysis(Shared().eval(), torch.randn(1, 8)).variant(1.0)
+
+
+def test_consumer_index_edits_match_a_rebuilt_index():
+    """The int8 pass edits its consumer index instead of rebuilding it: after add / rewire / drop the index holds
+    the same consumers (as a multiset) and producers as one rebuilt from the edited ops."""
+    from autocompress.latency.kernels import Op
+    from autocompress.latency.lowering import _Uses
+
+    a = Op(op="Relu", inputs=["x"], outputs=["a"])
+    b = Op(op="Mul", inputs=["a", "a"], outputs=["b"])
+    c = Op(op="Add", inputs=["a", "b"], outputs=["c"])
+    ops, outputs = [a, b, c], ["c"]
+    uses = _Uses(ops, outputs)
+    q = Op(op="QuantizeLinear", inputs=["a"], outputs=["a::q"])
+    dq = Op(op="DequantizeLinear", inputs=["a::q"], outputs=["a::dq"])
+    for op in (q, dq):
+        uses.add(op)
+    uses.rewire(b, "a", "a::dq")          # both of b's reads move
+    uses.drop(c)
+    ops = [a, q, dq, b]
+    rebuilt = _Uses(ops, outputs)
+
+    def multiset(u):
+        return {t: sorted(map(id, cs)) for t, cs in u.consumers.items() if cs}
+
+    assert b.inputs == ["a::dq", "a::dq"]
+    assert multiset(uses) == multiset(rebuilt)
+    assert uses.producer == rebuilt.producer
+    assert uses.count("a::dq") == 2 and uses.count("a") == 1 and uses.count("c") == 1  # a: q only; c: a graph output
+
+
+def test_compiled_structures_are_capped():
+    from autocompress.latency.kernels import MAX_STRUCTURES, Programs
+
+    cache = Programs()
+    for i in range(MAX_STRUCTURES + 10):
+        cache.put((i,), i)
+    assert cache.get((0,)) is None and cache.get((MAX_STRUCTURES + 9,)) == MAX_STRUCTURES + 9
+    assert len(cache._cache) == MAX_STRUCTURES
