@@ -50,6 +50,11 @@ BENCHMARKS: dict[str, tuple[list[list[str]], list[list[str]]]] = {
         [["benchmarks/predict_time.py", "--profile", QUICK_PROFILE, "--families", "resnet18,bert", "--plans", "5",
           "--warmup", "2", "--out", "benchmarks/out/predict_time.quick.json"]],
     ),
+    # (benchmarks/predict_ab.py compares this checkout against another one: run by hand, see RESULTS.md)
+    "predictor_memory": (
+        [["benchmarks/predictor_memory.py", "--profile", PROFILE]],
+        [["benchmarks/predictor_memory.py", "--profile", QUICK_PROFILE, "--family", "bert", "--plans", "20"]],
+    ),
     "channel_alignment": (
         [["benchmarks/channel_alignment.py"]],
         [["benchmarks/channel_alignment.py", "--models", "mnist-resnet", "--backends", "onnxruntime", "--rounds", "2",
