@@ -9,7 +9,8 @@ Families: convolution chains (kernel 1/3/5/7, stride 1/2, depthwise, channels, s
 between), ResNet basic blocks (BatchNorm folded, residual Add fused), MobileNetV2 inverted residuals, MLPs
 (Linear + ReLU, 2-D input: Gemm), Linear on 3-D input (MatMul + Add), pooling (max / average / global / mean),
 normalization and activations (BatchNorm, LayerNorm, Softmax, GELU, Sigmoid, Tanh), attention blocks
-(Q/K/V projections, attention matmuls, softmax, residuals, LayerNorm), small whole CNNs. Each layer of a micro
+(Q/K/V projections, attention matmuls, softmax, residuals, LayerNorm), ViT blocks (over a token sequence, or
+over an image's patches from a patch convolution), small whole CNNs. Each layer of a micro
 model is float or int8 (weights <= 8 bits, 8-bit inputs), optionally low rank, with 0-95 % unstructured sparsity.
 """
 
@@ -88,6 +89,17 @@ class Head(nn.Module):
         return self.head(self.norm(self.body(x)).mean(dim=1))
 
 
+class PatchTokens(nn.Module):
+    """A ViT's patch embedding: a ``patch`` x ``patch`` convolution of stride ``patch``, its map as a sequence."""
+
+    def __init__(self, cin: int, d: int, patch: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(cin, d, patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
 class Lambda(nn.Module):
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
         super().__init__()
@@ -146,6 +158,9 @@ def build(spec: dict[str, Any]) -> tuple[nn.Module, torch.Tensor]:
     if fam == "vit_block":  # ViT: fused QKV, head reshapes, GELU MLP, over a token sequence
         blocks = nn.Sequential(*[EncoderBlock(spec["d"], spec["heads"], spec["mlp"])
                                  for _ in range(spec.get("blocks", 1))])
+        if spec.get("patch"):  # from an image: the patch convolution makes the tokens
+            model = Head(nn.Sequential(PatchTokens(3, spec["d"], spec["patch"]), blocks), spec["d"], spec["classes"])
+            return model.eval(), torch.randn(1, 3, spec["img"], spec["img"])
         model = Head(nn.Sequential(nn.Linear(spec["din"], spec["d"]), blocks), spec["d"], spec["classes"])
         return model.eval(), torch.randn(1, spec["t"], spec["din"])
     if fam == "mlp":
@@ -327,9 +342,13 @@ def _spec(rng: np.random.Generator, family: str) -> dict[str, Any]:
     if family == "vit_block":
         heads = int(rng.choice([1, 2, 3, 4, 8]))
         d = heads * int(rng.choice([16, 32, 48, 64]))
-        return {"family": family, "din": _channels(rng, 16, 256), "d": d, "heads": heads,
+        spec = {"family": family, "din": _channels(rng, 16, 256), "d": d, "heads": heads,
                 "mlp": _channels(rng, max(8, d // 2), 4 * d), "t": int(rng.choice([17, 33, 65, 128])),
                 "blocks": int(rng.choice([1, 1, 2])), "classes": int(rng.choice([10, 100]))}
+        if rng.random() < 0.35:  # tokens from an image's patches (eager PyTorch prices each kernel size apart)
+            patch = int(rng.choice([4, 8, 8, 16]))
+            spec |= {"patch": patch, "img": patch * int(rng.choice([4, 6, 8]))}
+        return spec
     if family == "inverted_residual":
         cin = _channels(rng, 4, 64)
         s = int(rng.choice([1, 1, 2]))
