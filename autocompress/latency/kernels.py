@@ -148,16 +148,13 @@ COL = {name: i for i, name in enumerate(FEATURES)}
 
 
 class Recipe(NamedTuple):
-    """How one kernel's kind and features come from a plan: its branch of :meth:`KernelProgram.features` (layer
-    convolution, Linear layer, other op, constant), its :data:`FLAGS` and a term id per :data:`SLOTS` entry."""
+    """How one kernel's kind and features come from a plan: its kind, its layer (None for other ops), and its row
+    of :attr:`Terms.table`: its branch of :meth:`KernelProgram.features` (layer convolution, Linear layer, other
+    op, constant), its :data:`FLAGS` and a term id per :data:`SLOTS` entry."""
 
     kind: str
-    name: str
-    branch: int
     layer: str | None
-    flags: tuple[bool, ...]
-    slots: tuple[int, ...]
-    row: int = 0   # its (branch, flags, slots) row in :attr:`Terms.table`
+    row: int
 
 
 class Terms:
@@ -230,8 +227,7 @@ class Terms:
     def recipe(self, op: Op, kind: str | None, res: Resolved) -> Recipe:
         """The :class:`Recipe` of ``op``, cached by its fields with each tensor named
         by the one whose shape it has (the lowering numbers the tensors it creates in order, so the same Q/DQ
-        tensor has another name in another structure); its ``name`` is that of the first op it was compiled for
-        (:class:`KernelProgram` names each kernel after its own op)."""
+        tensor has another name in another structure; :class:`KernelProgram` names each kernel after its own op)."""
         aliases, inits = res.shapes.aliases, res.variant.graph.initializers
 
         def base(t: str) -> str:
@@ -346,8 +342,7 @@ class Terms:
                 kind += "/u8"
             flags["bn"] = kind == "BatchNormalization/nchwc"
         self._rows.append((branch, *flags.values(), *slot.values()))
-        return Recipe(override or kind, name, branch, layer, tuple(flags.values()), tuple(slot.values()),
-                      len(self._rows) - 1)
+        return Recipe(override or kind, layer, len(self._rows) - 1)
 
 
 class KernelProgram:
@@ -364,7 +359,6 @@ class KernelProgram:
                  terms: Terms | None = None) -> None:
         self.block, self.int8_nodes = block, int8_nodes
         self.terms = terms if terms is not None else Terms(res)
-        none = (self.terms.zero_term,) * len(SLOTS)
         recipes: list[Recipe] = []
         names: list[str] = []
         constants: dict[int, np.ndarray] = {}
@@ -372,7 +366,7 @@ class KernelProgram:
             if op is None:
                 kind, feats, name = extra
                 constants[i] = np.asarray(feats, dtype=float)
-                recipes.append(Recipe(kind, name, CONSTANT, None, (False,) * len(FLAGS), none, 0))
+                recipes.append(Recipe(kind, None, 0))  # row 0: a constant kernel's
                 names.append(name)
             elif isinstance(extra, tuple):  # (kind, name)
                 recipes.append(self.terms.recipe(op, extra[0], res))
