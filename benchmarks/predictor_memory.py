@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latency_predictor import random_plan, teacher  # noqa: E402
+from latency_predictor import FAMILIES, random_plan, teacher  # noqa: E402
 
 from autocompress.latency.predictor import LatencyPredictor  # noqa: E402
 from autocompress.latency.profile import load_profile  # noqa: E402
@@ -29,7 +29,7 @@ from autocompress.latency.profile import load_profile  # noqa: E402
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", required=True)
-    ap.add_argument("--family", default="efficientnet")
+    ap.add_argument("--family", default="efficientnet", choices=sorted(FAMILIES))
     ap.add_argument("--plans", type=int, default=800)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
