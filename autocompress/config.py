@@ -294,7 +294,8 @@ class StudyConfig(_Strict):
     and knob value, :mod:`autocompress.search.sensitivity`); with ``warm_start``, the plans losing least within a
     spread of latency and size budgets are queued after uniform int8, and choices far beyond every budget are left
     out of the search (:mod:`autocompress.search.warmstart`). ``false``: the space as written, uniform warm starts
-    only.
+    only. ``tie_layers`` (with ``sensitivity``): the layers of a deep per-layer group that scored alike share
+    their parameters, a few tied sections instead of one per layer (:func:`autocompress.search.warmstart.ties`).
     """
 
     name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.\-]+$")
@@ -312,6 +313,7 @@ class StudyConfig(_Strict):
     seed: int = 0
     warm_start: bool = True
     sensitivity: bool = True
+    tie_layers: bool = True
     deployability_gate: bool = True  # export and run every front member before reporting the front
     storage: str | None = None
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)

@@ -2,7 +2,8 @@
 
 Every choice list of a knob (one per knob of the registered methods, :mod:`autocompress.compress.registry`)
 becomes an Optuna categorical parameter, named ``<layer>:<knob>`` for per-layer groups and ``<group>:<knob>`` when
-a group shares one value; single-valued choices are fixed and not sampled. The output layer's ``channel_keep`` is
+a group shares one value (or ``<tie>:<knob>`` for layers a study tied, :meth:`SearchSpace.tie`); single-valued
+choices are fixed and not sampled. The output layer's ``channel_keep`` is
 fixed at 1 (its channels are the model's outputs). A sampled combination means what the methods say it means
 (:func:`~autocompress.compress.registry.normalize`: e.g. ``weight_sharing`` and ``entropy_coding`` take effect
 only with quantized weights).
@@ -46,6 +47,7 @@ class SearchSpace:
         self.assignments: list[Assignment] = []
         self.unassigned: list[str] = []
         self.allowed: dict[str, list] = {}  # parameter -> the choices left to it (see restrict)
+        self.tied: dict[str, str] = {}  # layer -> the tied section whose parameters it shares (see tie)
         for info in layers:
             group = next((g for g in config.groups if g.selects(info.name, info.type_name)), None)
             if group is None:
@@ -72,9 +74,12 @@ class SearchSpace:
                     out[f"{section}:{knob}"] = list(choices)
         return out
 
-    @staticmethod
-    def _param(a: Assignment, knob: str) -> str:
-        return f"{a.layer.name}:{knob}" if a.group.per_layer else f"{a.group.name}:{knob}"
+    def section_name(self, a: Assignment) -> str:
+        """The section deciding ``a``'s layer: the layer, its group when the group shares its values, or its tie."""
+        return self.tied.get(a.layer.name, a.layer.name) if a.group.per_layer else a.group.name
+
+    def _param(self, a: Assignment, knob: str) -> str:
+        return f"{self.section_name(a)}:{knob}"
 
     def _choices(self, a: Assignment, knob: str) -> list:
         if knob == "channel_keep" and a.layer.is_output:
@@ -85,12 +90,31 @@ class SearchSpace:
         """The space's sections in layer order (a shared group's at its first layer)."""
         out: dict[str, tuple[list[LayerInfo], dict[str, list]]] = {}
         for a in self.assignments:
-            name = a.layer.name if a.group.per_layer else a.group.name
+            name = self.section_name(a)
             # a shared group's section has the group's choices (its output layer keeps its channels regardless)
             choices = {k: self._choices(a, k) if a.group.per_layer else
                        list(self.allowed.get(self._param(a, k), getattr(a.group, k))) for k in registry.KNOBS}
             out.setdefault(name, ([], choices))[0].append(a.layer)
         return [Section(name, tuple(layers), choices) for name, (layers, choices) in out.items()]
+
+    def tie(self, ties: dict[str, list[str]]) -> None:
+        """Let the layers ``ties[name]`` (of one per-layer group, none its output layer) share the parameters
+        ``<name>:<knob>``, as a shared group's layers do: how a study cuts a deep network's parameters from its
+        evidence (:func:`autocompress.search.warmstart.ties`). Replaces earlier ties; call before
+        :meth:`restrict`. Every worker of a study ties alike (the study stores its ties)."""
+        by_layer = {a.layer.name: a for a in self.assignments}
+        taken = set(by_layer) | {a.group.name for a in self.assignments} | {"student", "distill"}
+        tied: dict[str, str] = {}
+        for name, members in ties.items():
+            found = [by_layer.get(m) for m in members]
+            if name in taken or not members or len(set(members)) < len(members) or any(a is None or not a.group.per_layer or a.layer.is_output
+                                                   or a.group is not found[0].group or m in tied
+                                                   for m, a in zip(members, found, strict=True)):
+                raise ValueError(f"cannot tie {members} as {name!r}: ties take layers of one per-layer group, "
+                                 "each once and none the output layer, under a name no layer or group has")
+            tied |= dict.fromkeys(members, name)
+        self.tied = tied
+        self.allowed = {}
 
     def restrict(self, allowed: dict[str, list]) -> None:
         """Leave parameter ``name`` only the choices ``allowed[name]`` (each a subset of its choices, none empty):

@@ -1,14 +1,16 @@
 """Search at real-model scale: the sensitivity-guided default against the previous default and baselines.
 
     .venv/bin/python benchmarks/search_scale.py [--models mnist-resnet18,mnist-mobilenetv2] [--trials 60]
-                                               [--seeds 0] [--arms new,previous,random,grid,knapsack]
+                                               [--seeds 0] [--arms new,previous,untied,random,grid,knapsack]
                                                [--out benchmarks/results/search_scale.json]
 
 For each model (a built-in task, options after ``@`` as in ``benchmarks/zoo.py``) and seed, studies on the default
 search space (per-layer choices: ~90 parameters on ResNet-18, ~250 on MobileNetV2), latency measured on ONNX
 Runtime (1 thread, batch 1), successive halving on, no deployability gate, no self-check:
 
-- ``new``:      the default config: sensitivity pass, budgeted knapsack warm starts, narrowed space, TPE
+- ``new``:      the default config: sensitivity pass, layers tied by their scores, budgeted knapsack warm starts,
+                narrowed space, TPE
+- ``untied``:   the same with ``tie_layers: false`` (one parameter per layer and knob)
 - ``previous``: the previous default: the same with ``sensitivity: false`` (uniform warm starts, TPE) and the short
                 level at ``finetune.lr`` (no range test)
 - ``random``:   Optuna's RandomSampler, no warm starts
@@ -51,7 +53,7 @@ from autocompress.space import SearchSpace
 from autocompress.tasks import Task
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("new", "previous", "random", "grid", "knapsack")
+ARMS = ("new", "previous", "untied", "random", "grid", "knapsack")
 GRID = [(bits, act, sparsity, keep) for sparsity in (0.0, 0.5, 0.25, 0.75) for keep in (1.0, 0.75, 0.5)
         for bits, act in ((8, 8), (8, 32), (6, 32), (4, 32), (3, 32))]  # the first 30: sparsity 0 and 0.5
 
@@ -60,6 +62,8 @@ def config(arm: str, trials: int, seed: int) -> dict:
     # the task object is handed to run_study; the config's task name is never loaded
     cfg = {"task": "python:bench", "search_space": "default", "n_trials": trials, "seed": seed,
            "deployability_gate": False, "latency": {"measure": True}, "fidelity": {"self_check": 0}}
+    if arm == "untied":
+        cfg |= {"tie_layers": False}  # the new default with one parameter per layer
     if arm == "previous":
         cfg |= {"sensitivity": False, "finetune": {"short_lr": None}}  # no probes, no short-level range test
     if arm == "random":
@@ -102,10 +106,12 @@ def run_arm(arm: str, task: Task, trials: int, seed: int, folder: Path) -> dict:
         if arm == "grid":
             queued = grid_params(space, trials)
         else:
-            plans = warmstart.guide(task, space, loaded.config, progress=False)[warmstart.ATTR]["plans"]
-            queued = [p["params"] for p in plans]
+            guided = warmstart.guide(task, space, loaded.config, progress=False)
+            queued = [p["params"] for p in guided[warmstart.ATTR]["plans"]]
         loaded.study_dir.mkdir(parents=True, exist_ok=True)
         study = open_study(loaded, create=True)
+        if arm == "knapsack":  # its plans are of the tied space
+            study.set_user_attr(warmstart.TIE_ATTR, guided[warmstart.TIE_ATTR])
         for params in queued:
             study.enqueue_trial(params)
     outcome = run_study(loaded, n_trials=len(queued) if queued else trials, progress=False, task=task)
@@ -115,12 +121,14 @@ def run_arm(arm: str, task: Task, trials: int, seed: int, folder: Path) -> dict:
     out = {"trials": len(trials_df), "seconds": round(seconds, 1), "teacher": front.teacher,
            "hv": {str(n): hv(trials_df[trials_df["trial"] < n], front.teacher, task) for n in (30, 60)},
            "best_within_1pt": best_within_1pt(front.front, front.teacher, task), "front": len(front.front)}
-    if arm == "new":
+    if arm in ("new", "untied"):
         study = optuna.load_study(study_name=loaded.study_name, storage=loaded.storage_url)
         sens_s = study.user_attrs[sensitivity.ATTR]["seconds"]
         out["sensitivity_seconds"] = sens_s
         out["sensitivity_time_share"] = sens_s / seconds
         out["narrowed_parameters"] = len(study.user_attrs.get(warmstart.RESTRICT_ATTR, {}))
+        tied = study.user_attrs.get(warmstart.TIE_ATTR, {})
+        out["tied"] = {"sections": len(tied), "layers": sum(len(m) for m in tied.values())}
         lr = study.user_attrs.get(SHORT_LR_ATTR) or {}
         out["short_lr"] = {k: lr.get(k) for k in ("chosen", "scores", "seconds")}
         out["warm_starts"] = study.user_attrs.get(warmstart.ATTR, {}).get("plans", [])

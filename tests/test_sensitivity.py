@@ -202,3 +202,69 @@ def test_a_failing_sensitivity_pass_is_reported_and_the_study_goes_on(tmp_path, 
     assert labels[0] == "uniform w8 s0 a8" and labels[1].startswith("student") and len(labels) > 3
     assert all(lbl.startswith("uniform") for lbl in labels[2:])
     assert "sensitivity pass failed" in caplog.text
+
+
+def _deep_space(task):
+    return SearchSpace(SearchSpaceConfig.model_validate(PER_LAYER), discover_layers(task.model, task.example_input))
+
+
+def test_layers_that_scored_alike_are_tied_and_sample_one_value_together():
+    from helpers_tasks import deep
+
+    task = deep(10)
+    space = _deep_space(task)
+    names = [a.layer.name for a in space.assignments if not a.layer.is_output]
+    robust, fragile = set(names[::2]), set(names[1::2])  # interleaved, so layer order cannot explain the ties
+    sens = sensitivity.Sensitivity()
+    for name in names:
+        d = 1e-3 if name in robust else 1.0
+        sens.scores[name] = {"weight_bits": {"2": 10 * d, "4": d, "8": d / 10}, "sparsity": {"0.95": 5 * d}}
+    tied = warmstart.ties(space, sens, {n: 64.0 for n in names})
+    # at most tie_count(10) = 5 sections; layers that scored the same are one section, the output layer its own
+    assert warmstart.tie_count(len(names)) == 5
+    assert {frozenset(ms) for ms in tied.values()} == {frozenset(robust), frozenset(fragile)}
+    spread = {n: {k: {v: d * (1 + i / 10) for v, d in vals.items()} for k, vals in sens.scores[n].items()}
+              for i, n in enumerate(names)}
+    several = warmstart.ties(space, sensitivity.Sensitivity(scores=spread), {n: 64.0 for n in names})
+    assert 2 < len(several) <= 5 and all(set(ms) <= robust or set(ms) <= fragile for ms in several.values())
+    before = len(space.distributions())
+    space.tie(tied)
+    assert len(space.distributions()) < before
+    name, ms = next(iter(tied.items()))
+    assert f"{name}:weight_bits" in space.distributions() and f"{ms[0]}:weight_bits" not in space.distributions()
+    params = {n: c[0] for n, c in space.distributions().items()} | {f"{name}:weight_bits": 4}
+    plan = space.suggest(optuna.trial.FixedTrial(params))
+    assert {plan.layers[m].weight_bits for m in ms} == {4}
+    # the tied section's scores are its layers' sums; a value failed on one layer failed for the section
+    sens.errors[ms[0]] = {"sparsity": {"0.95": "ValueError: no"}}
+    merged = sens.merged(tied)
+    assert merged.score(name, "weight_bits", 2) == pytest.approx(sum(sens.score(m, "weight_bits", 2) for m in ms))
+    assert merged.score(name, "sparsity", 0.95) is None and "0.95" in merged.errors[name]["sparsity"]
+    assert all(m not in merged.scores for m in ms)
+    for bad in ({"x": [ms[0], ms[0]]}, {"y": [names[0], space.assignments[-1].layer.name]}, {"z": ["nope"]},
+                {names[0]: [names[1], names[2]]}):
+        with pytest.raises(ValueError, match="cannot tie"):
+            space.tie(bad)
+
+
+def test_a_shallow_group_is_not_tied(per_layer_space, scores):
+    assert warmstart.ties(per_layer_space, scores, {}) == {}
+
+
+def test_a_deep_study_ties_its_layers_queues_plans_of_the_tied_space_and_every_trial_follows_the_ties(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(PER_LAYER))
+    path = write_study(tmp_path, n_trials=6, task="helpers_tasks:deep", search_space=str(space), sampler="random",
+                       fidelity={"promotion": False, "self_check": 0})
+    _, study, _ = run_complete(path, 6)
+    tied = study.user_attrs[warmstart.TIE_ATTR]
+    assert tied
+    for t in study.trials:
+        plan = CompressionPlan.from_dict(t.user_attrs["plan"])
+        for members in tied.values():
+            assert len({plan.layers.get(m, LayerPlan()) for m in members}) == 1, (t.number, members)
+        assert not any(p.rpartition(":")[0] in {m for ms in tied.values() for m in ms} for p in t.params)
+    untied = write_study(tmp_path, file="u", n_trials=1, task="helpers_tasks:deep", search_space=str(space),
+                         sampler="random", tie_layers=False, fidelity={"promotion": False, "self_check": 0})
+    _, study, _ = run_complete(untied, 1)
+    assert study.user_attrs[warmstart.TIE_ATTR] == {}

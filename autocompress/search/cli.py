@@ -65,6 +65,7 @@ def _stored(loaded) -> dict[str, Any] | None:
     if sensitivity.ATTR not in attrs:
         return None
     return {sensitivity.ATTR: attrs[sensitivity.ATTR], warmstart.ATTR: attrs.get(warmstart.ATTR, {}),
+            warmstart.TIE_ATTR: attrs.get(warmstart.TIE_ATTR, {}),
             warmstart.RESTRICT_ATTR: attrs.get(warmstart.RESTRICT_ATTR, {}), "source": f"study {loaded.study_name!r}"}
 
 
@@ -90,6 +91,13 @@ def _print_table(record: dict[str, Any], top: int) -> None:
         print(f"\n{len(failed)} probe(s) failed (those choices are kept but not used in warm starts):")
         for r in failed[:10]:
             print(f"  {r['section']} {r['knob']}={r['value']}: {r['error']}")
+    tied = record.get(warmstart.TIE_ATTR, {})
+    if tied:
+        n = sum(len(m) for m in tied.values())
+        print(f"\n{n} layers share the parameters of {len(tied)} tied sections (alike in scores and MACs):")
+        for name, members in tied.items():
+            shown = ", ".join(members[:6]) + (f", ... ({len(members)} layers)" if len(members) > 6 else "")
+            print(f"  {name}: {shown}")
     plans = record.get(warmstart.ATTR, {}).get("plans", [])
     if plans:
         print("\nbudgeted warm starts (predicted by the sensitivity and cost models; trials score them for real):")

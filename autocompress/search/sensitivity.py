@@ -72,6 +72,33 @@ class Sensitivity:
                    seconds=float(d.get("seconds", 0.0)),
                    probes=int(d.get("probes", 0)), samples=int(d.get("samples", 0)))
 
+    def merged(self, ties: dict[str, list[str]]) -> Sensitivity:
+        """The scores of a space whose layers ``ties[name]`` share parameters (see
+        :meth:`~autocompress.space.SearchSpace.tie`): a tied section's divergence is the sum of its layers' (the
+        first-order view of the module docstring), its coupled MACs likewise; a value that failed on any of its
+        layers is a failed value of the tied section."""
+        scores = {s: v for s, v in self.scores.items()}
+        errors = {s: v for s, v in self.errors.items()}
+        coupled = {s: v for s, v in self.coupled_macs.items()}
+        for name, members in ties.items():
+            total: dict[str, dict[str, float]] = {}
+            failed: dict[str, dict[str, str]] = {}
+            macs: dict[str, float] = {}
+            for m in members:
+                for knob, vals in scores.pop(m, {}).items():
+                    for v, d in vals.items():
+                        total.setdefault(knob, {})[v] = total.get(knob, {}).get(v, 0.0) + d
+                for knob, vals in errors.pop(m, {}).items():
+                    for v, e in vals.items():
+                        failed.setdefault(knob, {}).setdefault(v, f"{m}: {e}")
+                for v, c in coupled.pop(m, {}).items():
+                    macs[v] = macs.get(v, 0.0) + c
+            for knob, vals in failed.items():
+                for v in vals:
+                    total.get(knob, {}).pop(v, None)
+            scores[name], errors[name], coupled[name] = total, failed, macs
+        return dataclasses.replace(self, scores=scores, errors=errors, coupled_macs=coupled)
+
     def table(self) -> list[dict[str, Any]]:
         """One row per section, knob and value, most sensitive first (failed probes last)."""
         rows = [{"section": s, "knob": k, "value": v, "divergence": d}
@@ -173,7 +200,7 @@ def measure(task: Task, space: SearchSpace, finetune_cfg: FinetuneConfig, *, pro
 
 def plan_divergence(sens: Sensitivity, space: SearchSpace, plan: CompressionPlan) -> float:
     """The divergence the scores predict for ``plan``: the sum of its layers' one-knob scores (unknown: 0)."""
-    section_of = {a.layer.name: (a.layer.name if a.group.per_layer else a.group.name) for a in space.assignments}
+    section_of = {a.layer.name: space.section_name(a) for a in space.assignments}
     total = 0.0
     for name, lp in plan.layers.items():
         for knob, value in dataclasses.asdict(lp).items():

@@ -207,7 +207,8 @@ def prepare_study(loaded: LoadedStudy, *, task: Task | None = None, n_trials: in
         fresh = not study.get_trials(deepcopy=False)
         if cfg.sensitivity and fresh and sensitivity.ATTR not in study.user_attrs:
             _score_layers(study, task, space, loaded, teacher)
-        space.restrict(study.user_attrs.get(warmstart.RESTRICT_ATTR, {}))  # what every worker samples from
+        space.tie(study.user_attrs.get(warmstart.TIE_ATTR, {}))  # what every worker samples from: tied,
+        space.restrict(study.user_attrs.get(warmstart.RESTRICT_ATTR, {}))  # then narrowed
         if fresh and learning_rate.needed(cfg.finetune, rungs(cfg.fidelity)) and \
                 learning_rate.ATTR not in study.user_attrs:
             _choose_short_lr(study, task, space, loaded)

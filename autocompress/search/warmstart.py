@@ -23,6 +23,10 @@ one option per section, each bound of the budget as a linear constraint, solved 
 Only options on their section's Pareto front of (divergence, bits, cost) are offered, which keeps the problem to a
 few hundred variables on a 50-layer network.
 
+On a deep network the same scores first tie layers (:func:`ties`): layers of one per-layer group that scored alike
+and cost alike share their parameters, so the sampler learns a few sections instead of every layer; the options,
+budgets and narrowing below are then those of the tied sections (a tied section's divergence is its layers' sum).
+
 The same evidence narrows the space the sampler explores (:func:`restrictions`): a choice whose divergence *alone*
 exceeds the total divergence of the most aggressive budgeted plan is far beyond any budget the study targets, and
 is left out for that section (the teacher's value and failed probes always stay), so the sampler does not spend
@@ -41,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import optuna
+from scipy.cluster.hierarchy import fcluster, linkage
 from scipy.optimize import Bounds, LinearConstraint, milp, nnls
 
 from ..compress import registry
@@ -64,6 +69,7 @@ BUDGETS = ((1.5, None), (2.0, None), (3.0, None), (4.0, None), (6.0, None), (Non
            (None, 20.0), (None, 40.0), (2.0, 10.0), (3.0, 16.0), (4.0, 20.0))
 ATTR = "warm_start_plans"         # study attribute: what each budgeted warm start was solved for
 RESTRICT_ATTR = "space_restrictions"
+TIE_ATTR = "layer_ties"           # study attribute: tied section -> the layers sharing its parameters
 
 
 @dataclass(frozen=True)
@@ -312,18 +318,71 @@ def narrowed(space: SearchSpace, sens: Sensitivity, starts: list[WarmStart]) -> 
     return restrictions(space, sens, max(w.predicted["divergence"] for w in starts), knobs=knobs)
 
 
+def tie_count(n: int) -> int:
+    """How many tied sections ``n`` layers of a group become: ``ceil(sqrt(2 n))`` (20 layers: 7; 52: 11); none
+    below :data:`MIN_TIED_LAYERS`. A heuristic: enough sections for the warm starts to tell a network's sensitive
+    stages from its robust ones, few enough for a sampler to learn each from tens of trials."""
+    return n if n < MIN_TIED_LAYERS else math.ceil(math.sqrt(2 * n))
+
+
+MIN_TIED_LAYERS = 8
+
+
+def ties(space: SearchSpace, sens: Sensitivity, macs: dict[str, float]) -> dict[str, list[str]]:
+    """Layers of like sensitivity and cost that share their parameters: tied section name -> its layers.
+
+    A per-layer group of a deep network has hundreds of parameters (MobileNetV2: 215), more than a study's tens of
+    trials can learn one by one; a sampler then mostly draws plans putting some sensitive layer at 2 bits. The
+    layers of each per-layer group (its output layer apart) are clustered (Ward linkage, ``scipy``) on their
+    one-layer scores (log divergence of every scored choice) and their log MACs, into :func:`tie_count` clusters;
+    the layers of a cluster share ``<group>~<i>:<knob>``. The warm starts and the narrowing are then solved on the
+    tied sections, so what the study queues is what its sampler can express."""
+    out: dict[str, list[str]] = {}
+    for group in space.config.groups:
+        if not group.per_layer:
+            continue
+        layers = [a.layer.name for a in space.assignments if a.group is group and not a.layer.is_output]
+        k = tie_count(len(layers))
+        if k >= len(layers):
+            continue
+        columns = sorted({(knob, v) for name in layers for knob, vals in sens.scores.get(name, {}).items()
+                          for v in vals})
+        x = np.full((len(layers), len(columns) + 1), np.nan)
+        for i, name in enumerate(layers):
+            for j, (knob, v) in enumerate(columns):
+                d = sens.scores.get(name, {}).get(knob, {}).get(v)
+                if d is not None:
+                    x[i, j] = math.log10(d + sensitivity.NEGLIGIBLE)
+            x[i, -1] = math.log10(macs.get(name, 0.0) + 1.0)
+        fill = np.nanmean(np.where(np.isnan(x).all(axis=0), 0.0, x), axis=0)  # unscored: the column's mean
+        x = np.where(np.isnan(x), fill, x)
+        labels = fcluster(linkage(x, method="ward"), t=k, criterion="maxclust")
+        members: dict[int, list[str]] = {}
+        for name, label in zip(layers, labels, strict=True):
+            members.setdefault(int(label), []).append(name)
+        for i, names in enumerate(sorted(members.values(), key=lambda m: layers.index(m[0]))):
+            if len(names) > 1:
+                out[f"{group.name}~{i}"] = names
+    return out
+
+
 def guide(task: Task, space: SearchSpace, cfg: StudyConfig, *, teacher_size_bytes: int | None = None,
           progress: bool | None = None) -> dict[str, Any]:
     """The sensitivity pass and what a study derives from it, as the study attributes it stores:
-    :data:`sensitivity.ATTR` (the scores), :data:`ATTR` (the budgeted plans and the cost model they were chosen
-    with) and :data:`RESTRICT_ATTR` (what is left out of the space)."""
+    :data:`sensitivity.ATTR` (the one-layer scores), :data:`TIE_ATTR` (the layers sharing parameters, with
+    ``tie_layers``), :data:`ATTR` (the budgeted plans and the cost model they were chosen with) and
+    :data:`RESTRICT_ATTR` (what is left out of the tied space). ``space`` itself is not changed."""
     sens = sensitivity.measure(task, space, cfg.finetune, progress=progress)
-    starts, cost = plan_warm_starts(task, space, cfg, sens, teacher_size_bytes=teacher_size_bytes)
-    return {sensitivity.ATTR: sens.to_dict(),
+    tied = ties(space, sens, macs_by_layer(task.model, task.example_input)) if cfg.tie_layers else {}
+    work = SearchSpace(space.config, space.layers)
+    work.tie(tied)
+    merged = sens.merged(tied)
+    starts, cost = plan_warm_starts(task, work, cfg, merged, teacher_size_bytes=teacher_size_bytes)
+    return {sensitivity.ATTR: sens.to_dict(), TIE_ATTR: tied,
             ATTR: {"plans": [{"label": w.label, "params": w.params, "predicted": w.predicted} for w in starts],
                    "cost_model": {"overhead_ms": cost.overhead, "ms_per_float_mac": cost.c_float,
                                   "ms_per_int8_mac": cost.c_int8, "points": cost.points}},
-            RESTRICT_ATTR: narrowed(space, sens, starts)}
+            RESTRICT_ATTR: narrowed(work, merged, starts)}
 
 
 def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float,
@@ -346,7 +405,7 @@ def restrictions(space: SearchSpace, sens: Sensitivity, threshold: float,
     return out
 
 
-__all__ = ["ATTR", "RESTRICT_ATTR", "CostModel", "BUDGETS", "KNAPSACK_KNOBS", "WarmStart",
+__all__ = ["ATTR", "RESTRICT_ATTR", "TIE_ATTR", "MIN_TIED_LAYERS", "tie_count", "ties", "CostModel", "BUDGETS", "KNAPSACK_KNOBS", "WarmStart",
            "LATENCY_KNOBS", "SIZE_KNOBS", "fit_cost", "guide", "layer_cost", "narrowed", "plan_warm_starts", "restrictions",
            "section_options", "solve"]
 
