@@ -18,7 +18,7 @@ def tiny(hidden: int = 16) -> Task:
     return Task(name="tiny", model=model, example_input=torch.randn(1, 8), train=_data(64, 0), val=_data(32, 1))
 
 
-def deep(layers: int = 10) -> Task:
+def deep(layers: int = 20) -> Task:
     """A stack of ``layers`` hidden Linear layers: deep enough for a study to tie layers that scored alike."""
     torch.manual_seed(0)
     blocks = [m for _ in range(layers) for m in (nn.Linear(8, 8), nn.ReLU())]
